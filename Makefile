@@ -1,0 +1,34 @@
+# The two commands of the README: `make demo` and `make test`. Each creates .venv when missing.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+BOOTSTRAP_PYTHON ?= python3
+STAMP := $(VENV)/.imgcls-installed
+EXTRAS ?= train,serve-cpu,dev
+
+.PHONY: venv test test-fast demo bench soak clean
+
+$(STAMP): pyproject.toml
+	test -x $(PYTHON) || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: venv
+	$(PYTHON) -m pytest
+
+test-fast: venv
+	$(PYTHON) -m pytest -m "not slow and not docker"
+
+demo: venv
+	$(VENV)/bin/imgcls demo
+
+bench: venv
+	$(PYTHON) -m benchmarks.run_all
+
+soak: venv
+	IMGCLS_SOAK=1 $(PYTHON) -m pytest tests/robustness -m "slow"
+
+clean:
+	rm -rf runs bundles demo-data .pytest_cache
