@@ -1,0 +1,133 @@
+"""``export_bundle``: checkpoint -> convert -> validate -> (quantize, gate) -> bundle, atomically."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import onnx
+from tqdm import tqdm
+
+from export.config import FP32_FILENAME, INPUT_NAME, OUTPUT_NAME, REPORT_FILENAME, ExportConfig
+from export.convert import embed_card, save_onnx, to_onnx
+from export.images import check_classes, load_split, parity_pixels
+from export.validate import check_graph, check_parity
+from models.atomic import sha256_file, staged_directory, write_atomically
+from models.card import ModelCard
+from models.checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def _io_section(card: ModelCard, config: ExportConfig) -> dict[str, Any]:
+    size = card.preprocess.crop_size
+    return {
+        "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NCHW", "height": size, "width": size,
+                  "normalized_in_graph": True},
+        "output": {"name": OUTPUT_NAME},
+        "opset": config.opset,
+        "exporter": config.exporter,
+    }
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+    import torch
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def _finish_files(staging: Path, card: ModelCard, files: dict[str, dict[str, Any]]) -> ModelCard:
+    """Embed the final card in every ONNX file, then record sizes and hashes in card.json only.
+
+    The embedded copy lists each file's precision but not its bytes or sha256 (a file cannot
+    contain its own hash); card.json beside it carries both.
+    """
+    embedded = card.updated(export={"files": {name: {"precision": f["precision"]} for name, f in files.items()}})
+    lineage: dict[str, str] = {}
+    for name in files:
+        path = staging / name
+        proto = onnx.load(str(path), load_external_data=False)
+        files[name]["bytes"] = save_onnx(embed_card(proto, embedded), path)
+        lineage[f"sha256:{name}"] = sha256_file(path)
+    return card.updated(export={"files": files}, lineage=lineage)
+
+
+def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig = ExportConfig()) -> ModelCard:
+    """Write ``out_dir/{model.onnx, [model.int8.onnx], card.json, export_report.json}`` or nothing.
+
+    Raises ``ExportError`` subclasses (``ParityError``, ``GraphContractError``, ...) without
+    touching ``out_dir``. A failed INT8 gate is not an error here: the bundle is written without
+    the INT8 file and the refusal is recorded in the card and the report (the CLI exits non-zero).
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    started = time.perf_counter()
+    steps = ["load", "convert", "check", "parity"] + (["int8"] if config.int8 else []) + (["fp16"] if config.fp16 else []) + ["write"]
+    progress = tqdm(total=len(steps), desc="export", unit="step", disable=not config.progress, leave=False)
+    timings: dict[str, float] = {}
+    report: dict[str, Any] = {"run": str(run_dir.resolve()), "config": _config_dict(config), "versions": _versions()}
+
+    def step(name: str) -> None:
+        timings[name] = round(time.perf_counter() - started - sum(timings.values()), 3)
+        progress.update(1)
+        progress.set_description(f"export: {name} done")
+
+    try:
+        model, card = load_checkpoint(run_dir)
+        split = load_split(run_dir, config.data_dir)
+        check_classes(split, card.class_names)
+        pixels = parity_pixels(split, card.preprocess, config.parity_images)
+        step("load")
+        card = card.updated(export=_io_section(card, config))
+        with staged_directory(out_dir) as staging:
+            fp32_path = staging / FP32_FILENAME
+            proto = to_onnx(model, card.preprocess, opset=config.opset, exporter=config.exporter)
+            save_onnx(embed_card(proto, card), fp32_path)
+            del proto
+            step("convert")
+            report["graph"] = check_graph(fp32_path, card, config.opset)
+            step("check")
+            parity = check_parity(fp32_path, model, card.preprocess, pixels.pixels,
+                                  atol=config.parity_atol, batch=config.parity_batch)
+            report["parity"] = parity
+            card = card.updated(export={"parity": parity})
+            step("parity")
+            files: dict[str, dict[str, Any]] = {FP32_FILENAME: {"precision": "fp32"}}
+            card, files = _variants(staging, model, card, split, files, config, report, step)
+            card = _finish_files(staging, card, files)
+            card.save(staging)
+            report["files"] = card.export["files"]
+            report["lineage"] = dict(card.lineage)
+            step("write")
+            report["seconds"] = timings
+            write_atomically(staging / REPORT_FILENAME, json.dumps(report, indent=2).encode("utf-8"))
+    finally:
+        progress.close()
+    log.info("exported %s -> %s in %.1f s", run_dir, out_dir, time.perf_counter() - started)
+    return card
+
+
+def _variants(staging, model, card, split, files, config, report, step):
+    """Optional INT8 and fp16 files (the modules are imported only when asked for)."""
+    if config.int8:
+        from export.quantize import add_int8
+
+        card, files = add_int8(staging, card, split, files, config, report)
+        step("int8")
+    if config.fp16:
+        from export.half import add_fp16
+
+        card, files = add_fp16(staging, card, split, files, config, report)
+        step("fp16")
+    return card, files
+
+
+def _config_dict(config: ExportConfig) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    data = asdict(config)
+    data["data_dir"] = str(config.data_dir) if config.data_dir else None
+    data["exclude_nodes"] = list(config.exclude_nodes)
+    return data

@@ -1,0 +1,51 @@
+"""Export settings: one frozen dataclass, filled by the CLI or by callers."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EXPORTERS = ("dynamo", "legacy")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+INT8_TARGETS = ("x86", "vnni", "arm64")
+DEFAULT_OPSET = 18
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "logits"
+FP32_FILENAME = "model.onnx"
+INT8_FILENAME = "model.int8.onnx"
+FP16_FILENAME = "model.fp16.onnx"
+REPORT_FILENAME = "export_report.json"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = DEFAULT_OPSET
+    exporter: str = "dynamo"
+    # Parity: tolerance on raw logits, number of real validation images, batch size (> 1) checked.
+    parity_atol: float = 1e-4
+    parity_images: int = 16
+    parity_batch: int = 4
+    data_dir: Path | None = None  # overrides split.json's root (the images moved)
+    int8: bool = False
+    fp16: bool = False
+    calibration_method: str = "minmax"
+    calibration_size: int = 300
+    int8_target: str = "x86"
+    exclude_nodes: tuple[str, ...] = field(default_factory=tuple)
+    max_accuracy_drop: float = 1.0  # percentage points of top-1 on the validation split
+    gate_images: int | None = None  # None: the whole validation split
+    benchmark_batch: int = 8
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.exporter not in EXPORTERS:
+            raise ValueError(f"exporter must be one of {EXPORTERS}, got {self.exporter!r}")
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}")
+        if self.int8_target not in INT8_TARGETS:
+            raise ValueError(f"int8 target must be one of {INT8_TARGETS}")
+        if self.opset < 13:
+            raise ValueError(f"opset must be >= 13, got {self.opset}")
+        if self.parity_batch < 2:
+            raise ValueError("parity_batch must be > 1 (batch 1 is always checked as well)")
+        if self.calibration_size < 1 or self.parity_images < 1:
+            raise ValueError("calibration_size and parity_images must be positive")
