@@ -1,0 +1,203 @@
+"""The inference core shared by the HTTP service and batch scoring (no torch).
+
+``Predictor.load(bundle_dir)`` reads the card, picks the ONNX file of the requested precision,
+checks it against the card (sha256 in the lineage, embedded card, input size, class count) and
+opens an ONNX Runtime session on the provider asked for (``service.runtime``). Then:
+``decode`` (bytes or path -> uint8 [3, H, W] through ``models.preprocess``), ``infer`` (uint8
+[N, 3, H, W] -> softmax probabilities [N, C]), ``top_k`` and ``predict`` (sources -> per image a
+sorted top-k list or the ``ImageDecodeError`` explaining why it could not be read), with decoding
+in a thread pool overlapping inference.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, TypeVar
+
+import numpy as np
+
+from models.card import ModelCard
+from models.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError
+from service import bundle as bundle_checks
+from service.bundle import BundleError
+from service.pipeline import decoded_batches, stack_decoded
+from service.runtime import CUDA, DeviceError, RuntimeConfig, available_cpus, create_session
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BundleError", "DeviceError", "Prediction", "Predictor", "softmax", "top_k_indices"]
+
+Source = TypeVar("Source", bytes, str, Path)
+DEFAULT_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    label: str
+    index: int
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "index": self.index, "score": self.score}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, stable for any finite logits (the row maximum is subtracted first)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32, copy=False)
+
+
+def top_k_indices(probabilities: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest entries (clamped to the row length), best first, ties by index."""
+    if k < 1:
+        raise ValueError(f"top_k must be >= 1, got {k}")
+    row = np.asarray(probabilities)
+    k = min(k, row.shape[-1])
+    return np.argsort(-row, kind="stable")[:k]
+
+
+class Predictor:
+    """A loaded, verified bundle. Thread-safe: ``infer``/``predict`` may be called concurrently."""
+
+    def __init__(
+        self, *, card: ModelCard, session: Any, provider: str, precision: str, model_path: Path,
+        model_version: str, input_name: str, output_name: str, runtime: RuntimeConfig,
+        max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
+        decode_threads: int | None = None,
+    ) -> None:
+        self.card = card
+        self.session = session
+        self.provider = provider
+        self.precision = precision
+        self.model_path = model_path
+        self.model_version = model_version
+        self.runtime = runtime
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+        self.decode_threads = decode_threads or max(1, round(available_cpus() / runtime.workers))
+        self._input_name = input_name
+        self._output_name = output_name
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls, bundle_dir: str | Path, *, precision: str = "fp32", device: str = "auto",
+        threads: int | None = None, workers: int = 1, decode_threads: int | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
+        runtime: RuntimeConfig | None = None,
+    ) -> "Predictor":
+        """Open ``bundle_dir`` or raise ``BundleError`` (bundle) / ``DeviceError`` (provider)."""
+        bundle_dir = Path(bundle_dir)
+        runtime = runtime or RuntimeConfig(device=device, threads=threads, workers=workers)
+        card = bundle_checks.load_card(bundle_dir)
+        path = bundle_checks.model_file(bundle_dir, card, precision)
+        digest = bundle_checks.verify_sha256(card, path)
+        session, provider = bundle_checks.open_session(path, lambda p: create_session(p, runtime))
+        bundle_checks.check_embedded_card(session, card, path)
+        input_name, output_name = bundle_checks.check_signature(session, card, path)
+        log.info("loaded %s (%s, %d classes) on %s", path, precision, card.num_classes, provider)
+        return cls(
+            card=card, session=session, provider=provider, precision=precision, model_path=path,
+            model_version=f"{bundle_dir.resolve().name}@{digest[:12]}", input_name=input_name,
+            output_name=output_name, runtime=runtime, max_bytes=max_bytes, max_pixels=max_pixels,
+            decode_threads=decode_threads,
+        )
+
+    # ------------------------------------------------------------ properties
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.card.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return self.card.num_classes
+
+    @property
+    def input_size(self) -> int:
+        return self.card.preprocess.crop_size
+
+    # ------------------------------------------------------------ steps
+    def decode(self, data: bytes | str | Path) -> np.ndarray:
+        """uint8 [3, H, W] model input, or ``ImageDecodeError`` (reason in ``.reason``)."""
+        preprocess = self.card.preprocess
+        image = preprocess.load(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+        return preprocess.pixels(image)
+
+    def infer(self, pixels: np.ndarray) -> np.ndarray:
+        """Probabilities float32 [N, C] for uint8 pixels [N, 3, H, W]."""
+        size = self.input_size
+        if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8:
+            raise ValueError(f"infer: expected a uint8 numpy array, got {getattr(pixels, 'dtype', type(pixels))}")
+        if pixels.ndim != 4 or pixels.shape[1:] != (3, size, size):
+            raise ValueError(f"infer: expected shape [N, 3, {size}, {size}], got {list(pixels.shape)}")
+        if pixels.shape[0] == 0:
+            return np.zeros((0, self.num_classes), dtype=np.float32)
+        (logits,) = self.session.run([self._output_name], {self._input_name: np.ascontiguousarray(pixels)})
+        return softmax(logits)
+
+    def top_k(self, probabilities_row: np.ndarray, k: int = 5) -> list[Prediction]:
+        names = self.class_names
+        return [
+            Prediction(names[int(i)], int(i), float(probabilities_row[i]))
+            for i in top_k_indices(probabilities_row, k)
+        ]
+
+    # ------------------------------------------------------------ many images
+    def _decode_pool(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="imgcls-decode")
+            return self._pool
+
+    def _infer_batch(self, pixels: np.ndarray, batch_size: int) -> np.ndarray:
+        count = pixels.shape[0]
+        if self.provider == CUDA and count < batch_size:  # one shape: cuDNN picks algorithms once
+            padding = np.zeros((batch_size - count, *pixels.shape[1:]), dtype=np.uint8)
+            return self.infer(np.concatenate([pixels, padding]))[:count]
+        return self.infer(pixels)
+
+    def predict_batches(
+        self, sources: Iterable[Source], top_k: int = 5, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> Iterator[list[tuple[Source, list[Prediction] | ImageDecodeError]]]:
+        """Per batch, in input order: (source, top-k predictions or the decode error)."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        for batch in decoded_batches(sources, self.decode, batch_size, self._decode_pool()):
+            pixels, positions = stack_decoded(batch)
+            results: list[Any] = [item for _, item in batch]
+            if pixels is not None:
+                for row, position in zip(self._infer_batch(pixels, batch_size), positions):
+                    results[position] = self.top_k(row, top_k)
+            yield [(source, result) for (source, _), result in zip(batch, results)]
+
+    def predict(
+        self, sources: Iterable[Source], top_k: int = 5, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> list[list[Prediction] | ImageDecodeError]:
+        """Per source, in order: its top-k predictions (best first) or its ``ImageDecodeError``."""
+        return [result for batch in self.predict_batches(sources, top_k, batch_size) for _, result in batch]
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def describe(self) -> dict[str, Any]:
+        """What is running, for logs, health endpoints and score summaries."""
+        return {
+            "model_version": self.model_version, "arch": self.card.arch, "precision": self.precision,
+            "provider": self.provider, "classes": self.num_classes, "input_size": self.input_size,
+            "intra_op_threads": self.runtime.intra_op_threads(), "decode_threads": self.decode_threads,
+        }
