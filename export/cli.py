@@ -1,0 +1,105 @@
+"""``imgcls export RUN --out BUNDLE [--int8] ...``: checkpoint -> validated ONNX bundle."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from export.config import CALIBRATION_METHODS, DEFAULT_OPSET, EXPORTERS, INT8_TARGETS, ExportConfig
+
+log = logging.getLogger("imgcls.export")
+
+EXIT_FAILED = 1
+EXIT_REFUSED = 3  # the bundle was written, but a requested INT8/fp16 variant failed its gate
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="imgcls export", description=__doc__.splitlines()[0].strip("`"))
+    parser.add_argument("run", type=Path, help="run directory (runs/<run>) or its checkpoint directory")
+    parser.add_argument("--out", type=Path, help="bundle directory (default: bundles/<run name>)")
+    parser.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static QDQ), gated")
+    parser.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (for GPU serving), gated")
+    parser.add_argument("--data", type=Path, help="image folder root, if the images of split.json moved")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (checked after export)")
+    parser.add_argument("--exporter", choices=EXPORTERS, default="dynamo")
+    parser.add_argument("--parity-images", type=int, default=16, help="real images checked against PyTorch")
+    parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="minmax")
+    parser.add_argument("--calibration-size", type=int, default=300, help="training images used to calibrate")
+    parser.add_argument("--int8-target", choices=INT8_TARGETS, default="x86",
+                        help="x86: U8S8 reduce_range (AVX2 without VNNI); vnni/arm64: S8S8")
+    parser.add_argument("--exclude-nodes", nargs="+", default=[], metavar="NODE",
+                        help="ONNX node names to keep in float")
+    parser.add_argument("--max-accuracy-drop", type=float, default=1.0,
+                        help="refuse INT8/fp16 if val top-1 drops more than this many points (default 1.0)")
+    parser.add_argument("--gate-images", type=int, help="at most this many validation images for the gate")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+def config_from(args: argparse.Namespace) -> ExportConfig:
+    return ExportConfig(
+        opset=args.opset, exporter=args.exporter, parity_images=args.parity_images, data_dir=args.data,
+        int8=args.int8, fp16=args.fp16, calibration_method=args.calibration_method,
+        calibration_size=args.calibration_size, int8_target=args.int8_target,
+        exclude_nodes=tuple(args.exclude_nodes), max_accuracy_drop=args.max_accuracy_drop,
+        gate_images=args.gate_images, progress=not args.no_progress,
+    )
+
+
+def summary(card, out: Path) -> str:
+    """The final result table (stdout)."""
+    export = card.export
+    rows = [f"bundle {out}  ({card.arch}, {card.num_classes} classes, opset {export['opset']}, {export['exporter']})"]
+    parity = export["parity"]
+    worst = max(v["max_abs_logit_diff"] for v in parity.values() if isinstance(v, dict))
+    rows.append(f"  parity vs PyTorch on {parity['images']} images: max |Δlogit| {worst:.2e}, top-1 agreement 100%")
+    rows.append(f"  {'file':<18}{'precision':>10}{'MB':>9}{'top-1':>9}{'Δ points':>10}{'agree':>8}{'speed×':>8}")
+    for name, info in export["files"].items():
+        gate = export.get(info["precision"], {}).get("gate", {}) if info["precision"] != "fp32" else {}
+        top1 = gate.get(f"{info['precision']}_top1")
+        cells = (f"{100 * top1:.2f}" if top1 is not None else "-",
+                 f"{gate['accuracy_drop_points']:.2f}" if gate else "-",
+                 f"{100 * gate['top1_agreement']:.1f}%" if gate else "-",
+                 f"{gate['speed_ratio']:.2f}" if gate else "1.00")
+        rows.append(f"  {name:<18}{info['precision']:>10}{info['bytes'] / 1e6:>9.2f}{cells[0]:>9}{cells[1]:>10}"
+                    f"{cells[2]:>8}{cells[3]:>8}")
+    for precision in ("int8", "fp16"):
+        section = export.get(precision)
+        if section and section["status"] == "refused":
+            rows.append(f"  {precision} REFUSED: {section['reason']}")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    out = args.out or Path("bundles") / args.run.resolve().name
+    try:
+        config = config_from(args)
+    except ValueError as exc:
+        sys.stderr.write(f"imgcls export: {exc}\n")
+        return 2
+    from export.bundle import export_bundle  # torch is imported only past argument parsing
+    from export.errors import ExportError
+    from models.card import CardError
+    from models.checkpoint import CheckpointError
+
+    try:
+        card = export_bundle(args.run, out, config)
+    except (ExportError, CheckpointError, CardError) as exc:
+        sys.stderr.write(f"imgcls export: {type(exc).__name__}: {exc}\n(no bundle was written to {out})\n")
+        return EXIT_FAILED
+    sys.stdout.write(summary(card, out) + "\n")
+    refused = [p for p in ("int8", "fp16") if card.export.get(p, {}).get("status") == "refused"]
+    if refused:
+        sys.stderr.write(f"imgcls export: {', '.join(refused)} refused by the accuracy gate; "
+                         f"{out} holds the fp32 model only for that precision\n")
+        return EXIT_REFUSED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

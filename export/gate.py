@@ -1,0 +1,69 @@
+"""The precision gate (INT8, fp16): fp32 vs the smaller model on the labelled validation split, measured in the same run."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.config import INPUT_NAME, OUTPUT_NAME, ExportConfig
+from export.errors import QuantizationRefused
+from export.images import load_pixels
+from export.validate import run_batches, session
+from models.card import ModelCard
+from models.dataset import SplitListing
+
+BENCH_SECONDS = 1.0  # per model, alternating rounds, after one warm-up run
+
+
+def throughput(sessions: dict[str, Any], pixels: np.ndarray, batch: int) -> dict[str, float]:
+    """Images/s of each session on the same batch, measured in alternating rounds."""
+    if len(pixels) < batch:
+        pixels = np.concatenate([pixels] * (batch // max(1, len(pixels)) + 1))
+    inputs = {INPUT_NAME: pixels[:batch]}
+    elapsed = {name: 0.0 for name in sessions}
+    runs = {name: 0 for name in sessions}
+    for sess in sessions.values():
+        sess.run([OUTPUT_NAME], inputs)
+    deadline = time.perf_counter() + BENCH_SECONDS * len(sessions)
+    while time.perf_counter() < deadline or min(runs.values()) < 3:
+        for name, sess in sessions.items():
+            start = time.perf_counter()
+            sess.run([OUTPUT_NAME], inputs)
+            elapsed[name] += time.perf_counter() - start
+            runs[name] += 1
+    return {name: batch * runs[name] / elapsed[name] for name in sessions}
+
+
+def precision_gate(fp32_path: Path, other_path: Path, split: SplitListing, card: ModelCard,
+                   config: ExportConfig, precision: str = "int8") -> dict[str, Any]:
+    """Accuracy, agreement, size and speed of ``other_path`` vs fp32 on the validation split.
+
+    Raises ``QuantizationRefused`` when top-1 accuracy drops more than ``config.max_accuracy_drop`` points.
+    """
+    val = load_pixels(split, split.val, card.preprocess, config.gate_images)
+    if len(val.labels) == 0:
+        raise QuantizationRefused(f"the validation split has no readable images to gate {precision} on", {})
+    sessions = {"fp32": session(fp32_path), precision: session(other_path)}
+    preds = {name: run_batches(s, val.pixels, config.benchmark_batch).argmax(1) for name, s in sessions.items()}
+    accuracy = {name: float(np.mean(p == val.labels)) for name, p in preds.items()}
+    speed = throughput(sessions, val.pixels, config.benchmark_batch)
+    sizes = {"fp32": fp32_path.stat().st_size, precision: other_path.stat().st_size}
+    drop = 100.0 * (accuracy["fp32"] - accuracy[precision])
+    figures = {
+        "images": int(len(val.labels)),
+        "fp32_top1": accuracy["fp32"], f"{precision}_top1": accuracy[precision], "accuracy_drop_points": drop,
+        "max_accuracy_drop_points": config.max_accuracy_drop,
+        "top1_agreement": float(np.mean(preds["fp32"] == preds[precision])),
+        "fp32_bytes": sizes["fp32"], f"{precision}_bytes": sizes[precision], "size_ratio": sizes[precision] / sizes["fp32"],
+        "fp32_images_per_s": speed["fp32"], f"{precision}_images_per_s": speed[precision],
+        "speed_ratio": speed[precision] / speed["fp32"], "benchmark_batch": config.benchmark_batch,
+        "benchmark_note": "same machine, same run, alternating rounds; CPU ONNX Runtime",
+    }
+    if drop > config.max_accuracy_drop:
+        raise QuantizationRefused(
+            f"{precision} top-1 {100 * accuracy[precision]:.2f}% vs fp32 {100 * accuracy['fp32']:.2f}% on "
+            f"{len(val.labels)} validation images: a drop of {drop:.2f} points exceeds the allowed "
+            f"{config.max_accuracy_drop:g}; the bundle keeps fp32 only", figures)
+    return figures
