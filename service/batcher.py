@@ -1,0 +1,185 @@
+"""Merge the images of concurrent requests into inference batches (one per worker process).
+
+Natural batching: the inference thread takes everything that queued while the previous batch ran
+(up to ``max_batch_size``), so an idle server answers a lone request at once and a busy one runs
+bigger batches; ``batch_wait_ms`` optionally waits a little longer for stragglers. Only fixed
+batch sizes ever reach the session (``BatchPlan``): on CPU a batch is split into power-of-two
+chunks (no wasted compute), on GPU it is padded up to the next size (one launch). Each size is
+warmed at start. When more than ``max_queue_images`` images wait, ``submit`` raises
+``Overloaded`` at once (HTTP 503) instead of letting latency grow without bound.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+InferFn = Callable[[np.ndarray], np.ndarray]
+
+
+class Overloaded(RuntimeError):
+    """The inference queue is full."""
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Which batch sizes the session runs, and how an arbitrary count maps onto them."""
+
+    sizes: tuple[int, ...]  # ascending, starts with 1
+    pad: bool  # True: pad up to the next size (GPU); False: split into sizes (CPU)
+
+    @classmethod
+    def for_device(cls, max_batch_size: int, on_gpu: bool) -> "BatchPlan":
+        sizes = [1]
+        while sizes[-1] * 2 <= max_batch_size:
+            sizes.append(sizes[-1] * 2)
+        if sizes[-1] != max_batch_size:
+            sizes.append(max_batch_size)
+        return cls(tuple(sizes), pad=on_gpu)
+
+    def chunks(self, count: int) -> list[tuple[int, int]]:
+        """[(images, run size)] covering ``count`` images: run size > images only when padding."""
+        out: list[tuple[int, int]] = []
+        while count > 0:
+            biggest = self.sizes[-1]
+            if count >= biggest:
+                out.append((biggest, biggest))
+            elif self.pad:
+                out.append((count, next(s for s in self.sizes if s >= count)))
+            else:
+                size = max(s for s in self.sizes if s <= count)
+                out.append((size, size))
+            count -= out[-1][0]
+        return out
+
+    def run(self, infer: InferFn, pixels: np.ndarray) -> np.ndarray:
+        results, start = [], 0
+        for images, size in self.chunks(len(pixels)):
+            chunk = pixels[start : start + images]
+            if size > images:
+                pad = np.zeros((size - images, *chunk.shape[1:]), dtype=chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            results.append(infer(chunk)[:images])
+            start += images
+        return np.concatenate(results)
+
+
+@dataclass
+class _Job:
+    pixels: np.ndarray  # [n, 3, H, W]
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """Given to ``on_batch`` after each batch (for metrics)."""
+
+    images: int
+    requests: int
+    inference_s: float
+
+
+@dataclass(frozen=True)
+class JobResult:
+    probabilities: np.ndarray
+    queue_s: float
+    inference_s: float
+
+
+class MicroBatcher:
+    """One inference thread fed by an unbounded-in-time but bounded-in-size queue."""
+
+    def __init__(self, infer: InferFn, plan: BatchPlan, *, max_queue_images: int, batch_wait_ms: float = 0.0,
+                 on_batch: Callable[[BatchReport], None] | None = None) -> None:
+        self._infer, self._plan = infer, plan
+        self._max_batch = plan.sizes[-1]
+        self._max_queue = max_queue_images
+        self._wait_s = batch_wait_ms / 1000.0
+        self._on_batch = on_batch
+        self._queue: deque[_Job] = deque()
+        self._queued_images = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="imgcls-inference", daemon=True)
+        self._thread.start()
+
+    def warm_up(self, example: np.ndarray, rounds: int = 2) -> None:
+        """Run every planned batch size ``rounds`` times (synchronously, before readiness)."""
+        for size in self._plan.sizes:
+            batch = np.repeat(example[None], size, axis=0)
+            for _ in range(rounds):
+                self._infer(batch)
+
+    async def submit(self, pixels: np.ndarray) -> JobResult:
+        loop = asyncio.get_running_loop()
+        job = _Job(pixels, loop.create_future(), loop)
+        with self._cond:
+            if self._closed:
+                raise Overloaded("the server is shutting down")
+            if self._queued_images + len(pixels) > self._max_queue:
+                raise Overloaded(f"{self._queued_images} images already wait for inference")
+            self._queue.append(job)
+            self._queued_images += len(pixels)
+            self._cond.notify()
+        return await job.future
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=10)
+
+    def _take(self) -> list[_Job] | None:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if not self._queue:
+                return None
+        if self._wait_s:
+            time.sleep(self._wait_s)
+        jobs: list[_Job] = []
+        with self._cond:
+            images = 0
+            while self._queue and (not jobs or images + len(self._queue[0].pixels) <= self._max_batch):
+                job = self._queue.popleft()
+                jobs.append(job)
+                images += len(job.pixels)
+            self._queued_images -= images
+        return jobs
+
+    def _loop(self) -> None:
+        while (jobs := self._take()) is not None:
+            started = time.perf_counter()
+            try:
+                merged = jobs[0].pixels if len(jobs) == 1 else np.concatenate([j.pixels for j in jobs])
+                probabilities = self._plan.run(self._infer, merged)
+            except BaseException as exc:  # deliver the failure to every waiting request
+                for job in jobs:
+                    job.loop.call_soon_threadsafe(_set_exception, job.future, exc)
+                continue
+            elapsed = time.perf_counter() - started
+            if self._on_batch is not None:
+                self._on_batch(BatchReport(len(merged), len(jobs), elapsed))
+            start = 0
+            for job in jobs:
+                part = probabilities[start : start + len(job.pixels)]
+                start += len(job.pixels)
+                result = JobResult(part, started - job.queued_at, elapsed)
+                job.loop.call_soon_threadsafe(_set_result, job.future, result)
+
+
+def _set_result(future: asyncio.Future, value: JobResult) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

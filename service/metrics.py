@@ -1,0 +1,149 @@
+"""Prometheus metrics of the service (prometheus-client, correct across worker processes).
+
+``bentoml serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a shared directory before the workers
+start; metrics created afterwards (in the service's ``__init__``) write there and ``/metrics``
+(``metrics_app``) merges every worker's files. BentoML's own HTTP metrics are switched off because
+they label each series with the raw request path, so every unknown path (scanners, typos) would add
+new series forever; ``HTTPMetricsMiddleware`` records the same figures with the route bounded to
+the service's known routes plus ``"unmatched"``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+UNMATCHED = "unmatched"
+
+
+@dataclass(frozen=True)
+class ServiceMetrics:
+    requests: Counter
+    images: Counter
+    decode_seconds: Histogram
+    preprocess_seconds: Histogram
+    queue_seconds: Histogram
+    inference_seconds: Histogram
+    batch_images: Histogram
+    batch_requests: Histogram
+    predictions: Counter
+    confidence: Histogram
+    model_info: Gauge
+    http_requests: Counter
+    http_seconds: Histogram
+
+    @classmethod
+    def create(cls) -> "ServiceMetrics":
+        """Create (in each worker, after BentoML set up multiprocess mode)."""
+        return cls(
+            requests=Counter("imgcls_requests", "POST /classify requests by outcome (ok, partial, rejected) and reason code",
+                             ["outcome", "reason"]),
+            images=Counter("imgcls_images", "images by outcome (classified, failed) and reason code", ["outcome", "reason"]),
+            decode_seconds=Histogram("imgcls_decode_seconds", "decode of one image (load_image: bytes -> RGB)",
+                                     buckets=LATENCY_BUCKETS),
+            preprocess_seconds=Histogram("imgcls_preprocess_seconds", "resize + centre crop of one decoded image",
+                                         buckets=LATENCY_BUCKETS),
+            queue_seconds=Histogram("imgcls_queue_seconds", "wait for the batcher, per request",
+                                    buckets=LATENCY_BUCKETS),
+            inference_seconds=Histogram("imgcls_inference_seconds", "ONNX Runtime time of one merged batch",
+                                        buckets=LATENCY_BUCKETS),
+            batch_images=Histogram("imgcls_batch_images", "images per merged inference batch (realised batch size)",
+                                   buckets=BATCH_BUCKETS),
+            batch_requests=Histogram("imgcls_batch_requests", "requests merged into one inference batch",
+                                     buckets=BATCH_BUCKETS),
+            predictions=Counter("imgcls_predictions", "top-1 predictions per class", ["label"]),
+            confidence=Histogram("imgcls_top1_confidence", "softmax probability of the top-1 class",
+                                 buckets=CONFIDENCE_BUCKETS),
+            model_info=Gauge("imgcls_model_info", "the model being served (value 1)",
+                             ["name", "version", "arch", "provider", "precision"], multiprocess_mode="max"),
+            http_requests=Counter("imgcls_http_requests", "HTTP requests by route (known routes or 'unmatched'), "
+                                  "method and status", ["route", "method", "status"]),
+            http_seconds=Histogram("imgcls_http_request_duration_seconds", "HTTP request duration by route",
+                                   ["route"], buckets=LATENCY_BUCKETS),
+        )
+
+    def set_model(self, *, name: str, version: str, arch: str, provider: str, precision: str,
+                  class_names: Iterable[str]) -> None:
+        self.model_info.labels(name=name, version=version, arch=arch, provider=provider, precision=precision).set(1)
+        for label in class_names:  # every class appears (at 0) from the start: rate() works at once
+            self.predictions.labels(label=label)
+
+
+class HTTPMetricsMiddleware:
+    """ASGI middleware: request count and duration per route, with a bounded route label."""
+
+    def __init__(self, app: Any, routes: Iterable[str], prefixes: Iterable[str] = ()) -> None:
+        self.app = app
+        self.routes = frozenset(routes)
+        self.prefixes = tuple(prefixes)
+
+    def route_label(self, path: str) -> str:
+        if path in self.routes:
+            return path
+        return next((p + "*" for p in self.prefixes if path.startswith(p)), UNMATCHED)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        metrics = _CURRENT.get("metrics")
+        if scope["type"] != "http" or metrics is None or scope["path"] == "/metrics":
+            await self.app(scope, receive, send)
+            return
+        route, started, status = self.route_label(scope["path"]), time.perf_counter(), [500]
+
+        async def send_and_record(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            metrics.http_requests.labels(route=route, method=_method(scope), status=str(status[0])).inc()
+            metrics.http_seconds.labels(route=route).observe(time.perf_counter() - started)
+
+
+_KNOWN_METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"})
+_CURRENT: dict[str, ServiceMetrics] = {}  # the worker's metrics, once the service has created them
+
+
+def _method(scope: dict) -> str:
+    method = scope.get("method", "")
+    return method if method in _KNOWN_METHODS else "other"
+
+
+def install(metrics: ServiceMetrics) -> None:
+    """Make ``metrics`` the ones the middleware records into (one service per worker process)."""
+    _CURRENT["metrics"] = metrics
+
+
+def render() -> bytes:
+    """Exposition text of every worker (multiprocess mode) or of this process."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY)
+
+
+async def metrics_endpoint(_request: Any) -> Any:
+    """Starlette endpoint for ``GET /metrics`` (routed by the service)."""
+    import anyio.to_thread
+    from starlette.responses import Response
+
+    body = await anyio.to_thread.run_sync(render)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
