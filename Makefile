@@ -25,6 +25,7 @@ demo: venv
 	$(VENV)/bin/imgcls demo
 
 bench: venv
+	$(PYTHON) -m pip install -q -e '.[$(EXTRAS),bench]'
 	$(PYTHON) -m benchmarks.run_all
 
 soak: venv
