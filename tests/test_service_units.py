@@ -1,0 +1,132 @@
+"""Service parts without a server: batch plan and batcher, upload parsing helpers, config, serve flags."""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from service.batcher import BatchPlan, MicroBatcher, Overloaded
+from service.config import ConfigError, ServiceConfig
+from service.serve import build_parser, check_bundle, config_from
+from service.uploads import RequestRejected, decode_base64, parse_top_k
+
+
+def test_cpu_plan_splits_into_warmed_sizes_and_gpu_plan_pads():
+    cpu = BatchPlan.for_device(16, on_gpu=False)
+    assert cpu.sizes == (1, 2, 4, 8, 16)
+    assert cpu.chunks(13) == [(8, 8), (4, 4), (1, 1)]
+    assert cpu.chunks(37) == [(16, 16), (16, 16), (4, 4), (1, 1)]
+    gpu = BatchPlan.for_device(12, on_gpu=True)
+    assert gpu.sizes == (1, 2, 4, 8, 12)
+    assert gpu.chunks(5) == [(5, 8)] and gpu.chunks(13) == [(12, 12), (1, 1)]
+
+
+def test_plan_run_only_feeds_planned_sizes_and_keeps_order():
+    seen = []
+
+    def infer(batch):
+        seen.append(len(batch))
+        return batch.reshape(len(batch), -1)[:, :1].astype(np.float32)
+
+    pixels = np.arange(11, dtype=np.uint8).reshape(11, 1, 1, 1)
+    for plan in (BatchPlan.for_device(8, on_gpu=False), BatchPlan.for_device(8, on_gpu=True)):
+        seen.clear()
+        out = plan.run(infer, pixels)
+        assert out[:, 0].tolist() == list(range(11))
+        assert set(seen) <= set(plan.sizes)
+
+
+def test_batcher_merges_concurrent_requests_and_refuses_when_full():
+    gate, batches = threading.Event(), []
+
+    def infer(batch):
+        gate.wait(5)
+        batches.append(len(batch))
+        return np.repeat(batch.reshape(len(batch), -1)[:, :1], 2, axis=1).astype(np.float32)
+
+    batcher = MicroBatcher(infer, BatchPlan.for_device(8, on_gpu=False), max_queue_images=6)
+
+    async def scenario():
+        first = asyncio.ensure_future(batcher.submit(np.full((1, 1, 1, 1), 9, np.uint8)))
+        await asyncio.sleep(0.2)  # the inference thread now holds the first job, blocked on the gate
+        queued = [asyncio.ensure_future(batcher.submit(np.full((2, 1, 1, 1), i, np.uint8))) for i in range(3)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(Overloaded):
+            await batcher.submit(np.zeros((1, 1, 1, 1), np.uint8))
+        gate.set()
+        return await first, await asyncio.gather(*queued)
+
+    try:
+        first, rest = asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert first.probabilities[:, 0].tolist() == [9]
+    assert [r.probabilities[:, 0].tolist() for r in rest] == [[0, 0], [1, 1], [2, 2]]
+    assert batches[0] == 1 and sum(batches[1:]) == 6 and len(batches) <= 3  # 6 queued images merged
+
+
+def test_batcher_delivers_inference_failures_to_the_waiting_requests():
+    def infer(batch):
+        raise RuntimeError("boom")
+
+    batcher = MicroBatcher(infer, BatchPlan.for_device(4, on_gpu=False), max_queue_images=8)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            asyncio.run(batcher.submit(np.zeros((1, 1, 1, 1), np.uint8)))
+    finally:
+        batcher.close()
+
+
+@pytest.mark.parametrize("text", ["aGVsbG8=", "aGVsbG8", " aGVs\nbG8= ", "data:image/png;base64,aGVsbG8=", "aGVsbG8_"[:7]])
+def test_base64_variants(text):
+    assert decode_base64(text) == b"hello"
+
+
+def test_base64_url_safe_alphabet():
+    assert decode_base64("-_-_") == bytes([0xFB, 0xFF, 0xBF])
+
+
+@pytest.mark.parametrize("bad", ["%%%", "a", "aGVsbG8=x="])
+def test_bad_base64_is_refused(bad):
+    with pytest.raises(ValueError):
+        decode_base64(bad)
+
+
+@pytest.mark.parametrize("raw, value", [(3, 3), ("7", 7), ('"2"', 2), (4.0, 4)])
+def test_top_k_accepts_positive_integers(raw, value):
+    assert parse_top_k(raw) == value
+
+
+@pytest.mark.parametrize("raw", [0, -1, "x", 1.5, True, None, "1e3", [3]])
+def test_top_k_refuses_everything_else(raw):
+    with pytest.raises(RequestRejected) as caught:
+        parse_top_k(raw)
+    assert caught.value.reason == "bad_top_k" and caught.value.status == 400
+
+
+def test_config_round_trips_through_the_environment_and_names_bad_values():
+    config = ServiceConfig(bundle="/b", workers=2, batch_wait_ms=1.5, access_log=True)
+    assert ServiceConfig.from_env(config.to_env()) == config
+    with pytest.raises(ConfigError, match="IMGCLS_WORKERS"):
+        ServiceConfig.from_env({"IMGCLS_WORKERS": "two"})
+    with pytest.raises(ConfigError, match="IMGCLS_DEVICE"):
+        ServiceConfig.from_env({"IMGCLS_DEVICE": "tpu"})
+    with pytest.raises(ConfigError, match="IMGCLS_MAX_QUEUE_IMAGES"):
+        ServiceConfig(max_images=64, max_queue_images=10)
+
+
+def test_serve_flags_override_the_environment(tmp_path):
+    args = build_parser().parse_args([str(tmp_path), "--workers", "3", "--max-batch-size", "8", "--device", "cpu"])
+    config = config_from(args, {"IMGCLS_WORKERS": "2", "IMGCLS_MAX_IMAGES": "7"})
+    assert (config.workers, config.max_batch_size, config.max_images, config.device) == (3, 8, 7, "cpu")
+    assert config.bundle == str(tmp_path.resolve())
+
+
+def test_serve_refuses_a_missing_or_empty_bundle_before_starting(tmp_path):
+    from service.serve import main
+
+    assert "not a directory" in check_bundle(tmp_path / "nope")
+    assert "card" in check_bundle(tmp_path).lower()
+    assert main([str(tmp_path / "nope")]) == 2
