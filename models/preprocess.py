@@ -30,6 +30,8 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
 ALPHA_BACKGROUND = (255, 255, 255)
+# Beyond this long:short side ratio, resize_crop resamples only the crop region (bounded memory).
+MAX_RESIZED_ASPECT = 32
 
 INTERPOLATIONS: dict[str, Image.Resampling] = {
     "nearest": Image.Resampling.NEAREST,
@@ -235,11 +237,20 @@ class Preprocess:
 
     def resize_crop(self, image: Image.Image) -> Image.Image:
         width, height = resized_size(image.width, image.height, self.resize_size)
-        if (width, height) != image.size:
-            image = image.resize((width, height), INTERPOLATIONS[self.interpolation])
         top = int(round((height - self.crop_size) / 2.0))
         left = int(round((width - self.crop_size) / 2.0))
-        return image.crop((left, top, left + self.crop_size, top + self.crop_size))
+        crop = self.crop_size
+        if max(width, height) > MAX_RESIZED_ASPECT * self.resize_size:
+            # Extreme aspect ratio (e.g. a 1x10000 strip would become 256x2560000, gigabytes):
+            # resample only the source region that lands in the crop. Pillow's box resize uses the
+            # same sample positions, but its rounding may differ by a few levels from resize-then-crop,
+            # so normal images keep the exact torchvision path below.
+            sx, sy = image.width / width, image.height / height
+            box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
+            return image.resize((crop, crop), INTERPOLATIONS[self.interpolation], box=box)
+        if (width, height) != image.size:
+            image = image.resize((width, height), INTERPOLATIONS[self.interpolation])
+        return image.crop((left, top, left + crop, top + crop))
 
     def pixels(self, image: Image.Image) -> np.ndarray:
         """uint8 ``[3, crop, crop]``: the input of an exported graph (it normalises itself)."""
