@@ -95,6 +95,17 @@ def _sniff_unsupported(data: bytes) -> str | None:
     return None
 
 
+SIGNATURES = ((b"\xff\xd8", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+              (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _signature(data: bytes) -> str | None:
+    """The raster format whose magic bytes ``data`` starts with (a damaged file, not a non-image)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in SIGNATURES if data.startswith(magic)), None)
+
+
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
@@ -106,6 +117,9 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         known = _sniff_unsupported(data)
         if known:
             raise ImageDecodeError("unsupported_format", known) from exc
+        damaged = _signature(data)
+        if damaged:
+            raise ImageDecodeError("corrupt", f"{damaged} signature, but its header cannot be read") from exc
         raise ImageDecodeError("not_an_image", "not a recognised image format") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageDecodeError("corrupt", f"unreadable image header ({exc})") from exc
