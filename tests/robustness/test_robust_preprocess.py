@@ -59,3 +59,13 @@ def test_ordinary_aspect_ratios_keep_the_exact_path():
     image = make_image(97 * 3, 1001 * 3, seed=1)  # 1:10.3, the golden test's most extreme shape
     np.testing.assert_array_equal(np.asarray(LITE0.resize_crop(image), dtype=np.int16),
                                   reference_resize_crop(LITE0, image))
+
+
+@pytest.mark.parametrize("kind", ["zeroed", "zero height", "dqt"])
+def test_damaged_jpeg_headers_are_corrupt_not_non_images(kind):
+    from corpus import corrupt_header_jpeg
+    from models.preprocess import ImageDecodeError, load_image
+
+    with pytest.raises(ImageDecodeError) as info:
+        load_image(corrupt_header_jpeg(kind))
+    assert info.value.reason == "corrupt", info.value
