@@ -1,0 +1,106 @@
+"""The CPU serving image: build it (legacy builder, wheelhouse, local base image), run it with a
+bundle, wait for /readyz, classify, stop it. Starts a Docker daemon when none runs, and stops the
+one it started by its PID."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import REPO_ROOT, encode, make_image
+from factories import make_tiny_bundle
+from service_server import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.docker]
+MAKE_BASE = REPO_ROOT.parent / "shared" / "docker" / "make-base-image.sh"
+BASE_IMAGE = os.environ.get("IMGCLS_BASE_IMAGE", "local/python:3.11-bookworm")
+TAG = "imgcls:test-cpu"
+
+
+def run(*command: str, timeout: float = 600, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DOCKER_BUILDKIT": "0"}
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env, **kw)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} -> {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def docker_daemon():
+    assert shutil.which("docker"), "the docker client is needed (CI installs it)"
+    started_pid = None
+    if run("docker", "info", check=False, timeout=30).returncode != 0 or \
+            run("docker", "image", "inspect", BASE_IMAGE, check=False, timeout=30).returncode != 0:
+        out = run("bash", str(MAKE_BASE), BASE_IMAGE, timeout=900).stdout
+        found = re.search(r"DOCKERD_PID=(\d+)", out)
+        started_pid = int(found.group(1)) if found else None
+    yield
+    if started_pid is not None:
+        os.kill(started_pid, signal.SIGTERM)
+        for _ in range(100):
+            try:
+                os.kill(started_pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def image(docker_daemon):
+    run("bash", "docker/wheelhouse.sh", "cpu", timeout=600)
+    run("docker", "build", "-q", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", TAG, ".", timeout=900)
+    return TAG
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    path = make_tiny_bundle(tmp_path_factory.mktemp("container-bundle"))
+    for item in [path, *path.iterdir()]:  # the container user (uid 10001) must be able to read it
+        item.chmod(0o755 if item.is_dir() else 0o644)
+    return path
+
+
+def wait_ready(url: str, name: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    logs = run("docker", "logs", name, check=False).stdout
+    raise AssertionError(f"container not ready in {timeout} s:\n{logs[-3000:]}")
+
+
+def test_cpu_image_serves_a_mounted_bundle(image, bundle):
+    name, port = f"imgcls-test-{os.getpid()}", free_port()
+    run("docker", "run", "-d", "--init", "--name", name, "-p", f"127.0.0.1:{port}:3000",
+        "-v", f"{bundle}:/bundle:ro", image, "--workers", "1")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, name)
+        png = encode(make_image(64, 48))
+        response = httpx.post(url + "/classify", files=[("images", ("a.png", png, "image/png"))], timeout=30)
+        assert response.status_code == 200, response.text
+        predictions = response.json()["results"][0]["predictions"]
+        assert [p["label"] for p in predictions] and set(p["label"] for p in predictions) <= {"cat", "dog", "owl"}
+        card = json.loads((bundle / "card.json").read_text())
+        assert response.headers["x-model-version"] == "bundle@" + card["lineage"]["sha256:model.onnx"][:12]
+        assert run("docker", "exec", name, "id", "-u").stdout.strip() != "0"
+        assert run("docker", "exec", name, "python", "-c", "import torch", check=False).returncode != 0
+        assert run("docker", "exec", name, "test", "-e", "/app/models/zoo.py", check=False).returncode != 0
+        stopped = time.monotonic()
+        run("docker", "stop", "--time", "20", name, timeout=60)
+        assert time.monotonic() - stopped < 20  # SIGTERM handled, not the 20 s kill
+        assert run("docker", "inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip() == "0"
+    finally:
+        run("docker", "rm", "-f", name, check=False)
