@@ -72,6 +72,21 @@ def check_bundle(bundle: Path) -> str | None:
     return None
 
 
+def verify_bundle(config: ServiceConfig) -> str | None:
+    """Load the bundle once as a worker would (hashes, embedded card, graph, device) before starting.
+
+    A worker that fails in ``__init__`` is restarted by BentoML forever, so ``imgcls serve`` would
+    never exit; refusing here ends it with exit status 2 and the message naming the problem.
+    """
+    from service.predictor import BundleError, DeviceError, Predictor
+
+    try:
+        Predictor.load(config.bundle, precision=config.precision, device=config.device, threads=1).close()
+    except (BundleError, DeviceError) as exc:
+        return str(exc)
+    return None
+
+
 def run_server(command: list[str], env: dict[str, str]) -> int:
     child = subprocess.Popen(command, env=env, cwd=APP_ROOT, start_new_session=True)
     stopping: list[int] = []
@@ -104,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    problem = check_bundle(Path(config.bundle))
+    problem = check_bundle(Path(config.bundle)) or verify_bundle(config)
     if problem:
         log.error("%s", problem)
         return 2
