@@ -110,7 +110,7 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._loop, name="imgcls-inference", daemon=True)
         self._thread.start()
 
-    def warm_up(self, example: np.ndarray, rounds: int = 2) -> None:
+    def warm_up(self, example: np.ndarray, rounds: int = 1) -> None:
         """Run every planned batch size ``rounds`` times (synchronously, before readiness)."""
         for size in self._plan.sizes:
             batch = np.repeat(example[None], size, axis=0)
