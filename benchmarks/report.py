@@ -72,3 +72,43 @@ def write_result(out: Path | None, name: str, result: dict[str, Any]) -> None:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")
+
+
+def time_interleaved(works: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, Timing]:
+    """Time several alternatives in alternating rounds, so a noisy neighbour hurts them alike."""
+    for _ in range(warmup):
+        for work in works.values():
+            work()
+    samples: dict[str, list[float]] = {name: [] for name in works}
+    for _ in range(repeats):
+        for name, work in works.items():
+            started = time.perf_counter()
+            work()
+            samples[name].append(time.perf_counter() - started)
+    return {name: Timing(statistics.median(s), min(s), max(s)) for name, s in samples.items()}
+
+
+def rate(count: int, timing: Timing) -> dict[str, float]:
+    """Items per second of a timing that processed ``count`` items: median and range."""
+    return {"median": count / timing.median_s, "min": count / timing.max_s, "max": count / timing.min_s}
+
+
+def summary_row(item: str, model: str, figure: str, value: float | str, baseline: str = "",
+                ratio: float | None = None, goal: str = "", met: bool | None = None) -> dict[str, Any]:
+    """One row of RESULTS.md: what was measured, against what, and whether the goal is met."""
+    return {"item": item, "model": model, "figure": figure, "value": value, "baseline": baseline,
+            "ratio": ratio, "goal": goal, "met": met}
+
+
+def time_blocks(works: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
+                rest_s: float = 0.3) -> dict[str, Timing]:
+    """Time alternatives one block after another, resting between blocks.
+
+    For runtimes whose idle threads spin (ONNX Runtime, OpenMP): alternating single runs would
+    charge one runtime's spinning threads to the other's timing.
+    """
+    timings = {}
+    for name, work in works.items():
+        time.sleep(rest_s)
+        timings[name] = time_repeated(work, repeats, warmup)
+    return timings
