@@ -10,6 +10,14 @@ glob patterns (quote them; ``**`` recurses), files, or list files (.txt/.lst: on
 The sorted, deduplicated list is what ``--shard i/n`` (1-based, round robin over the sorted list)
 partitions: run ``--shard 1/4`` .. ``--shard 4/4`` on four machines, each with its own --out.
 
+Output: one row per image, ``path, label_1, score_1, .., label_k, score_k, error, message``
+(``error`` is the decode failure's reason: empty, too_large, not_an_image, unsupported_format,
+truncated, too_many_pixels, corrupt). CSV/JSONL are appended and fsync'ed batch by batch, so a
+killed run loses at most the batch in flight; ``--resume`` cuts a torn last line and skips every
+path already in the file. Parquet is written as part files in ``<out>.parts/`` that a finished run
+merges into ``<out>``; ``--resume`` reads both. ``--labels`` adds ``<out stem>.eval.json`` and
+``<out stem>.confusion.png`` (accuracy, top-5, per-class precision/recall, ECE) and prints them.
+
 Exit status: 0 every image scored; 3 some images could not be read (each has a row with its
 ``error`` reason); 2 nothing was scored because of a usage, input, bundle, device or output
 problem; 130 interrupted (what was written is kept: rerun with --resume).
@@ -43,9 +51,7 @@ EXIT_OK, EXIT_ERROR, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="imgcls score", description=__doc__.split("\n\n")[0],
-        epilog="exit status: 0 all scored, 3 some images failed (see the error column), "
-               "2 usage/input/bundle/device/output error, 130 interrupted (rerun with --resume)",
+        prog="imgcls score", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("bundle", type=Path, help="bundle directory (model.onnx + card.json)")
     parser.add_argument("inputs", nargs="+", help="directories, glob patterns, image files or list files")
