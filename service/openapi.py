@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from service.api import ClassifyJSONRequest, ErrorResponse, ModelSummary
+from service.api import ClassifyJSONRequest, ClassifyResponse, ErrorResponse, ModelSummary
 
 REF = "#/components/schemas/{model}"
 ERROR_STATUSES = {
@@ -26,7 +26,8 @@ ERROR_STATUSES = {
 
 def _schemas() -> dict[str, Any]:
     _, top = models_json_schema(
-        [(ClassifyJSONRequest, "validation"), (ErrorResponse, "serialization"), (ModelSummary, "serialization")],
+        [(ClassifyJSONRequest, "validation"), (ClassifyResponse, "serialization"), (ErrorResponse, "serialization"),
+         (ModelSummary, "serialization")],
         ref_template=REF,
     )
     return top.get("$defs", {})
@@ -46,6 +47,9 @@ def augment(spec: dict[str, Any]) -> dict[str, Any]:
         content.update(_json("ClassifyJSONRequest"))
         content["image/*"] = {"schema": {"type": "string", "format": "binary"}}
         responses = classify.setdefault("responses", {})
+        responses["200"] = {"description": "per image: top-k predictions or that image's error",
+                            "content": _json("ClassifyResponse")}
+        responses.pop(200, None)
         for code in ("400", "404", "500", 400, 404, 500):
             responses.pop(code, None)
         for status, description in ERROR_STATUSES.items():
