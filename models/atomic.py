@@ -9,6 +9,11 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+# tempfile creates 0600 files and 0700 directories; artefacts are meant to be shared (a bundle is
+# mounted into a container that runs as another user), so published ones get ordinary modes.
+FILE_MODE = 0o644
+DIRECTORY_MODE = 0o755
+
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     digest = hashlib.sha256()
@@ -28,6 +33,7 @@ def write_atomically(target: str | Path, data: bytes) -> None:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temp_name, FILE_MODE)
         os.replace(temp_name, target)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
@@ -46,10 +52,12 @@ def staged_directory(target: str | Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
     try:
         yield staging
-        for child in staging.iterdir():
+        for child in staging.rglob("*"):
             if child.is_file():
                 with open(child, "rb") as handle:
                     os.fsync(handle.fileno())
+            os.chmod(child, DIRECTORY_MODE if child.is_dir() else FILE_MODE)
+        os.chmod(staging, DIRECTORY_MODE)
         retired = None
         if target.exists():
             retired = target.with_name(f".{target.name}.retired-{os.getpid()}")
