@@ -112,8 +112,9 @@ def record(section: str, figures: dict[str, Any]) -> Path:
         except ValueError:
             data = {}
         data[section] = {**figures, "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        text = json.dumps(data, indent=1, sort_keys=True) + "\n"  # before truncating: a failure keeps the file
         handle.seek(0)
         handle.truncate()
-        handle.write(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        handle.write(text)
     log.warning("robustness figures [%s] -> %s: %s", section, FIGURES, json.dumps(figures, sort_keys=True))
     return FIGURES
