@@ -92,7 +92,12 @@ class Predictor:
         max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
         runtime: RuntimeConfig | None = None,
     ) -> "Predictor":
-        """Open ``bundle_dir`` or raise ``BundleError`` (bundle) / ``DeviceError`` (provider)."""
+        """Open ``bundle_dir`` or raise ``BundleError`` (bundle) / ``DeviceError`` (provider).
+
+        ``threads``: ONNX Runtime intra-op threads (default: usable CPUs / ``workers``);
+        ``decode_threads``: the pool ``predict`` decodes in; ``runtime``, when given, replaces
+        ``device``/``threads``/``workers`` (CUDA options, thread spinning).
+        """
         bundle_dir = Path(bundle_dir)
         runtime = runtime or RuntimeConfig(device=device, threads=threads, workers=workers)
         card = bundle_checks.load_card(bundle_dir)
