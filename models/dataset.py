@@ -160,7 +160,7 @@ def make_split(data_dir: str | Path, val_fraction: float = 0.2, seed: int = 0) -
     train: list[Sample] = []
     val: list[Sample] = []
     for index, name in enumerate(class_names):
-        samples = _samples(root, class_names, {name: files[name]})
+        samples = [Sample(p.relative_to(root).as_posix(), index) for p in files[name]]
         rng.shuffle(samples)
         if len(samples) < 2:
             raise DatasetError(f"{root}/{name}: needs at least 2 images to split into train and val")
@@ -171,4 +171,22 @@ def make_split(data_dir: str | Path, val_fraction: float = 0.2, seed: int = 0) -
     return SplitListing(
         str(root), class_names, tuple(sorted(train, key=key)), tuple(sorted(val, key=key)),
         "stratified", seed, val_fraction,
+    )
+
+
+def without_files(listing: SplitListing, excluded: set[str] | frozenset[str]) -> SplitListing:
+    """The listing minus ``excluded`` paths (e.g. unreadable files); refuses if a class loses all of
+    its training or validation images, naming the class."""
+    train = tuple(s for s in listing.train if s.path not in excluded)
+    val = tuple(s for s in listing.val if s.path not in excluded)
+    for part, samples in (("training", train), ("validation", val)):
+        present = {s.label for s in samples}
+        lost = [name for index, name in enumerate(listing.class_names) if index not in present]
+        if lost:
+            raise DatasetError(
+                f"{listing.root}: class(es) {', '.join(lost)} have no readable {part} images left "
+                f"after skipping {len(excluded)} unreadable file(s); fix or remove those files"
+            )
+    return SplitListing(
+        listing.root, listing.class_names, train, val, listing.method, listing.seed, listing.val_fraction
     )
