@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import fixtures
-from benchmarks.report import markdown_table, rate, summary_row, time_repeated, write_result
+from benchmarks.report import markdown_table, rate, setup_logging, summary_row, time_repeated, write_result
 
 log = logging.getLogger("bench.ceiling")
 GOAL = 0.75
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny arch, small gemm, 2 repeats (smoke test)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
+    setup_logging()
     if args.quick:
         args.archs, args.batches, args.gemm_size, args.repeats = ["tiny"], [1, 4], 512, 2
     threads = fixtures.threads_in_use()

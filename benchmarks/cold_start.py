@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import fixtures
-from benchmarks.report import markdown_table, summary_row, write_result
+from benchmarks.report import markdown_table, setup_logging, summary_row, write_result
 
 log = logging.getLogger("bench.cold_start")
 GOAL_S = 10.0
@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny arch, one run (smoke test)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    setup_logging()
     if args.quick:
         args.arch, args.runs = "tiny", 1
     bundle = args.bundle or fixtures.speed_bundle(args.arch, args.workdir).bundle_dir

@@ -30,6 +30,7 @@ log = logging.getLogger("bench.fixtures")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WORKDIR = REPO_ROOT / ".bench-out" / "work"
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field")
+SPEED_CLASSES = 10  # TorchServe's image_classifier asks for the top 5: at least 5 classes
 PEER_PHOTO = ("coffee", (600, 400))  # the JPEG the NOTES measured TorchServe with
 
 
@@ -103,7 +104,8 @@ def _fresh(folder: Path) -> None:
 
 def speed_bundle(arch: str, workdir: Path = DEFAULT_WORKDIR, int8: bool = False) -> Prepared:
     """Random-init ``arch`` (+ head for 3 classes) -> checkpoint -> real export (fp32, optional INT8)."""
-    recipe = {"kind": "speed", "arch": arch, "int8": int8, "weights": "random init (backbone and head)", "version": 1}
+    recipe = {"kind": "speed", "arch": arch, "int8": int8, "weights": "random init (backbone and head)",
+              "classes": SPEED_CLASSES, "version": 2}
     folder = Path(workdir) / f"speed-{arch}{'-int8' if int8 else ''}"
     if _cached(folder, recipe):
         return Prepared(folder / "runs" / arch, folder / "bundle", recipe, 0.0)
@@ -114,7 +116,8 @@ def speed_bundle(arch: str, workdir: Path = DEFAULT_WORKDIR, int8: bool = False)
     from tests.factories import make_tiny_run
 
     log.info("preparing %s: random-init checkpoint, real export%s", arch, " + INT8" if int8 else "")
-    run_dir = make_tiny_run(folder, arch=arch, per_class=6, size=(320, 256))
+    classes = tuple(f"class{i}" for i in range(SPEED_CLASSES))
+    run_dir = make_tiny_run(folder, classes=classes, arch=arch, per_class=4, size=(320, 256))
     config = ExportConfig(progress=False, parity_images=4, int8=int8, calibration_size=16)
     export_bundle(run_dir, folder / "bundle", config)
     (folder / "recipe.json").write_text(json.dumps(recipe))
@@ -189,3 +192,33 @@ def pixel_batch(bundle_dir: Path, batch: int, seed: int = 0) -> Any:
     images = [preprocess.pixels(preprocess.load(jpeg_bytes(photo(PHOTOS[(seed + i) % len(PHOTOS)]))))
               for i in range(min(batch, len(PHOTOS)))]
     return np.stack([images[i % len(images)] for i in range(batch)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Prepare (or find cached) every bundle the benchmark set uses, and say how long it took."""
+    import argparse
+
+    from benchmarks.report import setup_logging, write_result
+
+    parser = argparse.ArgumentParser(description="prepare the benchmark bundles (cached in --workdir)")
+    parser.add_argument("--archs", nargs="+", default=["mobilenet_v2", "resnet50"])
+    parser.add_argument("--int8-archs", nargs="*", default=["mobilenet_v2"])
+    parser.add_argument("--demo-per-class", type=int, default=DemoRecipe.per_class,
+                        help="digits per class for the efficientnet_lite0 run; 0 skips it")
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    setup_logging()
+    prepared = [speed_bundle(arch, args.workdir) for arch in args.archs]
+    prepared += [speed_bundle(arch, args.workdir, int8=True) for arch in args.int8_archs]
+    if args.demo_per_class:
+        prepared.append(demo_bundle(args.workdir, DemoRecipe(per_class=args.demo_per_class)))
+    write_result(args.out, "prepare", {
+        "bundles": [{**describe(p), "prepared_s": p.seconds} for p in prepared],
+        "seconds": sum(p.seconds for p in prepared),
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import fixtures
-from benchmarks.report import markdown_table, rate, summary_row, time_blocks, write_result
+from benchmarks.report import markdown_table, rate, setup_logging, summary_row, time_blocks, write_result
 
 log = logging.getLogger("bench.ort_vs_torch")
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny arch, batches 1 and 4, 2 repeats (smoke test)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
+    setup_logging()
     if args.quick:
         args.archs, args.batches, args.repeats = ["tiny"], [1, 4], 2
     threads = fixtures.threads_in_use()

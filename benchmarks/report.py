@@ -74,14 +74,19 @@ def write_result(out: Path | None, name: str, result: dict[str, Any]) -> None:
     out.write_text(text + "\n")
 
 
-def time_interleaved(works: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, Timing]:
-    """Time several alternatives in alternating rounds, so a noisy neighbour hurts them alike."""
+def time_interleaved(works: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
+                     rest_s: float = 0.0) -> dict[str, Timing]:
+    """Time several alternatives in alternating rounds, so a noisy neighbour hurts them alike.
+
+    ``rest_s`` pauses before each run, letting spinning runtime threads of the previous one go idle.
+    """
     for _ in range(warmup):
         for work in works.values():
             work()
     samples: dict[str, list[float]] = {name: [] for name in works}
     for _ in range(repeats):
         for name, work in works.items():
+            time.sleep(rest_s)
             started = time.perf_counter()
             work()
             samples[name].append(time.perf_counter() - started)
@@ -112,3 +117,11 @@ def time_blocks(works: dict[str, Callable[[], object]], repeats: int = 5, warmup
         time.sleep(rest_s)
         timings[name] = time_repeated(work, repeats, warmup)
     return timings
+
+
+def setup_logging() -> None:
+    """Our progress lines at INFO; everyone else's (exporters, HTTP clients) at WARNING."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("bench").setLevel(logging.INFO)

@@ -1,0 +1,34 @@
+"""The cheapest benchmark scripts run end to end in their tiny mode, and the table renders.
+
+No figure is asserted (timings belong to ``make bench``); this only keeps the scripts from rotting:
+real export of a tiny bundle, real ORT and PyTorch runs, the real ``imgcls score`` path.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks import ceiling, ort_vs_torch, run_all, scoring
+
+
+def test_quick_benchmarks_write_json_and_the_table(tmp_path: Path) -> None:
+    work, out = tmp_path / "work", tmp_path / "results"
+    for module in (ceiling, ort_vs_torch, scoring):
+        name = module.__name__.rsplit(".", 1)[-1]
+        assert module.main(["--quick", "--workdir", str(work), "--out", str(out / f"{name}.json")]) == 0
+
+    ceiling_result = json.loads((out / "ceiling.json").read_text())
+    assert ceiling_result["peak"]["peak_gflops"] > 0
+    tiny = ceiling_result["models"]["tiny"]
+    assert tiny["gflops_per_image"] > 0 and tiny["ceiling_images_per_s"] > 0
+    pair = json.loads((out / "ort_vs_torch.json").read_text())["models"]["tiny"]
+    assert set(pair["batches"]) == {"1", "4"}
+    assert pair["max_abs_logit_diff"] < 1e-3  # the same weights on both sides
+    scored = json.loads((out / "scoring.json").read_text())["models"]["tiny"]
+    assert scored["rows_written"] == scored["images"] == 8
+
+    markdown = run_all.render(out)
+    assert "| 1 limit | tiny |" in markdown
+    assert "| 2 ORT vs eager | tiny | ORT fp32 img/s, batch 4 |" in markdown
+    assert "| 9 scoring | tiny |" in markdown
+    assert "Machine: " in markdown
