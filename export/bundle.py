@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,32 @@ from models.card import ModelCard
 from models.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
+
+OWNER_FILENAME = ".owner-pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(out_dir: Path) -> None:
+    """Delete staging directories of earlier exports to ``out_dir`` whose process is gone (killed)."""
+    if not out_dir.parent.is_dir():
+        return
+    for staging in out_dir.parent.glob(f".{out_dir.name}.staging-*"):
+        try:
+            pid = int((staging / OWNER_FILENAME).read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or too young to have an owner yet: leave it
+        if not _alive(pid):
+            log.warning("removing %s, left by an interrupted export (pid %d)", staging, pid)
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _io_section(card: ModelCard, config: ExportConfig) -> dict[str, Any]:
@@ -72,8 +100,11 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig
     def step(name: str) -> None:
         timings[name] = round(time.perf_counter() - started - sum(timings.values()), 3)
         progress.update(1)
-        progress.set_description(f"export: {name} done")
+        following = steps[len(timings)] if len(timings) < len(steps) else "done"
+        progress.set_description(f"export: {following}")
 
+    progress.set_description("export: load")
+    remove_stale_staging(out_dir)
     try:
         model, card = load_checkpoint(run_dir)
         split = load_split(run_dir, config.data_dir)
@@ -82,6 +113,8 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig
         step("load")
         card = card.updated(export=_io_section(card, config))
         with staged_directory(out_dir) as staging:
+            owner = staging / OWNER_FILENAME
+            owner.write_text(str(os.getpid()))
             fp32_path = staging / FP32_FILENAME
             proto = to_onnx(model, card.preprocess, opset=config.opset, exporter=config.exporter)
             save_onnx(embed_card(proto, card), fp32_path)
@@ -103,6 +136,7 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig
             step("write")
             report["seconds"] = timings
             write_atomically(staging / REPORT_FILENAME, json.dumps(report, indent=2).encode("utf-8"))
+            owner.unlink()
     finally:
         progress.close()
     log.info("exported %s -> %s in %.1f s", run_dir, out_dir, time.perf_counter() - started)

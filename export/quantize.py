@@ -7,7 +7,9 @@ both lose here).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -44,12 +46,14 @@ def _calibration_reader(pixels: np.ndarray, progress: bool):
         """Yields ``{"pixels": uint8 [B,3,H,W]}`` batches of real, preprocessed training images."""
 
         def __init__(self) -> None:
-            starts = range(0, len(pixels), CALIBRATION_BATCH)
+            # Equal batches: ORT's histogram calibrators (entropy, percentile) stack them.
+            self.batch = max(b for b in range(1, CALIBRATION_BATCH + 1) if len(pixels) % b == 0)
+            starts = range(0, len(pixels), self.batch)
             self._batches = iter(tqdm(starts, desc="int8: calibrate", unit="batch", disable=not progress, leave=False))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             start = next(self._batches, None)
-            return None if start is None else {INPUT_NAME: pixels[start:start + CALIBRATION_BATCH]}
+            return None if start is None else {INPUT_NAME: pixels[start:start + self.batch]}
 
     return PixelBatches()
 
@@ -84,11 +88,13 @@ def quantize_file(source: Path, target: Path, card: ModelCard, split: SplitListi
         methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                    "percentile": CalibrationMethod.Percentile}
         types = target_types(config.int8_target)
-        quantize_static(
-            str(prepared), str(target), _calibration_reader(pixels, config.progress), quant_format=QuantFormat.QDQ,
-            per_channel=True, calibrate_method=methods[config.calibration_method], nodes_to_exclude=excluded,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}, **types,
-        )
+        with contextlib.redirect_stdout(sys.stderr):  # ORT prints calibration chatter to stdout
+            quantize_static(
+                str(prepared), str(target), _calibration_reader(pixels, config.progress),
+                quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=methods[config.calibration_method],
+                nodes_to_exclude=excluded, extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+                **types,
+            )
     return {
         "mode": "static", "format": "QDQ", "per_channel": True, "pre_process": True, "target": config.int8_target,
         "activation_type": types["activation_type"].name, "weight_type": types["weight_type"].name,

@@ -83,7 +83,7 @@ def _compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     delta = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
     agree = float(np.mean(reference.argmax(1) == candidate.argmax(1)))
     return {"max_abs_logit_diff": float(delta.max()), "mean_abs_logit_diff": float(delta.mean()),
-            "top1_agreement": agree}
+            "top1_agreement": agree, "max_abs_reference_logit": float(np.abs(reference).max())}
 
 
 def check_parity(
@@ -103,8 +103,9 @@ def check_parity(
     figures["passed"] = not failed
     if failed:
         detail = "; ".join(
-            f"{n}: max |Δlogit| {figures[n]['max_abs_logit_diff']:.3g} (limit {atol:g}), "
-            f"top-1 agreement {100 * figures[n]['top1_agreement']:.1f}%" for n in failed
+            f"{n}: max |Δlogit| {figures[n]['max_abs_logit_diff']:.3g} (limit {atol:g}, logits up to "
+            f"{figures[n]['max_abs_reference_logit']:.3g}), top-1 agreement {100 * figures[n]['top1_agreement']:.1f}%"
+            for n in failed
         )
         raise ParityError(f"{path.name}: ONNX Runtime disagrees with PyTorch on {len(pixels)} images: {detail}", figures)
     return figures
