@@ -102,11 +102,11 @@ def _fresh(folder: Path) -> None:
     folder.mkdir(parents=True)
 
 
-def speed_bundle(arch: str, workdir: Path = DEFAULT_WORKDIR, int8: bool = False) -> Prepared:
-    """Random-init ``arch`` (+ head for 3 classes) -> checkpoint -> real export (fp32, optional INT8)."""
-    recipe = {"kind": "speed", "arch": arch, "int8": int8, "weights": "random init (backbone and head)",
-              "classes": SPEED_CLASSES, "version": 2}
-    folder = Path(workdir) / f"speed-{arch}{'-int8' if int8 else ''}"
+def speed_bundle(arch: str, workdir: Path = DEFAULT_WORKDIR, int8: bool = False, fp16: bool = False) -> Prepared:
+    """Random-init ``arch`` (+ a 10-class head) -> checkpoint -> real export (fp32, optional INT8 / fp16)."""
+    recipe = {"kind": "speed", "arch": arch, "int8": int8, "fp16": fp16, "weights": "random init (backbone and head)",
+              "classes": SPEED_CLASSES, "version": 3}
+    folder = Path(workdir) / f"speed-{arch}{'-int8' if int8 else ''}{'-fp16' if fp16 else ''}"
     if _cached(folder, recipe):
         return Prepared(folder / "runs" / arch, folder / "bundle", recipe, 0.0)
     started = time.perf_counter()
@@ -118,7 +118,7 @@ def speed_bundle(arch: str, workdir: Path = DEFAULT_WORKDIR, int8: bool = False)
     log.info("preparing %s: random-init checkpoint, real export%s", arch, " + INT8" if int8 else "")
     classes = tuple(f"class{i}" for i in range(SPEED_CLASSES))
     run_dir = make_tiny_run(folder, classes=classes, arch=arch, per_class=4, size=(320, 256))
-    config = ExportConfig(progress=False, parity_images=4, int8=int8, calibration_size=16)
+    config = ExportConfig(progress=False, parity_images=4, int8=int8, fp16=fp16, calibration_size=16)
     export_bundle(run_dir, folder / "bundle", config)
     (folder / "recipe.json").write_text(json.dumps(recipe))
     return Prepared(run_dir, folder / "bundle", recipe, time.perf_counter() - started)

@@ -110,12 +110,23 @@ def machine_line(run: dict[str, Any], results: dict[str, dict[str, Any]]) -> str
             f"Python {info.get('python', '?')}, no GPU; date {info.get('date', '?')}")
 
 
+def gpu_section(result: dict[str, Any] | None) -> list[str]:
+    """Item 11 comes from a separate run on a GPU machine (``benchmarks/gpu_check.sh``), if any."""
+    if result is None:
+        return ["GPU (item 11): not measured in this run (no GPU on this machine); "
+                "`benchmarks/gpu_check.sh` on a GPU machine writes `results/gpu_check.json`, which this table then includes.", ""]
+    device = result.get("device", {})
+    return [f"## GPU (item 11): {device.get('nvidia_smi') or device.get('torch_device')}, "
+            f"onnxruntime {device.get('onnxruntime')}, torch {device.get('torch')}, date {result.get('machine', {}).get('date', '?')}",
+            "", table(result.get("summary", [])), ""]
+
+
 def render_markdown(results: dict[str, dict[str, Any]], run: dict[str, Any], benchmarks: Iterable[Any]) -> str:
     order = [b.name for b in benchmarks]
     statuses = run.get("statuses", {})
     rows: list[dict[str, Any]] = []
     problems = []
-    for name in order + sorted(set(results) - set(order)):
+    for name in order + sorted(set(results) - set(order) - {"gpu_check"}):
         status = statuses.get(name, {})
         if status and status.get("status") != "ok":
             problems.append(f"- `{name}`: {status['status']} — {status.get('detail', '')}")
@@ -137,6 +148,7 @@ def render_markdown(results: dict[str, dict[str, Any]], run: dict[str, Any], ben
     ]
     if problems:
         text += ["Benchmarks that did not finish:", *problems, ""]
+    text += gpu_section(results.get("gpu_check"))
     text += [
         "Models: MobileNet-v2 and ResNet-50 are random-init backbones + heads (no ImageNet weights for them",
         "offline) saved as real checkpoints and exported by the real `export_bundle`: their speed, FLOPs and",
