@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", nargs="+", default=["mobilenet_v2", "resnet50"])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--gemm-size", type=int, default=4096)
+    parser.add_argument("--gemm-size", type=int, default=3072)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=fixtures.DEFAULT_WORKDIR)
     parser.add_argument("--quick", action="store_true", help="tiny arch, small gemm, 2 repeats (smoke test)")

@@ -36,7 +36,7 @@ DEFAULT_MD = REPO_ROOT / "benchmarks" / "RESULTS.md"
 class Benchmark:
     name: str  # module benchmarks.<name>, JSON <name>.json
     item: str
-    args: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()  # "{workdir}" is replaced by --workdir
     timeout_s: int = 300
     workdir: bool = True  # takes --workdir
 
@@ -47,7 +47,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("ort_vs_torch", "2"),
     Benchmark("predictor_throughput", "3", ("--images", "48", "--repeats", "3"), workdir=False),
     Benchmark("decode_draft", "4", ("--repeats", "5"), timeout_s=180, workdir=False),
-    Benchmark("http_load", "5", ("--seconds", "6", "--max-requests", "1500"), workdir=False),
+    Benchmark("http_load", "5", ("--bundle", "{workdir}/speed-mobilenet_v2/bundle", "--seconds", "6",
+                                 "--max-requests", "1500"), workdir=False),
     Benchmark("http_vs_peer", "6", ("--seconds", "8"), timeout_s=420),
     Benchmark("int8", "7"),
     Benchmark("train_cache", "8", ("--per-class", "16", "--epochs", "4"), timeout_s=420, workdir=False),
@@ -61,7 +62,8 @@ def run_one(bench: Benchmark, out_dir: Path, workdir: Path, log_dir: Path) -> di
     if not (REPO_ROOT / "benchmarks" / f"{bench.name}.py").is_file():
         return {"status": "missing", "detail": f"benchmarks/{bench.name}.py does not exist"}
     command = [sys.executable, "-m", f"benchmarks.{bench.name}", "--out", str(out_dir / f"{bench.name}.json"),
-               *(("--workdir", str(workdir)) if bench.workdir else ()), *bench.args]
+               *(("--workdir", str(workdir)) if bench.workdir else ()),
+               *(arg.format(workdir=workdir) for arg in bench.args)]
     log_path = log_dir / f"{bench.name}.log"
     log.info("%s (item %s): %s", bench.name, bench.item, " ".join(command[1:]))
     started = time.perf_counter()
