@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         "skipping it [off]")
     add("--amp", action=argparse.BooleanOptionalAction, help="mixed precision on CUDA (never on CPU) [on]")
     add("--device", choices=("auto", "cpu", "cuda"), help="[auto]")
+    add("--overwrite", action="store_true", help="replace the run already in --out (its checkpoint, split, "
+        "metrics, plots and resume state) instead of refusing")
     add("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -77,7 +79,7 @@ def _default_workers() -> int:
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k, v in vars(args).items() if k not in ("resume", "verbose")}
+    return {k: v for k, v in vars(args).items() if k not in ("resume", "verbose", "overwrite")}
 
 
 def _resume_config(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
@@ -106,7 +108,11 @@ def _fresh_config(args: argparse.Namespace) -> TrainConfig:
     entry_for(args.arch)  # unknown architecture: a message listing the zoo
     out = Path(args.out)
     if any((out / name).exists() for name in ("checkpoint", "train_state.pt", "split.json")):
-        raise ConfigError(f"{out} already holds a run: pass --resume {out} to continue it, or choose another --out")
+        if not args.overwrite:
+            raise ConfigError(f"{out} already holds a run: pass --resume {out} to continue it, --overwrite to "
+                              "replace it, or choose another --out")
+        if int(os.environ.get("RANK", "0")) == 0:
+            _remove_run(out)
     options = _options(args)
     if options.get("workers") is None:
         options["workers"] = _default_workers()
@@ -114,6 +120,19 @@ def _fresh_config(args: argparse.Namespace) -> TrainConfig:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
         options["threads"] = max(1, (os.cpu_count() or 1) // local)
     return build_config(options)
+
+
+def _remove_run(out: Path) -> None:
+    """Delete what a previous run wrote into ``out`` (and nothing else)."""
+    import shutil
+
+    from models.resume import TRAIN_STATE_FILENAME
+    from models.train_session import RUN_FILES
+
+    log.warning("--overwrite: replacing the run in %s", out)
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    for name in (*RUN_FILES, TRAIN_STATE_FILENAME):
+        (out / name).unlink(missing_ok=True)
 
 
 def _setup_distributed(device_option: str) -> Any:

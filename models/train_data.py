@@ -12,7 +12,8 @@ import logging
 import math
 import random
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -109,13 +110,21 @@ class ImageListDataset(Dataset):
 def find_unreadable(
     listing: SplitListing,
     decode: Callable[[object], object],
-    progress: Callable[[Sequence[Sample]], Sequence[Sample]] = lambda s: s,
+    samples: Sequence[Sample] | None = None,
+    threads: int = 4,
+    progress: Callable[[Iterator], Iterator] = lambda it: it,
 ) -> list[tuple[str, str]]:
-    """(relative path, reason) for every listed file that ``decode`` cannot read."""
-    bad: list[tuple[str, str]] = []
-    for sample in progress(listing.train + listing.val):
+    """(relative path, reason) for every file of ``samples`` (default: the whole listing) that
+    ``decode`` cannot read. Decoding runs on a few threads (Pillow releases the GIL)."""
+    samples = listing.train + listing.val if samples is None else tuple(samples)
+
+    def check(sample: Sample) -> tuple[str, str] | None:
         try:
             decode(listing.absolute(sample))
         except ImageDecodeError as exc:
-            bad.append((sample.path, str(exc)))
-    return bad
+            return sample.path, str(exc)
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        results = list(progress(pool.map(check, samples)))
+    return [r for r in results if r is not None]

@@ -32,13 +32,22 @@ log = logging.getLogger(__name__)
 
 METRICS_FILENAME = "metrics.jsonl"
 VAL_REPORT_FILENAME = "val_report.json"
+RUN_FILES = ("split.json", METRICS_FILENAME, VAL_REPORT_FILENAME, "curves.png", "confusion.png")
 
 
 def prepare_split(config: TrainConfig, dist: DistContext, preprocess: Preprocess) -> tuple[SplitListing, int]:
     """The split with unreadable files reported and skipped (or refused with ``strict``)."""
     listing = make_split(config.data, config.val_fraction, config.seed)
     samples = listing.train + listing.val
-    bad = find_unreadable(listing, preprocess.load, lambda s: _bar(s, dist, "checking images"))
+    mine = samples[dist.rank::dist.world_size]  # each rank checks its share; the lists are gathered
+    bad = find_unreadable(listing, preprocess.load, mine, threads=max(2, config.workers),
+                          progress=lambda it: _bar(it, dist, "checking images"))
+    if dist.world_size > 1:
+        import torch.distributed as torch_dist
+
+        parts: list[Any] = [None] * dist.world_size
+        torch_dist.all_gather_object(parts, bad)
+        bad = sorted(item for part in parts for item in part)
     if not bad:
         return listing, 0
     shown = "\n".join(f"  {path}: {reason}" for path, reason in bad[:20])
@@ -140,13 +149,16 @@ class TrainingSession:
         train_seconds = time.perf_counter() - started
         metrics = evaluate_logits(self.mode.val_logits(ctx.amp), self.mode.val_set.labels(), self.class_names)
         p = self.progress
+        if c.strategy == "gradual" and epoch == c.unfreeze_epoch:
+            p.epochs_without_improvement = 0  # early stopping counts from the unfreezing on
         improved = metrics["val_accuracy"] > p.best_accuracy
         if improved:
             p.best_accuracy, p.best_epoch, p.epochs_without_improvement = metrics["val_accuracy"], epoch + 1, 0
         else:
             p.epochs_without_improvement += 1
         p.completed_epochs = epoch + 1
-        p.stopped_early = bool(c.patience) and p.epochs_without_improvement >= c.patience
+        p.stopped_early = (bool(c.patience) and p.epochs_without_improvement >= c.patience
+                           and (c.strategy != "gradual" or epoch >= c.unfreeze_epoch))
         record = {"epoch": epoch + 1, **train, **{k: metrics[k] for k in ("val_loss", "val_accuracy")},
                   "lr": ctx.optimizer.param_groups[0]["lr"], "train_seconds": round(train_seconds, 3),
                   "train_images_per_s": round(train["train_images"] / max(train_seconds, 1e-9), 2),

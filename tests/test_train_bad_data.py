@@ -71,6 +71,9 @@ def test_option_and_run_directory_problems(tmp_path, caplog):
     (tmp_path / "taken" / "checkpoint").mkdir(parents=True)
     assert main(["--data", str(data), "--out", str(tmp_path / "taken"), *TINY]) == 2
     assert "already holds a run: pass --resume" in caplog.text
+    (tmp_path / "taken" / "keep.txt").write_text("not ours")
+    assert main(["--data", str(data), "--out", str(tmp_path / "taken"), *TINY, "--overwrite"]) == 0
+    assert (tmp_path / "taken" / "keep.txt").exists() and (tmp_path / "taken" / "checkpoint" / "card.json").exists()
     assert main(["--data", str(data), "--out", str(tmp_path / "g"), *TINY[:4], "--strategy", "gradual",
                  "--epochs", "2", "--unfreeze-epoch", "5"]) == 2
     assert "--unfreeze-epoch must be within" in caplog.text
