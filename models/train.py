@@ -27,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="imgcls train",
         description="Fine-tune a backbone from the zoo on DIR/<class>/<image> (or DIR/train + DIR/val). "
-        "Image size, normalisation and class count come from the backbone and the data, not from flags.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "Image size, normalisation and class count come from the backbone and the data, not from flags. "
+        "Defaults in [brackets]; --data, --arch and --out are required unless --resume is given.",
     )
     add = p.add_argument
     add("--data", help="ImageFolder root: DIR/<class>/<image>, or DIR/train and DIR/val")

@@ -96,3 +96,18 @@ def test_inception_trains_its_aux_head_in_training_mode():
     after = model.state_dict()
     changed = {k for k in after if not torch.equal(after[k], before[k])}
     assert changed == {"fc.weight", "fc.bias", "AuxLogits.fc.weight", "AuxLogits.fc.bias"}
+
+
+def test_optimizer_choices_schedule_and_class_weights():
+    from models.train_loop import class_weight_tensor, warmup_cosine
+
+    model = build("tiny", 3)
+    sgd = make_optimizer(TrainConfig(data=".", arch="tiny", strategy="finetune", optimizer="sgd", lr=0.1,
+                                     backbone_lr_mult=0.25), model, "tiny", head_only=False)
+    assert isinstance(sgd, torch.optim.SGD) and [g["lr"] for g in sgd.param_groups] == [0.1, 0.025]
+    head_only = make_optimizer(TrainConfig(data=".", arch="tiny"), model, "tiny", head_only=True)
+    assert [g["name"] for g in head_only.param_groups] == ["head"] and len(head_only.param_groups[0]["params"]) == 2
+    factor = warmup_cosine(total_steps=10, warmup_steps=2)
+    assert [round(factor(s), 3) for s in (0, 1, 2, 7, 10)] == [0.5, 1.0, 1.0, 0.309, 0.0]  # 0.5 * (1 + cos(pi * 5/8)) at step 7
+    weights = class_weight_tensor(torch.tensor([0, 0, 0, 1]), 3)  # class 2 absent
+    assert weights[2] == 0 and weights[1] == pytest.approx(3 * weights[0]) and weights[:2].mean() == pytest.approx(1)
