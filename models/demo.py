@@ -116,10 +116,14 @@ def serve_and_classify(config: DemoConfig, bundle: Path, held_out: list[tuple[Pa
 def print_answers(answer: dict, held_out: list[tuple[Path, str]]) -> None:
     results = answer.get("results", [])
     right = 0
-    sys.stdout.write(f"\nPOST /classify answered ({answer.get('model', {})}):\n")
+    model = answer.get("model", {})
+    sys.stdout.write(
+        f"\nPOST /classify answered (model {model.get('name')} {model.get('version')}, "
+        f"{model.get('precision')} on {model.get('provider')}):\n"
+    )
     for (path, truth), result in zip(held_out, results):
         predictions = result.get("predictions") or []
-        best = predictions[0] if predictions else {"label": result.get("error"), "score": 0.0}
+        best = predictions[0] if predictions else {"label": (result.get("error") or {}).get("reason"), "score": 0.0}
         right += best["label"] == truth
         top = ", ".join(f"{p['label']} {p['score']:.2f}" for p in predictions)
         sys.stdout.write(f"  {path.name:<18} truth {truth:<3} -> {top}\n")
