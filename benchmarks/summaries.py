@@ -33,12 +33,23 @@ def predictor_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def bundle_arch(bundle: str) -> str:
+    """The architecture of a bundle path (from its card), else the string as given."""
+    import json
+    from pathlib import Path
+
+    try:
+        return str(json.loads((Path(bundle) / "card.json").read_text())["arch"])
+    except (OSError, ValueError, KeyError):
+        return bundle
+
+
 def http_load_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for level in r["levels"]:
         c = level["concurrency"]
         rows.append(summary_row(
-            "5 HTTP", str(r.get("bundle", "")).rsplit("/", 1)[-1],
+            "5 HTTP", bundle_arch(str(r.get("bundle", ""))),
             f"/classify req/s, c={c} (p50 {level['p50_ms']:.0f} ms, p99 {level['p99_ms']:.0f} ms)",
             level["throughput_rps"], f"in-process Predictor {r['in_process_img_per_s']:.3g} img/s",
             level["vs_in_process"], ">= 0.85x at c=16" if c == 16 else "", level["vs_in_process"] >= 0.85 if c == 16 else None))
@@ -57,7 +68,8 @@ def train_cache_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def prepare_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
-    return [summary_row("-", b["arch"], "bundle prepared (s; 0 = cached)", b["prepared_s"],
+    return [summary_row("-", b["arch"] + (" +INT8" if b["recipe"].get("int8") else ""),
+                        "bundle prepared (s; 0 = cached)", b["prepared_s"],
                         str(b["recipe"].get("weights", b["recipe"].get("kind", ""))))
             for b in r.get("bundles", [])]
 
