@@ -36,14 +36,19 @@ class DemoConfig:
     ready_timeout_s: float
 
 
-def run_stage(*args: str) -> None:
+# `imgcls export` exits 3 when the INT8 variant is refused by its accuracy gate (fp32 bundle kept).
+EXPORT_VARIANT_REFUSED = 3
+
+
+def run_stage(*args: str, accepted: tuple[int, ...] = (0,)) -> int:
     command = [sys.executable, "-m", "models.cli", *args]
     log.info("$ imgcls %s", " ".join(args))
     started = time.perf_counter()
     result = subprocess.run(command, check=False)
-    if result.returncode != 0:
+    if result.returncode not in accepted:
         raise SystemExit(f"demo: `imgcls {args[0]}` failed with exit status {result.returncode}")
     log.info("imgcls %s took %.1f s", args[0], time.perf_counter() - started)
+    return result.returncode
 
 
 def free_port() -> int:
@@ -152,12 +157,19 @@ def run_demo(config: DemoConfig) -> None:
         run_stage("digits", str(data))
     run_stage(
         "train", "--data", str(data), "--arch", config.arch, "--weights", "imagenet",
-        "--strategy", "head", "--epochs", str(config.epochs), "--out", str(run_dir),
+        "--strategy", "head", "--epochs", str(config.epochs), "--out", str(run_dir), "--overwrite",
     )
-    run_stage("export", str(run_dir), "--out", str(bundle), *(["--int8"] if config.int8 else []))
+    status = run_stage(
+        "export", str(run_dir), "--out", str(bundle), *(["--int8"] if config.int8 else []),
+        accepted=(0, EXPORT_VARIANT_REFUSED),
+    )
+    if status == EXPORT_VARIANT_REFUSED:
+        log.warning("the INT8 variant did not pass its accuracy gate (see the table above); the demo goes on with fp32")
     scores = run_dir / "val_scores.csv"
-    scores.unlink(missing_ok=True)
-    run_stage("score", str(bundle), str(write_val_list(run_dir)), "--out", str(scores), "--labels", "imagefolder")
+    run_stage(
+        "score", str(bundle), str(write_val_list(run_dir)), "--out", str(scores), "--labels", "imagefolder",
+        "--overwrite",
+    )
     serve_and_classify(config, bundle, held_out_images(run_dir, config.held_out))
 
 
@@ -165,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="imgcls demo", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("."), help="where demo-data/, runs/, bundles/ go")
     parser.add_argument("--arch", default="efficientnet_lite0")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=15, help="head epochs (early stopping may end sooner)")
     parser.add_argument("--no-int8", dest="int8", action="store_false", help="skip the INT8 variant")
     parser.add_argument("--held-out", type=int, default=6, help="validation images sent over HTTP")
     parser.add_argument("--ready-timeout", type=float, default=60.0)
