@@ -3,7 +3,7 @@
 Accuracy and agreement are the export's own INT8 gate figures (``card.export["int8"]["gate"]``,
 measured by ``imgcls export --int8`` on the run's validation split); size comes from the card;
 throughput is measured here with raw ONNX Runtime on real photos at batch 1 and 8, fp32 and INT8
-in separate blocks. Models: efficientnet_lite0 (real ImageNet weights, head trained on the digits:
+alternating run by run. Models: efficientnet_lite0 (real ImageNet weights, head trained on the digits:
 the demo's recipe, or ``make demo``'s own bundle when present) and MobileNet-v2 (random-init: its
 size and speed are real, its accuracy is chance and says nothing about quantization).
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import fixtures
-from benchmarks.report import markdown_table, rate, setup_logging, summary_row, time_blocks, write_result
+from benchmarks.report import markdown_table, rate, setup_logging, summary_row, time_interleaved, write_result
 
 log = logging.getLogger("bench.int8")
 
@@ -29,7 +29,7 @@ def speeds(bundle_dir: Path, threads: int, batches: tuple[int, ...], repeats: in
     for batch in batches:
         pixels = fixtures.pixel_batch(bundle_dir, batch)
         works = {p: (lambda s=s: s.run(None, {s.get_inputs()[0].name: pixels})) for p, s in sessions.items()}
-        timings = time_blocks(works, repeats)
+        timings = time_interleaved(works, repeats, warmup=2, rest_s=0.3)
         rates = {p: rate(batch, t) for p, t in timings.items()}
         out[batch] = {"fp32_images_per_s": rates["fp32"], "int8_images_per_s": rates["int8"],
                       "speed_ratio": rates["int8"]["median"] / rates["fp32"]["median"]}

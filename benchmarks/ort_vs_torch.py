@@ -2,8 +2,9 @@
 
 Both get tensors already in memory: ORT the bundle's uint8 pixels (the graph normalises), PyTorch
 the checkpoint's model on the same pixels normalised beforehand, under ``torch.inference_mode``.
-The two are timed in separate blocks (idle ORT and OpenMP threads spin, which would
-skew alternating single runs); the ratio is ORT images/s over PyTorch images/s.
+The two alternate run by run with a 0.3 s rest before each (idle ORT and OpenMP threads spin for a
+while after a run and would otherwise slow the next one); a noisy neighbour then weighs on both
+alike, though PyTorch's OpenMP threads suffer more from CPU contention than ORT's pool; the ratio is ORT images/s over PyTorch images/s.
 
     .venv/bin/python -m benchmarks.ort_vs_torch --out benchmarks/results/ort_vs_torch.json
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import fixtures
-from benchmarks.report import markdown_table, rate, setup_logging, summary_row, time_blocks, write_result
+from benchmarks.report import markdown_table, rate, setup_logging, summary_row, time_interleaved, write_result
 
 log = logging.getLogger("bench.ort_vs_torch")
 
@@ -41,7 +42,8 @@ def measure(arch: str, workdir: Path, threads: int, batches: tuple[int, ...], re
             with torch.inference_mode():
                 model(tensor)
 
-        timings = time_blocks({"ort": lambda: session.run(None, {name: pixels}), "torch": eager}, repeats)
+        timings = time_interleaved({"ort": lambda: session.run(None, {name: pixels}), "torch": eager}, repeats,
+                                   warmup=2, rest_s=0.3)
         ort_rate, torch_rate = rate(batch, timings["ort"]), rate(batch, timings["torch"])
         rows[batch] = {"ort_images_per_s": ort_rate, "torch_images_per_s": torch_rate,
                        "ratio_ort_to_torch": ort_rate["median"] / torch_rate["median"],

@@ -71,7 +71,7 @@ def prepare_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
     return [summary_row("-", b["arch"] + (" +INT8" if b["recipe"].get("int8") else ""),
                         "bundle prepared (s; 0 = cached)", b["prepared_s"],
                         str(b["recipe"].get("weights", b["recipe"].get("kind", ""))))
-            for b in r.get("bundles", [])]
+            for b in r.get("bundles", []) if b["prepared_s"] > 0]  # cached ones cost nothing this run
 
 
 ADAPTERS: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {

@@ -18,9 +18,8 @@ def test_quick_benchmarks_write_json_and_the_table(tmp_path: Path) -> None:
         assert module.main(["--quick", "--workdir", str(work), "--out", str(out / f"{name}.json")]) == 0
 
     ceiling_result = json.loads((out / "ceiling.json").read_text())
-    assert ceiling_result["peak"]["peak_gflops"] > 0
     tiny = ceiling_result["models"]["tiny"]
-    assert tiny["gflops_per_image"] > 0 and tiny["ceiling_images_per_s"] > 0
+    assert tiny["peak_gflops"] > 0 and tiny["gflops_per_image"] > 0 and tiny["ceiling_images_per_s"] > 0
     pair = json.loads((out / "ort_vs_torch.json").read_text())["models"]["tiny"]
     assert set(pair["batches"]) == {"1", "4"}
     assert pair["max_abs_logit_diff"] < 1e-3  # the same weights on both sides
