@@ -67,3 +67,28 @@ def precision_gate(fp32_path: Path, other_path: Path, split: SplitListing, card:
             f"{len(val.labels)} validation images: a drop of {drop:.2f} points exceeds the allowed "
             f"{config.max_accuracy_drop:g}; the bundle keeps fp32 only", figures)
     return figures
+
+
+def keep_if_gate_passes(
+    fp32_path: Path, variant_path: Path, precision: str, settings: dict[str, Any],
+    split: SplitListing, card: ModelCard, config: ExportConfig, files: dict, report: dict,
+) -> tuple[ModelCard, dict]:
+    """Check the variant's graph contract, gate it, and keep its file only if the gate passes.
+
+    The outcome (figures, settings, refusal reason) goes into ``report[precision]`` and the card.
+    """
+    import logging
+
+    from export.validate import check_graph
+
+    check_graph(variant_path, card, config.opset)
+    try:
+        figures = precision_gate(fp32_path, variant_path, split, card, config, precision)
+        section = {"status": "passed", **settings, "gate": figures}
+        files = {**files, variant_path.name: {"precision": precision}}
+    except QuantizationRefused as refusal:
+        variant_path.unlink()
+        logging.getLogger(__name__).warning("%s refused: %s", precision, refusal)
+        section = {"status": "refused", "reason": str(refusal), **settings, "gate": refusal.figures}
+    report[precision] = section
+    return card.updated(export={precision: section}), files

@@ -15,9 +15,8 @@ import onnx
 
 from export.config import FP16_FILENAME, FP32_FILENAME, ExportConfig
 from export.convert import save_onnx
-from export.errors import ExportError, QuantizationRefused
-from export.gate import precision_gate
-from export.validate import check_graph
+from export.errors import ExportError
+from export.gate import keep_if_gate_passes
 from models.card import ModelCard
 from models.dataset import SplitListing
 
@@ -39,15 +38,5 @@ def add_fp16(staging: Path, card: ModelCard, split: SplitListing, files: dict, c
              report: dict) -> tuple[ModelCard, dict]:
     fp32_path, fp16_path = staging / FP32_FILENAME, staging / FP16_FILENAME
     to_fp16(fp32_path, fp16_path)
-    check_graph(fp16_path, card, config.opset)
     settings: dict[str, Any] = {"converter": "onnxruntime.transformers.float16", "keep_io_types": True}
-    try:
-        figures = precision_gate(fp32_path, fp16_path, split, card, config, "fp16")
-        section = {"status": "passed", **settings, "gate": figures}
-        files = {**files, FP16_FILENAME: {"precision": "fp16"}}
-    except QuantizationRefused as refusal:
-        fp16_path.unlink()
-        log.warning("fp16 refused: %s", refusal)
-        section = {"status": "refused", "reason": str(refusal), **settings, "gate": refusal.figures}
-    report["fp16"] = section
-    return card.updated(export={"fp16": section}), files
+    return keep_if_gate_passes(fp32_path, fp16_path, "fp16", settings, split, card, config, files, report)

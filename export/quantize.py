@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 
 from export.config import INPUT_NAME, INT8_FILENAME, ExportConfig
-from export.errors import CalibrationError, QuantizationRefused
-from export.gate import precision_gate
+from export.errors import CalibrationError
+from export.gate import keep_if_gate_passes
 from export.images import load_pixels
-from export.validate import check_graph
 from models.card import ModelCard
 from models.dataset import SplitListing
 
@@ -109,14 +108,4 @@ def add_int8(staging: Path, card: ModelCard, split: SplitListing, files: dict, c
     """Quantize, validate the graph contract, gate; keep the file only if the gate passes."""
     fp32_path, int8_path = staging / "model.onnx", staging / INT8_FILENAME
     settings = quantize_file(fp32_path, int8_path, card, split, config)
-    check_graph(int8_path, card, config.opset)
-    try:
-        figures = precision_gate(fp32_path, int8_path, split, card, config, "int8")
-        section = {"status": "passed", **settings, "gate": figures}
-        files = {**files, INT8_FILENAME: {"precision": "int8"}}
-    except QuantizationRefused as refusal:
-        int8_path.unlink()
-        log.warning("INT8 refused: %s", refusal)
-        section = {"status": "refused", "reason": str(refusal), **settings, "gate": refusal.figures}
-    report["int8"] = section
-    return card.updated(export={"int8": section}), files
+    return keep_if_gate_passes(fp32_path, int8_path, "int8", settings, split, card, config, files, report)
