@@ -1,7 +1,7 @@
 """What the benchmarks measure on: bundles made by the real pipeline, and real-size JPEGs.
 
 Two kinds of model, cached under a work directory (default ``.bench-out/work``) and rebuilt when
-their recipe changes:
+their recipe or the code of models/ and export/ changes:
 - ``speed_bundle(arch)``: a random-init backbone + head (no ImageNet weights for MobileNet-v2 /
   ResNet-50 exist offline) saved as a real checkpoint and exported by the real ``export_bundle``.
   Speed, FLOPs and size do not depend on the weight values; accuracy does, so it is not read here.
@@ -89,6 +89,16 @@ class Prepared:
         return str(self.recipe["arch"])
 
 
+def pipeline_code_sha256() -> str:
+    """Hash of the code that makes bundles (models/, export/): a change there rebuilds the cache."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted([*REPO_ROOT.glob("models/*.py"), *REPO_ROOT.glob("export/*.py")]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _cached(folder: Path, recipe: dict[str, Any]) -> bool:
     marker = folder / "recipe.json"
     try:
@@ -105,7 +115,7 @@ def _fresh(folder: Path) -> None:
 def speed_bundle(arch: str, workdir: Path = DEFAULT_WORKDIR, int8: bool = False, fp16: bool = False) -> Prepared:
     """Random-init ``arch`` (+ a 10-class head) -> checkpoint -> real export (fp32, optional INT8 / fp16)."""
     recipe = {"kind": "speed", "arch": arch, "int8": int8, "fp16": fp16, "weights": "random init (backbone and head)",
-              "classes": SPEED_CLASSES, "version": 3}
+              "classes": SPEED_CLASSES, "version": 3, "code": pipeline_code_sha256()}
     folder = Path(workdir) / f"speed-{arch}{'-int8' if int8 else ''}{'-fp16' if fp16 else ''}"
     if _cached(folder, recipe):
         return Prepared(folder / "runs" / arch, folder / "bundle", recipe, 0.0)
@@ -145,7 +155,8 @@ def demo_bundle(workdir: Path = DEFAULT_WORKDIR, recipe: DemoRecipe = DemoRecipe
     demo = REPO_ROOT / "bundles" / "demo"
     if use_demo and (demo / "model.int8.onnx").is_file() and (REPO_ROOT / "runs" / "demo").is_dir():
         return Prepared(REPO_ROOT / "runs" / "demo", demo, {"kind": "make demo", "arch": "efficientnet_lite0"}, 0.0)
-    spec = {"kind": "demo-recipe", **asdict(recipe), "weights": "imagenet", "strategy": "head", "version": 1}
+    spec = {"kind": "demo-recipe", **asdict(recipe), "weights": "imagenet", "strategy": "head", "version": 1,
+            "code": pipeline_code_sha256()}
     folder = Path(workdir) / f"demo-{recipe.arch}"
     if _cached(folder, spec):
         return Prepared(folder / "run", folder / "bundle", spec, 0.0)
