@@ -50,7 +50,8 @@ def http_load_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
         c = level["concurrency"]
         rows.append(summary_row(
             "5 HTTP", bundle_arch(str(r.get("bundle", ""))),
-            f"/classify req/s, c={c} (p50 {level['p50_ms']:.0f} ms, p99 {level['p99_ms']:.0f} ms)",
+            f"/classify req/s, {r.get('workers', 1)} worker(s), c={c} "
+            f"(p50 {level['p50_ms']:.0f} ms, p99 {level['p99_ms']:.0f} ms)",
             level["throughput_rps"], f"in-process Predictor {r['in_process_img_per_s']:.3g} img/s",
             level["vs_in_process"], ">= 0.85x at c=16" if c == 16 else "", level["vs_in_process"] >= 0.85 if c == 16 else None))
     return rows
@@ -76,6 +77,7 @@ def prepare_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
 
 ADAPTERS: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {
     "decode_draft": decode_draft_rows, "predictor_throughput": predictor_rows, "http_load": http_load_rows,
+    "http_load_workers2": http_load_rows,
     "train_cache": train_cache_rows, "fixtures": prepare_rows,
 }
 
