@@ -268,7 +268,9 @@ class Preprocess:
 
     def pixels(self, image: Image.Image) -> np.ndarray:
         """uint8 ``[3, crop, crop]``: the input of an exported graph (it normalises itself)."""
-        array = np.asarray(self.resize_crop(image.convert("RGB")), dtype=np.uint8)
+        if image.mode != "RGB":  # load_image already gives RGB; convert() would copy it anyway
+            image = image.convert("RGB")
+        array = np.asarray(self.resize_crop(image), dtype=np.uint8)
         return np.ascontiguousarray(array.transpose(2, 0, 1))
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
