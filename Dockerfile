@@ -8,7 +8,7 @@
 # The bundle is mounted at /bundle (read-only is fine); to bake one in, derive an image:
 #   printf 'FROM imgcls:cpu\nCOPY bundles/NAME/ /bundle/\n' | DOCKER_BUILDKIT=0 docker build -t my-model -f - .
 # Extra arguments after the image
-# name are `imgcls serve` flags; IMGCLS_* environment variables work too (service/config.py).
+# name are `imgcls serve` flags; IMGCLS_* environment variables work too (service/http/config.py).
 # BASE_IMAGE: any Debian-like image with python3.11 + venv (local/python:3.11-bookworm offline).
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE} AS runtime
@@ -24,12 +24,16 @@ RUN python3 -m venv /opt/venv \
  && rm -rf /tmp/wheels /tmp/requirements.txt \
  && ! python -c "import torch" 2>/dev/null \
  && useradd --create-home --uid 10001 --shell /usr/sbin/nologin imgcls \
- && printf '#!/bin/sh\nexec python -m models.cli "$@"\n' > /usr/local/bin/imgcls && chmod 755 /usr/local/bin/imgcls
+ && printf '#!/bin/sh\nexec python -m imgcls "$@"\n' > /usr/local/bin/imgcls && chmod 755 /usr/local/bin/imgcls
 WORKDIR /app
-# Only the serving side and the torch-free contract modules it imports.
-COPY models/__init__.py models/card.py models/preprocess.py models/atomic.py models/cli.py /app/models/
+# Only the serving side: the entry points, the torch-free contract (models/core/) and service/,
+# laid out as in the repository (imgcls/__init__.py maps them to imgcls.models.core, imgcls.service).
+COPY imgcls/ /app/imgcls/
+COPY models/__init__.py /app/models/__init__.py
+COPY models/core/ /app/models/core/
 COPY service/ /app/service/
-RUN python -m compileall -q /app && python -c "import service.service" && chown -R root:root /app
+ENV PYTHONPATH=/app
+RUN python -m compileall -q /app && python -c "import imgcls.service.http.service" && chown -R root:root /app
 USER imgcls
 EXPOSE 3000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \

@@ -45,7 +45,7 @@ def model_flops(run_dir: Path) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from models.checkpoint import load_checkpoint
+    from imgcls.models.training.checkpoint import load_checkpoint
 
     model, card = load_checkpoint(run_dir)
     size = card.preprocess.crop_size

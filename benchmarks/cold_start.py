@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import sys
+
 import tempfile
 import time
 import urllib.request
@@ -24,7 +24,6 @@ from benchmarks.report import markdown_table, setup_logging, summary_row, write_
 
 log = logging.getLogger("bench.cold_start")
 GOAL_S = 10.0
-sys.path.insert(0, str(fixtures.REPO_ROOT / "tests"))
 
 
 def first_classify_s(url: str, jpeg: bytes) -> float:
@@ -38,7 +37,7 @@ def first_classify_s(url: str, jpeg: bytes) -> float:
 
 
 def one_start(bundle: Path, jpeg: bytes, log_path: Path) -> dict[str, Any]:
-    from service_server import start_server  # the harness the service tests use
+    from imgcls.service.http.launcher import start_server
 
     server = start_server(bundle, log_path, ready_timeout=120)
     try:

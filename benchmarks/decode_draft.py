@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.report import markdown_table, time_repeated, write_result
-from models.preprocess import load_image
-from models.zoo import default_preprocess
+from imgcls.models.core.preprocess import load_image
+from imgcls.models.zoo.registry import default_preprocess
 
 log = logging.getLogger("bench.decode")
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field")
@@ -38,12 +38,10 @@ def twelve_megapixel_jpegs() -> dict[str, bytes]:
 def top1_pairs(jpegs: dict[str, bytes]) -> list[tuple[str, int, int]]:
     import torch
 
-    from models.weights import _lite0_package_weights
-    from models.zoo import create
+    from imgcls.models.zoo.registry import pretrained
 
     torch.set_num_threads(2)
-    model = create("efficientnet_lite0", 1000, weights="none").eval()
-    model.load_state_dict(_lite0_package_weights(model))
+    model = pretrained("efficientnet_lite0").eval()
     preprocess = default_preprocess("efficientnet_lite0")
     rows = []
     with torch.no_grad():

@@ -36,7 +36,7 @@ PEER_PHOTO = ("coffee", (600, 400))  # the JPEG the NOTES measured TorchServe wi
 
 def threads_in_use() -> int:
     """The CPUs this process may use (affinity mask and cgroup quota), as the predictor sizes ORT."""
-    from service.runtime import available_cpus
+    from imgcls.service.runtime import available_cpus
 
     return max(1, int(available_cpus()))
 
@@ -94,8 +94,8 @@ def pipeline_code_sha256() -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for path in sorted([*REPO_ROOT.glob("models/*.py"), *REPO_ROOT.glob("export/*.py")]):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in sorted([*REPO_ROOT.glob("models/**/*.py"), *REPO_ROOT.glob("export/*.py")]):
+        digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -121,8 +121,8 @@ def speed_bundle(arch: str, workdir: Path = DEFAULT_WORKDIR, int8: bool = False,
         return Prepared(folder / "runs" / arch, folder / "bundle", recipe, 0.0)
     started = time.perf_counter()
     _fresh(folder)
-    from export.bundle import export_bundle
-    from export.config import ExportConfig
+    from imgcls.export.bundle import export_bundle
+    from imgcls.export.config import ExportConfig
     from tests.factories import make_tiny_run
 
     log.info("preparing %s: random-init checkpoint, real export%s", arch, " + INT8" if int8 else "")
@@ -135,7 +135,7 @@ def speed_bundle(arch: str, workdir: Path = DEFAULT_WORKDIR, int8: bool = False,
 
 
 def _cli(*args: str, ok: tuple[int, ...] = (0,)) -> None:
-    command = [sys.executable, "-m", "models.cli", *args]
+    command = [sys.executable, "-m", "imgcls.cli", *args]
     log.info("$ imgcls %s", " ".join(args))
     code = subprocess.run(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL).returncode
     if code not in ok:
@@ -162,7 +162,7 @@ def demo_bundle(workdir: Path = DEFAULT_WORKDIR, recipe: DemoRecipe = DemoRecipe
         return Prepared(folder / "run", folder / "bundle", spec, 0.0)
     started = time.perf_counter()
     _fresh(folder)
-    from models.digits import write_digits
+    from imgcls.digits import write_digits
 
     write_digits(folder / "digits", limit_per_class=recipe.per_class)
     _cli("train", "--data", str(folder / "digits"), "--arch", recipe.arch, "--weights", "imagenet",
@@ -174,7 +174,7 @@ def demo_bundle(workdir: Path = DEFAULT_WORKDIR, recipe: DemoRecipe = DemoRecipe
 
 
 def describe(prepared: Prepared) -> dict[str, Any]:
-    from models.card import ModelCard
+    from imgcls.models.core.card import ModelCard
 
     card = ModelCard.load(prepared.bundle_dir)
     return {"arch": card.arch, "classes": card.num_classes, "input": card.preprocess.crop_size,
@@ -197,7 +197,7 @@ def pixel_batch(bundle_dir: Path, batch: int, seed: int = 0) -> Any:
     """uint8 [batch, 3, H, W] model input made from real photos (the bundle's own preprocessing)."""
     import numpy as np
 
-    from models.card import ModelCard
+    from imgcls.models.core.card import ModelCard
 
     preprocess = ModelCard.load(bundle_dir).preprocess
     images = [preprocess.pixels(preprocess.load(jpeg_bytes(photo(PHOTOS[(seed + i) % len(PHOTOS)]))))

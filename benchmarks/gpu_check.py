@@ -17,7 +17,7 @@ import argparse
 import logging
 import statistics
 import subprocess
-import sys
+
 import tempfile
 import time
 import traceback
@@ -50,7 +50,7 @@ def device_info() -> dict[str, Any]:
 
 
 def cuda_session(path: Path) -> Any:
-    from service.runtime import RuntimeConfig, create_session
+    from imgcls.service.runtime import RuntimeConfig, create_session
 
     session, provider = create_session(path, RuntimeConfig(device="cuda"))  # raises unless CUDA really runs
     if session.get_providers()[0] != CUDA or provider != CUDA:
@@ -79,7 +79,7 @@ def raw_vs_eager(prepared: fixtures.Prepared, precision: str, batches: list[int]
     import onnxruntime as ort
     import torch
 
-    from models.checkpoint import load_checkpoint
+    from imgcls.models.training.checkpoint import load_checkpoint
 
     session = cuda_session(prepared.bundle_dir / PRECISION_FILES[precision])
     name, out_name = session.get_inputs()[0].name, session.get_outputs()[0].name
@@ -112,7 +112,7 @@ def raw_vs_eager(prepared: fixtures.Prepared, precision: str, batches: list[int]
 
 
 def predictor_vs_raw(prepared: fixtures.Prepared, precision: str, jpegs: list[Path], batch: int) -> dict[str, Any]:
-    from service.predictor import Predictor
+    from imgcls.service.predictor import Predictor
 
     with Predictor.load(prepared.bundle_dir, precision=precision, device="cuda") as predictor:
         if predictor.provider != CUDA:
@@ -136,10 +136,9 @@ def predictor_vs_raw(prepared: fixtures.Prepared, precision: str, jpegs: list[Pa
 
 
 def http(prepared: fixtures.Prepared, precision: str, levels: list[int], seconds: float) -> dict[str, Any]:
-    sys.path.insert(0, str(fixtures.REPO_ROOT / "tests"))
-    from service_server import start_server
+    from imgcls.service.http.launcher import start_server
 
-    from service.predictor import Predictor
+    from imgcls.service.predictor import Predictor
 
     jpeg = fixtures.peer_jpeg()
     with Predictor.load(prepared.bundle_dir, precision=precision, device="cuda") as predictor:

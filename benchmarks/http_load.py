@@ -28,7 +28,7 @@ HOST = "127.0.0.1"
 
 
 def in_process_rate(bundle: Path, jpegs: list[bytes], rounds: int, batch: int, workers: int) -> float:
-    from service.predictor import Predictor
+    from imgcls.service.predictor import Predictor
 
     with Predictor.load(bundle, device="cpu", workers=1) as predictor:
         predictor.predict(jpegs[:batch], batch_size=batch)  # warm-up
@@ -58,8 +58,7 @@ def drive(port: int, payloads: list[bytes], concurrency: int, seconds: float, ma
 
 
 def start(bundle: Path, workers: int, log_path: Path, extra: list[str]) -> tuple[Any, int, float]:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from service_server import start_server  # the same harness the service tests use
+    from imgcls.service.http.launcher import start_server
 
     started = time.monotonic()
     server = start_server(bundle, log_path, args=["--workers", str(workers), *extra], ready_timeout=120)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import socket
-import sys
+
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +26,6 @@ from benchmarks.report import markdown_table, setup_logging, summary_row, write_
 log = logging.getLogger("bench.http_vs_peer")
 HOST = "127.0.0.1"
 GOAL = 2.0
-sys.path.insert(0, str(fixtures.REPO_ROOT / "tests"))
 
 
 def free_port_block(count: int = 3) -> int:
@@ -66,7 +65,7 @@ def drive_levels(port: int, path: str, jpeg: bytes, levels: list[int], seconds: 
 
 
 def run_imgcls(bundle: Path, jpeg: bytes, scratch: Path, load: Callable[[int, str], list]) -> dict[str, Any]:
-    from service_server import start_server  # the harness the service tests use
+    from imgcls.service.http.launcher import start_server
 
     server = start_server(bundle, scratch / "imgcls.log", ready_timeout=120)
     try:

@@ -38,7 +38,7 @@ def speeds(bundle_dir: Path, threads: int, batches: tuple[int, ...], repeats: in
 
 def measure(prepared: fixtures.Prepared, threads: int, batches: tuple[int, ...], repeats: int,
             accuracy_meaningful: bool) -> dict[str, Any]:
-    from models.card import ModelCard
+    from imgcls.models.core.card import ModelCard
 
     card = ModelCard.load(prepared.bundle_dir)
     files = card.export.get("files", {})

@@ -26,7 +26,7 @@ def measure(arch: str, workdir: Path, threads: int, batches: tuple[int, ...], re
     import numpy as np
     import torch
 
-    from models.checkpoint import load_checkpoint
+    from imgcls.models.training.checkpoint import load_checkpoint
 
     torch.set_num_threads(threads)
     prepared = fixtures.speed_bundle(arch, workdir)

@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.report import markdown_table, write_result
-from service.predictor import Predictor
-from service.runtime import RuntimeConfig
+from imgcls.service.predictor import Predictor
+from imgcls.service.runtime import RuntimeConfig
 
 log = logging.getLogger("bench.predictor")
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field", "retina", "immunohistochemistry")
@@ -49,8 +49,8 @@ def write_jpegs(folder: Path, size: tuple[int, int], count: int) -> list[Path]:
 
 def export_random_bundle(arch: str, workdir: Path) -> Path:
     """A random-weights checkpoint of ``arch`` exported by the real export (fp32 only)."""
-    from export.bundle import export_bundle
-    from export.config import ExportConfig
+    from imgcls.export.bundle import export_bundle
+    from imgcls.export.config import ExportConfig
     from tests.factories import make_tiny_run
 
     run_dir = make_tiny_run(workdir / arch, arch=arch, per_class=4, size=(256, 256))

@@ -1,6 +1,6 @@
 """Item 9: ``imgcls score`` on a folder of real-size JPEGs vs raw ONNX Runtime on the same images.
 
-The scoring path is the command itself (``service.score.main``, in this process so Python start-up
+The scoring path is the command itself (``imgcls.service.scoring.cli.main``, in this process so Python start-up
 is not counted): list the folder, load and verify the bundle, decode in a thread pool overlapping
 batched inference, write a CSV. Raw ORT runs the same images already decoded to uint8 tensors, at
 the same batch size and threads. The two alternate, several times, with a short rest before each run.
@@ -30,7 +30,7 @@ GOAL = 0.9
 
 def score_once(bundle: Path, folder: Path, out: Path, batch: int, loop_rates: list[float]) -> None:
     """One ``imgcls score`` run; appends the rate it reports for its scoring loop (bundle load excluded)."""
-    from service.score import main as score_main
+    from imgcls.service.scoring.cli import main as score_main
 
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured):
@@ -46,7 +46,7 @@ def score_once(bundle: Path, folder: Path, out: Path, batch: int, loop_rates: li
 def measure(arch: str, workdir: Path, jpegs: list[Path], batch: int, threads: int, repeats: int) -> dict[str, Any]:
     import numpy as np
 
-    from service.predictor import Predictor
+    from imgcls.service.predictor import Predictor
 
     prepared = fixtures.speed_bundle(arch, workdir)
     started = time.perf_counter()

@@ -51,7 +51,7 @@ def build_archive(checkpoint: Path, workdir: Path) -> Path:
     import torch
     from safetensors.torch import load_file
 
-    from models.card import ModelCard
+    from imgcls.models.core.card import ModelCard
 
     card = ModelCard.load(checkpoint)
     staging = workdir / "mar-src"

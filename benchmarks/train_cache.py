@@ -3,7 +3,7 @@ later epochs), plus full fine-tune throughput, all through the real ``imgcls tra
 
     python -m benchmarks.train_cache --out results/train_cache.json [--arch efficientnet_lite0]
 
-Each mode is a real run (``models.train.main``) on the bundled digits; epoch times are the runs' own
+Each mode is a real run (``imgcls.models.training.cli.main``) on the bundled digits; epoch times are the runs' own
 ``train_seconds`` from metrics.jsonl (training only, validation excluded). Same machine, same run.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ log = logging.getLogger("bench.train_cache")
 
 
 def _run(data: Path, out: Path, arch: str, weights: str, extra: list[str]) -> tuple[list[dict[str, Any]], float]:
-    from models.train import main
+    from imgcls.models.training.cli import main
 
     started = time.perf_counter()
     code = main(["--data", str(data), "--out", str(out), "--arch", arch, "--weights", weights,
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    from models.digits import write_digits
+    from imgcls.digits import write_digits
 
     with tempfile.TemporaryDirectory(prefix="imgcls-bench-") as temp:
         data = Path(temp) / "digits"

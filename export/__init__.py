@@ -1,13 +1,13 @@
 """Export: checkpoint -> validated ONNX bundle (``export_bundle``), optionally with INT8."""
-from export.config import ExportConfig
-from export.errors import (
+from imgcls.export.config import ExportConfig
+from imgcls.export.errors import (
     CalibrationError, ConversionError, ExportError, GraphContractError, ParityError, QuantizationRefused,
 )
 
 
 def export_bundle(run_dir, out_dir, config: ExportConfig = ExportConfig()):
-    """See ``export.bundle.export_bundle`` (imported lazily: it pulls in torch)."""
-    from export.bundle import export_bundle as _export_bundle
+    """See ``imgcls.export.bundle.export_bundle`` (imported lazily: it pulls in torch)."""
+    from imgcls.export.bundle import export_bundle as _export_bundle
 
     return _export_bundle(run_dir, out_dir, config)
 

@@ -12,13 +12,13 @@ from typing import Any
 import onnx
 from tqdm import tqdm
 
-from export.config import FP32_FILENAME, INPUT_NAME, OUTPUT_NAME, REPORT_FILENAME, ExportConfig
-from export.convert import embed_card, save_onnx, to_onnx
-from export.images import check_classes, load_split, parity_pixels
-from export.validate import check_graph, check_parity
-from models.atomic import sha256_file, staged_directory, write_atomically
-from models.card import ModelCard
-from models.checkpoint import load_checkpoint
+from imgcls.export.config import FP32_FILENAME, INPUT_NAME, OUTPUT_NAME, REPORT_FILENAME, ExportConfig
+from imgcls.export.convert import embed_card, save_onnx, to_onnx
+from imgcls.export.images import check_classes, load_split, parity_pixels
+from imgcls.export.validate import check_graph, check_parity
+from imgcls.models.core.atomic import sha256_file, staged_directory, write_atomically
+from imgcls.models.core.card import ModelCard
+from imgcls.models.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +146,12 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig
 def _variants(staging, model, card, split, files, config, report, step):
     """Optional INT8 and fp16 files (the modules are imported only when asked for)."""
     if config.int8:
-        from export.quantize import add_int8
+        from imgcls.export.quantize import add_int8
 
         card, files = add_int8(staging, card, split, files, config, report)
         step("int8")
     if config.fp16:
-        from export.half import add_fp16
+        from imgcls.export.half import add_fp16
 
         card, files = add_fp16(staging, card, split, files, config, report)
         step("fp16")

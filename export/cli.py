@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from export.config import CALIBRATION_METHODS, DEFAULT_OPSET, EXPORTERS, INT8_TARGETS, ExportConfig
+from imgcls.export.config import CALIBRATION_METHODS, DEFAULT_OPSET, EXPORTERS, INT8_TARGETS, ExportConfig
 
 log = logging.getLogger("imgcls.export")
 
@@ -82,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         sys.stderr.write(f"imgcls export: {exc}\n")
         return 2
-    from export.bundle import export_bundle  # torch is imported only past argument parsing
-    from export.errors import ExportError
-    from models.card import CardError
-    from models.checkpoint import CheckpointError
+    from imgcls.export.bundle import export_bundle  # torch is imported only past argument parsing
+    from imgcls.export.errors import ExportError
+    from imgcls.models.core.card import CardError
+    from imgcls.models.training.checkpoint import CheckpointError
 
     try:
         card = export_bundle(args.run, out, config)

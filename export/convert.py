@@ -10,10 +10,10 @@ import onnx
 import torch
 from torch import nn
 
-from export.config import INPUT_NAME, OUTPUT_NAME
-from export.errors import ConversionError
-from models.card import ModelCard
-from models.preprocess import Preprocess
+from imgcls.export.config import INPUT_NAME, OUTPUT_NAME
+from imgcls.export.errors import ConversionError
+from imgcls.models.core.card import ModelCard
+from imgcls.models.core.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 

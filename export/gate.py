@@ -7,12 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from export.config import INPUT_NAME, OUTPUT_NAME, ExportConfig
-from export.errors import QuantizationRefused
-from export.images import load_pixels
-from export.validate import run_batches, session
-from models.card import ModelCard
-from models.dataset import SplitListing
+from imgcls.export.config import INPUT_NAME, OUTPUT_NAME, ExportConfig
+from imgcls.export.errors import QuantizationRefused
+from imgcls.export.images import load_pixels
+from imgcls.export.validate import run_batches, session
+from imgcls.models.core.card import ModelCard
+from imgcls.models.core.dataset import SplitListing
 
 BENCH_SECONDS = 1.0  # per model, alternating rounds, after one warm-up run
 
@@ -79,7 +79,7 @@ def keep_if_gate_passes(
     """
     import logging
 
-    from export.validate import check_graph
+    from imgcls.export.validate import check_graph
 
     check_graph(variant_path, card, config.opset)
     try:

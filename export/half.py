@@ -13,12 +13,12 @@ from typing import Any
 
 import onnx
 
-from export.config import FP16_FILENAME, FP32_FILENAME, ExportConfig
-from export.convert import save_onnx
-from export.errors import ExportError
-from export.gate import keep_if_gate_passes
-from models.card import ModelCard
-from models.dataset import SplitListing
+from imgcls.export.config import FP16_FILENAME, FP32_FILENAME, ExportConfig
+from imgcls.export.convert import save_onnx
+from imgcls.export.errors import ExportError
+from imgcls.export.gate import keep_if_gate_passes
+from imgcls.models.core.card import ModelCard
+from imgcls.models.core.dataset import SplitListing
 
 log = logging.getLogger(__name__)
 

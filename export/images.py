@@ -8,9 +8,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from export.errors import ExportError
-from models.dataset import SPLIT_FILENAME, DatasetError, Sample, SplitListing, make_split
-from models.preprocess import ImageDecodeError, Preprocess
+from imgcls.export.errors import ExportError
+from imgcls.models.core.dataset import SPLIT_FILENAME, DatasetError, Sample, SplitListing, make_split
+from imgcls.models.core.preprocess import ImageDecodeError, Preprocess
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from export.config import INPUT_NAME, INT8_FILENAME, ExportConfig
-from export.errors import CalibrationError
-from export.gate import keep_if_gate_passes
-from export.images import load_pixels
-from models.card import ModelCard
-from models.dataset import SplitListing
+from imgcls.export.config import INPUT_NAME, INT8_FILENAME, ExportConfig
+from imgcls.export.errors import CalibrationError
+from imgcls.export.gate import keep_if_gate_passes
+from imgcls.export.images import load_pixels
+from imgcls.models.core.card import ModelCard
+from imgcls.models.core.dataset import SplitListing
 
 log = logging.getLogger(__name__)
 

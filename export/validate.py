@@ -9,10 +9,10 @@ import onnx
 import torch
 from torch import nn
 
-from export.config import INPUT_NAME, OUTPUT_NAME
-from export.errors import GraphContractError, ParityError
-from models.card import ModelCard
-from models.preprocess import Preprocess
+from imgcls.export.config import INPUT_NAME, OUTPUT_NAME
+from imgcls.export.errors import GraphContractError, ParityError
+from imgcls.models.core.card import ModelCard
+from imgcls.models.core.preprocess import Preprocess
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:

@@ -2,8 +2,8 @@
 
 ``Predictor.load(bundle_dir)`` reads the card, picks the ONNX file of the requested precision,
 checks it against the card (sha256 in the lineage, embedded card, input size, class count) and
-opens an ONNX Runtime session on the provider asked for (``service.runtime``). Then:
-``decode`` (bytes or path -> uint8 [3, H, W] through ``models.preprocess``), ``infer`` (uint8
+opens an ONNX Runtime session on the provider asked for (``imgcls.service.runtime``). Then:
+``decode`` (bytes or path -> uint8 [3, H, W] through ``imgcls.models.core.preprocess``), ``infer`` (uint8
 [N, 3, H, W] -> softmax probabilities [N, C]), ``top_k`` and ``predict`` (sources -> per image a
 sorted top-k list or the ``ImageDecodeError`` explaining why it could not be read), with decoding
 in a thread pool overlapping inference.
@@ -19,12 +19,12 @@ from typing import Any, Iterable, Iterator, TypeVar
 
 import numpy as np
 
-from models.card import ModelCard
-from models.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError
-from service import bundle as bundle_checks
-from service.bundle import BundleError
-from service.pipeline import decoded_batches, stack_decoded
-from service.runtime import CUDA, DeviceError, RuntimeConfig, available_cpus, create_session
+from imgcls.models.core.card import ModelCard
+from imgcls.models.core.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError
+from imgcls.models.core import bundle as bundle_checks
+from imgcls.models.core.bundle import BundleError
+from imgcls.service.prefetch import decoded_batches, stack_decoded
+from imgcls.service.runtime import CUDA, DeviceError, RuntimeConfig, available_cpus, create_session
 
 log = logging.getLogger(__name__)
 

@@ -73,11 +73,10 @@ def make_tiny_run(
     """
     import torch
 
-    from models.card import ModelCard
-    from models.checkpoint import save_checkpoint
-    from models.dataset import make_split
-    from models.weights import describe_weights
-    from models.zoo import create, default_preprocess
+    from imgcls.models.core.card import ModelCard
+    from imgcls.models.training.checkpoint import save_checkpoint
+    from imgcls.models.core.dataset import make_split
+    from imgcls.models.zoo.registry import create, default_preprocess, describe_weights
 
     tmp_path = Path(tmp_path)
     data = make_image_folder(tmp_path / "data", classes, per_class, size=size, seed=seed)
@@ -104,8 +103,8 @@ def make_tiny_bundle(tmp_path: str | Path, int8: bool = False, **kw) -> Path:
     With ``int8`` the tiny model is first fitted for a few steps, so the INT8 gate measures a model
     that actually classifies. Extra keywords go to ``make_tiny_run``.
     """
-    from export.bundle import export_bundle
-    from export.config import ExportConfig
+    from imgcls.export.bundle import export_bundle
+    from imgcls.export.config import ExportConfig
 
     if int8:
         kw.setdefault("train_steps", 30)

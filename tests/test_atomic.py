@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from models.atomic import staged_directory, write_atomically
+from imgcls.models.core.atomic import staged_directory, write_atomically
 
 
 def mode(path) -> int:

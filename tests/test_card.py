@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from models.card import CardError, FORMAT_VERSION, METADATA_KEY, ModelCard
-from models.preprocess import Preprocess
+from imgcls.models.core.card import CardError, FORMAT_VERSION, METADATA_KEY, ModelCard
+from imgcls.models.core.preprocess import Preprocess
 
 
 def card(**overrides) -> ModelCard:

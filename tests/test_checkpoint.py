@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from models.card import ModelCard
-from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from models.zoo import create, default_preprocess
+from imgcls.models.core.card import ModelCard
+from imgcls.models.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from imgcls.models.zoo.registry import create, default_preprocess
 
 
 def tiny_card(classes=("a", "b", "c")) -> ModelCard:

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import REPO_ROOT, encode, make_image
-from factories import make_tiny_bundle
-from service_server import free_port
+from tests.conftest import REPO_ROOT, encode, make_image
+from tests.factories import make_tiny_bundle
+from imgcls.service.http.launcher import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 MAKE_BASE = REPO_ROOT.parent / "shared" / "docker" / "make-base-image.sh"
@@ -97,7 +97,9 @@ def test_cpu_image_serves_a_mounted_bundle(image, bundle):
         assert response.headers["x-model-version"] == "bundle@" + card["lineage"]["sha256:model.onnx"][:12]
         assert run("docker", "exec", name, "id", "-u").stdout.strip() != "0"
         assert run("docker", "exec", name, "python", "-c", "import torch", check=False).returncode != 0
-        assert run("docker", "exec", name, "test", "-e", "/app/models/zoo.py", check=False).returncode != 0
+        for torch_side in ("/app/models/zoo", "/app/models/training", "/app/export"):
+            assert run("docker", "exec", name, "test", "-e", torch_side, check=False).returncode != 0, torch_side
+        assert run("docker", "exec", name, "test", "-f", "/app/models/core/card.py", check=False).returncode == 0
         stopped = time.monotonic()
         run("docker", "stop", "--time", "20", name, timeout=60)
         assert time.monotonic() - stopped < 20  # SIGTERM handled, not the 20 s kill

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.dataset import DatasetError, SplitListing, make_split, without_files
+from imgcls.models.core.dataset import DatasetError, SplitListing, make_split, without_files
 from tests.factories import make_image_folder
 
 

@@ -4,8 +4,8 @@ import pytest
 pytest.importorskip("skimage.data")
 
 from benchmarks.decode_draft import top1_pairs, twelve_megapixel_jpegs  # noqa: E402
-from models.preprocess import load_image  # noqa: E402
-from models.zoo import default_preprocess  # noqa: E402
+from imgcls.models.core.preprocess import load_image  # noqa: E402
+from imgcls.models.zoo.registry import default_preprocess  # noqa: E402
 
 
 def test_draft_keeps_top1_on_real_photos():

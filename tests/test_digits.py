@@ -1,8 +1,8 @@
 """``imgcls digits``: the bundled scikit-learn digits as an ImageFolder, readable by load_image."""
 from __future__ import annotations
 
-from models.digits import main, write_digits
-from models.preprocess import load_image
+from imgcls.digits import main, write_digits
+from imgcls.models.core.preprocess import load_image
 
 
 def test_writes_limited_image_folder(tmp_path):

@@ -9,15 +9,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.config import ExportConfig
-from export.convert import save_onnx, to_onnx
-from export.errors import ExportError, ParityError
-from export.images import load_split, parity_pixels
-from export.validate import check_parity
-from models.atomic import sha256_file
-from models.card import ModelCard
-from models.checkpoint import load_checkpoint
-from models.preprocess import Preprocess
+from imgcls.export.config import ExportConfig
+from imgcls.export.convert import save_onnx, to_onnx
+from imgcls.export.errors import ExportError, ParityError
+from imgcls.export.images import load_split, parity_pixels
+from imgcls.export.validate import check_parity
+from imgcls.models.core.atomic import sha256_file
+from imgcls.models.core.card import ModelCard
+from imgcls.models.training.checkpoint import load_checkpoint
+from imgcls.models.core.preprocess import Preprocess
 from tests.factories import make_tiny_bundle, make_tiny_run
 
 torch.set_num_threads(1)
@@ -89,7 +89,7 @@ def test_run_without_images_is_refused_and_writes_nothing(tmp_path):
     (run_dir / "split.json").unlink()
     out = tmp_path / "bundles" / "x"
     with pytest.raises(ExportError, match="needs real images"):
-        from export.bundle import export_bundle
+        from imgcls.export.bundle import export_bundle
 
         export_bundle(run_dir, out, ExportConfig(progress=False))
     assert not out.exists()

@@ -15,9 +15,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.cli import EXIT_FAILED, EXIT_REFUSED, main
-from models.atomic import sha256_file
-from models.card import ModelCard
+from imgcls.export.cli import EXIT_FAILED, EXIT_REFUSED, main
+from imgcls.models.core.atomic import sha256_file
+from imgcls.models.core.card import ModelCard
 from tests.factories import make_tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def _offline_env(tmp_path: Path) -> dict[str, str]:
 
 def test_sigkill_leaves_no_partial_bundle_and_rerun_succeeds_offline(fitted_run, tmp_path):
     out = tmp_path / "bundles" / "run"
-    command = [sys.executable, "-m", "models.cli", "export", str(fitted_run), "--out", str(out), "--int8",
+    command = [sys.executable, "-m", "imgcls.cli", "export", str(fitted_run), "--out", str(out), "--int8",
                "--no-progress"]
     env = _offline_env(tmp_path)
     child = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

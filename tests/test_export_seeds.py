@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from export.convert import embed_card, save_onnx, to_onnx
-from export.validate import check_graph, check_parity
-from models.card import ModelCard
-from models.zoo import SEED_ARCHS, build, default_preprocess, entry_for, get_submodule_parent
+from imgcls.export.convert import embed_card, save_onnx, to_onnx
+from imgcls.export.validate import check_graph, check_parity
+from imgcls.models.core.card import ModelCard
+from imgcls.models.zoo.registry import SEED_ARCHS, build, default_preprocess, entry_for, get_submodule_parent
 from tests.factories import class_image
 
 CLASSES = ("cat", "dog", "owl")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import encode, make_image
-from models.preprocess import ALPHA_BACKGROUND, ImageDecodeError, REASONS, load_image
+from tests.conftest import encode, make_image
+from imgcls.models.core.preprocess import ALPHA_BACKGROUND, ImageDecodeError, REASONS, load_image
 
 
 def png_with_fake_size(width: int, height: int) -> bytes:

@@ -8,11 +8,11 @@ import numpy as np
 import onnx
 import pytest
 
-from factories import make_tiny_bundle
-from models.atomic import sha256_file
-from models.card import METADATA_KEY, ModelCard
-from models.preprocess import ImageDecodeError
-from service.predictor import BundleError, DeviceError, Prediction, Predictor
+from tests.factories import make_tiny_bundle
+from imgcls.models.core.atomic import sha256_file
+from imgcls.models.core.card import METADATA_KEY, ModelCard
+from imgcls.models.core.preprocess import ImageDecodeError
+from imgcls.service.predictor import BundleError, DeviceError, Prediction, Predictor
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from service.predictor import softmax, top_k_indices
-from service.runtime import RuntimeConfig, available_cpus, cgroup_cpu_limit, threads_per_worker
+from imgcls.service.predictor import softmax, top_k_indices
+from imgcls.service.runtime import RuntimeConfig, available_cpus, cgroup_cpu_limit, threads_per_worker
 
 
 def test_softmax_is_stable_and_normalised():

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_image
-from models.preprocess import Preprocess, resized_size
-from models.zoo import SEED_ARCHS, ZOO, default_preprocess
+from tests.conftest import make_image
+from imgcls.models.core.preprocess import Preprocess, resized_size
+from imgcls.models.zoo.registry import SEED_ARCHS, ZOO, default_preprocess
 
 # Sizes smaller and larger than every resize size, portrait, landscape, square and extreme.
 SIZES = [(64, 48), (48, 64), (233, 233), (500, 375), (375, 500), (640, 200), (97, 1001), (1200, 900)]
@@ -19,7 +19,7 @@ def reference_transform(arch: str):
         cfg = timm.get_pretrained_cfg("tf_efficientnet_lite0").to_dict()
         config = timm.data.resolve_data_config(pretrained_cfg=cfg)
         return timm.data.create_transform(**config)
-    return ZOO[arch].weights.transforms()
+    return ZOO[arch].weights.weights.transforms()
 
 
 @pytest.mark.parametrize("arch", SEED_ARCHS + ("efficientnet_lite0", "mobilenet_v3_large", "resnet18"))

@@ -14,11 +14,11 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, encode, make_image
-from factories import make_image_folder, make_tiny_bundle
-from service import score
-from service.predictor import Predictor, softmax
-from service.score_io import read_rows
+from tests.conftest import REPO_ROOT, encode, make_image
+from tests.factories import make_image_folder, make_tiny_bundle
+from imgcls.service.scoring import cli as score
+from imgcls.service.predictor import Predictor, softmax
+from imgcls.service.scoring.outputs import read_rows
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_resume_after_sigkill_scores_each_path_exactly_once(bundle, tmp_path):
     folder = make_image_folder(tmp_path / "many", per_class=300, size=(36, 36))
     expected = sorted(str(p) for p in folder.rglob("*.*"))
     out = tmp_path / "scores.csv"
-    command = [sys.executable, "-m", "models.cli", "score", str(bundle), str(folder), "--out", str(out),
+    command = [sys.executable, "-m", "imgcls.cli", "score", str(bundle), str(folder), "--out", str(out),
                "--batch-size", "2", "--workers", "1", "--threads", "1", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -91,7 +91,7 @@ def test_resume_after_sigkill_scores_each_path_exactly_once(bundle, tmp_path):
 
 
 def test_same_top_k_through_predictor_score_and_export_validator(bundle, data, tmp_path):
-    from export.validate import session as validator_session  # the export validator's ORT session
+    from imgcls.export.validate import session as validator_session  # the export validator's ORT session
 
     images = sorted(data.rglob("*.*"))
     out = tmp_path / "scores.jsonl"

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from service.evaluation import evaluate, expected_calibration_error, save_confusion_png
-from service.score_inputs import InputError, labels_from_csv, list_inputs, parse_shard, shard
-from service.score_io import OutputError, columns, open_output, read_rows
+from imgcls.service.scoring.evaluation import evaluate, expected_calibration_error, save_confusion_png
+from imgcls.service.scoring.inputs import InputError, labels_from_csv, list_inputs, parse_shard, shard
+from imgcls.service.scoring.outputs import OutputError, columns, open_output, read_rows
 
 
 def _touch(path, data=b"x"):

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from models.checkpoint import load_checkpoint
-from models.dataset import SplitListing
-from models.digits import write_digits
-from models.train import main
+from imgcls.models.training.checkpoint import load_checkpoint
+from imgcls.models.core.dataset import SplitListing
+from imgcls.digits import write_digits
+from imgcls.models.training.cli import main
 from tests.train_helpers import TINY_FINETUNE
 
 EPOCHS = 12

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.train import main
+from imgcls.models.training.cli import main
 from tests.factories import make_image_folder
 
 TINY = ["--arch", "tiny", "--weights", "none", "--strategy", "head", "--epochs", "1", "--workers", "0"]

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from models.checkpoint import load_checkpoint
-from models.digits import write_digits
+from imgcls.models.training.checkpoint import load_checkpoint
+from imgcls.digits import write_digits
 from tests.conftest import REPO_ROOT
 from tests.train_helpers import TINY_FINETUNE, cli_env
 
@@ -26,7 +26,7 @@ def test_torchrun_two_processes_writes_one_checkpoint(tmp_path, case):
     write_digits(data, limit_per_class=10)
     out = tmp_path / "runs" / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "models.train", "--data", str(data), "--out", str(out), *CASES[case]]
+               "-m", "imgcls.models.training.cli", "--data", str(data), "--out", str(out), *CASES[case]]
     result = subprocess.run(command, cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     _, card = load_checkpoint(out)

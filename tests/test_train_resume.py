@@ -6,8 +6,8 @@ import signal
 
 import torch
 
-from models.digits import write_digits
-from models.train import main
+from imgcls.digits import write_digits
+from imgcls.models.training.cli import main
 from tests.train_helpers import TINY_FINETUNE, run_cli, weights_of
 
 ARGS = [*TINY_FINETUNE, "--augment", "--min-crop-scale", "0.6", "--hflip", "--epochs", "3", "--patience", "0", "--warmup-epochs", "0.5", "--seed", "7"]

@@ -8,12 +8,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models.feature_cache import feature_extractor, main_head
-from models.strategies import Freezer, backbone_trainable
-from models.train import main
-from models.train_config import TrainConfig
-from models.train_loop import EpochContext, _train_step, make_optimizer, make_scheduler
-from models.zoo import build, create, head_parameter_names
+from imgcls.models.training.feature_cache import feature_extractor, main_head
+from imgcls.models.training.strategies import Freezer, backbone_trainable
+from imgcls.models.training.cli import main
+from imgcls.models.training.config import TrainConfig
+from imgcls.models.training.loop import EpochContext, _train_step, make_optimizer, make_scheduler
+from imgcls.models.zoo.registry import build, create, head_parameter_names
 from tests.factories import make_image_folder
 
 
@@ -99,7 +99,7 @@ def test_inception_trains_its_aux_head_in_training_mode():
 
 
 def test_optimizer_choices_schedule_and_class_weights():
-    from models.train_loop import class_weight_tensor, warmup_cosine
+    from imgcls.models.training.loop import class_weight_tensor, warmup_cosine
 
     model = build("tiny", 3)
     sgd = make_optimizer(TrainConfig(data=".", arch="tiny", strategy="finetune", optimizer="sgd", lr=0.1,

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from models.weights import WeightsError, read_state_dict
-from models.zoo import SEED_ARCHS, ZOO, create, default_preprocess, entry_for
+from imgcls.models.zoo.weights import WeightsError, read_state_dict
+from imgcls.models.zoo.registry import SEED_ARCHS, ZOO, create, default_preprocess, entry_for, pretrained
 
 REQUIRED = {
     "resnet50", "resnet101", "resnet152", "vgg16", "vgg19", "inception_v3", "mobilenet_v2",
@@ -55,10 +55,7 @@ def test_lite0_imagenet_weights_load_offline_and_classify_a_cat():
 
     model = create("efficientnet_lite0", 1000, weights="imagenet").eval()
     # create() replaced the head; put the ImageNet head back from the package to check the features.
-    from models.weights import _lite0_package_weights
-
-    model_full = create("efficientnet_lite0", 1000, weights="none").eval()
-    model_full.load_state_dict(_lite0_package_weights(model_full))
+    model_full = pretrained("efficientnet_lite0").eval()
     image = Image.fromarray(skimage.chelsea())
     batch = torch.from_numpy(default_preprocess("efficientnet_lite0")(image))[None]
     with torch.no_grad():

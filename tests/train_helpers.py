@@ -20,8 +20,8 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(args: list[str], timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
-    """``python -m models.train ARGS`` as a real process."""
-    return subprocess.run([sys.executable, "-m", "models.train", *args], cwd=REPO_ROOT, env=cli_env(**env),
+    """``python -m imgcls.models.training.cli ARGS`` as a real process."""
+    return subprocess.run([sys.executable, "-m", "imgcls.models.training.cli", *args], cwd=REPO_ROOT, env=cli_env(**env),
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -34,13 +34,12 @@ def make_imagenet_lite0_bundle(tmp_path: Path) -> Path:
     """
     import torch
 
-    from export.bundle import export_bundle
-    from export.config import ExportConfig
-    from models.card import ModelCard
-    from models.checkpoint import save_checkpoint
-    from models.dataset import Sample, SplitListing
-    from models.weights import _lite0_package_weights, describe_weights
-    from models.zoo import create, default_preprocess
+    from imgcls.export.bundle import export_bundle
+    from imgcls.export.config import ExportConfig
+    from imgcls.models.core.card import ModelCard
+    from imgcls.models.training.checkpoint import save_checkpoint
+    from imgcls.models.core.dataset import Sample, SplitListing
+    from imgcls.models.zoo.registry import default_preprocess, describe_weights, pretrained
 
     tmp_path = Path(tmp_path)
     data = tmp_path / "photos"
@@ -50,8 +49,7 @@ def make_imagenet_lite0_bundle(tmp_path: Path) -> Path:
     classes = imagenet_class_names()
     samples = tuple(Sample(f"{name}.jpg", 0) for name in PHOTOS)
     split = SplitListing(str(data), classes, samples[:2], samples[2:], "folders", 0, 0.5)
-    model = create("efficientnet_lite0", 1000, weights="none").eval()
-    model.load_state_dict(_lite0_package_weights(model))  # backbone and the ImageNet classifier
+    model = pretrained("efficientnet_lite0").eval()  # backbone and the ImageNet classifier
     card = ModelCard(arch="efficientnet_lite0", base_weights=describe_weights("efficientnet_lite0", "imagenet"),
                      class_names=classes, preprocess=default_preprocess("efficientnet_lite0"),
                      train={"factory": "tests.robustness.bundles (ImageNet head, not fine-tuned)"},

@@ -1,4 +1,4 @@
-"""Shared pieces of the robustness tests: the real server (tests/service_server.py), the resident
+"""Shared pieces of the robustness tests: the real server (imgcls.service.http.launcher), the resident
 memory of its process tree read from /proc, the cached Lite0 bundle, and the figures file.
 
 Figures go to ``$IMGCLS_ROBUSTNESS_JSON`` (default: tests/robustness/last_run.json, not committed);
@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
-from conftest import REPO_ROOT
-from service_server import Server, start_server  # noqa: F401 - re-exported for the test modules
+from tests.conftest import REPO_ROOT
+from imgcls.service.http.launcher import Server, start_server  # noqa: F401 - re-exported for the test modules
 
 log = logging.getLogger("imgcls.robustness")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -86,7 +86,7 @@ def answers(client: httpx.Client, probe: dict[str, Any]) -> bool:
 # ---------------------------------------------------------------- the Lite0 bundle, built once per session
 def lite0_bundle(tmp_path_factory) -> Path:
     """The ImageNet Lite0 bundle, exported once per pytest session and shared by the modules that need it."""
-    from bundles import make_imagenet_lite0_bundle
+    from tests.robustness.bundles import make_imagenet_lite0_bundle
 
     root = tmp_path_factory.getbasetemp() / "robustness-lite0"
     root.mkdir(exist_ok=True)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from bundles import photo
-from corpus import encode, exif_oriented_jpeg, INVERSE_OF_ORIENTATION
-from harness import lite0_bundle, record, start_server
+from tests.robustness.bundles import photo
+from tests.robustness.corpus import encode, exif_oriented_jpeg, INVERSE_OF_ORIENTATION
+from tests.robustness.harness import lite0_bundle, record, start_server
 
 PHOTOS = {"chelsea": "cat", "coffee": "espresso"}  # photo -> a word its ImageNet label must contain
 SCORE_TOLERANCE = 0.05  # rotated JPEGs are re-encoded, so scores move a little

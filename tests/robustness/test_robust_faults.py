@@ -1,6 +1,6 @@
 """Serving faults: `imgcls serve` refuses a bundle it cannot serve truthfully, and a device it cannot get.
 
-Each case runs the real ``python -m models.cli serve`` and expects: a non-zero exit within the
+Each case runs the real ``python -m imgcls.cli serve`` and expects: a non-zero exit within the
 time limit (not a worker restart loop), a message naming the problem, and no server left running.
 The Predictor-level checks behind these messages are unit-tested in tests/test_predictor_bundle.py.
 """
@@ -15,12 +15,12 @@ import time
 
 import pytest
 
-from conftest import REPO_ROOT
-from factories import make_tiny_bundle
-from harness import process_tree, record
-from models.atomic import sha256_file
-from models.card import ModelCard
-from service_server import free_port
+from tests.conftest import REPO_ROOT
+from tests.factories import make_tiny_bundle
+from tests.robustness.harness import process_tree, record
+from imgcls.models.core.atomic import sha256_file
+from imgcls.models.core.card import ModelCard
+from imgcls.service.http.launcher import free_port
 
 RESULTS: dict[str, dict] = {}
 
@@ -95,7 +95,7 @@ def test_serve_refuses_to_start(name, bundles, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(good, bundle)
     damage(bundle, other)
-    command = [sys.executable, "-m", "models.cli", "serve", str(bundle), "--host", "127.0.0.1",
+    command = [sys.executable, "-m", "imgcls.cli", "serve", str(bundle), "--host", "127.0.0.1",
                "--port", str(free_port()), *args]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     started = time.perf_counter()

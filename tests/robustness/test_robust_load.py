@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from benchmarks.loadgen import multipart_request, run_load
-from bundles import photo
-from corpus import encode
-from harness import SOAK, lite0_bundle, record, start_server, tree_memory_mib
+from tests.robustness.bundles import photo
+from tests.robustness.corpus import encode
+from tests.robustness.harness import SOAK, lite0_bundle, record, start_server, tree_memory_mib
 
 CONCURRENCY = 64
 DURATION_S = 60.0 if SOAK else 10.0

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import encode, make_image
-from models.preprocess import MAX_RESIZED_ASPECT, INTERPOLATIONS, Preprocess, resized_size
+from tests.conftest import encode, make_image
+from imgcls.models.core.preprocess import MAX_RESIZED_ASPECT, INTERPOLATIONS, Preprocess, resized_size
 
 LITE0 = Preprocess(resize_size=256, crop_size=224, interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3)
 
@@ -63,8 +63,8 @@ def test_ordinary_aspect_ratios_keep_the_exact_path():
 
 @pytest.mark.parametrize("kind", ["zeroed", "zero height", "dqt"])
 def test_damaged_jpeg_headers_are_corrupt_not_non_images(kind):
-    from corpus import corrupt_header_jpeg
-    from models.preprocess import ImageDecodeError, load_image
+    from tests.robustness.corpus import corrupt_header_jpeg
+    from imgcls.models.core.preprocess import ImageDecodeError, load_image
 
     with pytest.raises(ImageDecodeError) as info:
         load_image(corrupt_header_jpeg(kind))

@@ -1,0 +1,146 @@
+"""Checks that a bundle's ONNX file is the one its card describes (no torch, no onnx package).
+
+Every check raises ``BundleError`` with a message naming the file and the disagreement, so a
+server refuses to start rather than answer with the wrong labels.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+from imgcls.models.core.atomic import sha256_file
+from imgcls.models.core.card import CardError, ModelCard
+
+PRECISIONS = ("fp32", "int8", "fp16")
+DEFAULT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+# Fields of the card that decide what the graph means; the embedded copy must agree on them.
+BINDING_FIELDS = ("format_version", "arch", "base_weights", "class_names", "preprocess")
+
+
+_ORT_LOAD_ERRORS = tuple(
+    getattr(ort_state, name)
+    for name in ("InvalidProtobuf", "InvalidGraph", "Fail", "NoSuchFile", "NoModel", "InvalidArgument", "NotImplemented")
+    if hasattr(ort_state, name)
+)
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be served as it is: the message names the file and the problem."""
+
+
+def load_card(bundle_dir: Path) -> ModelCard:
+    if not bundle_dir.is_dir():
+        raise BundleError(f"bundle {bundle_dir}: not a directory")
+    try:
+        return ModelCard.load(bundle_dir)
+    except CardError as exc:
+        raise BundleError(f"bundle {bundle_dir}: {exc}") from exc
+
+
+def model_file(bundle_dir: Path, card: ModelCard, precision: str) -> Path:
+    """The ONNX file of ``precision``: as listed in card.export.files, else the default name."""
+    if precision not in PRECISIONS:
+        raise BundleError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    files: Mapping[str, Any] = card.export.get("files", {}) or {}
+    listed = [name for name, info in files.items() if isinstance(info, Mapping) and info.get("precision") == precision]
+    name = listed[0] if listed else DEFAULT_FILES[precision]
+    path = bundle_dir / name
+    if not path.is_file():
+        have = sorted(p.name for p in bundle_dir.glob("*.onnx"))
+        raise BundleError(f"bundle {bundle_dir}: no {precision} model file {name} (ONNX files present: {have})")
+    return path
+
+
+def verify_sha256(card: ModelCard, path: Path) -> str:
+    """The file's sha256, refused unless it matches card.lineage["sha256:<file>"]."""
+    key = f"sha256:{path.name}"
+    expected = card.lineage.get(key)
+    if not expected:
+        raise BundleError(f"{path.parent / 'card.json'}: lineage has no {key!r}; cannot verify {path.name} (re-export the bundle)")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise BundleError(
+            f"{path}: sha256 {actual[:16]}... does not match card.json lineage {key} {str(expected)[:16]}...; "
+            "the ONNX file was replaced or damaged after export"
+        )
+    return actual
+
+
+def open_session(path: Path, create) -> tuple[ort.InferenceSession, str]:
+    """``create(path)`` -> (session, provider), with ONNX Runtime load errors named."""
+    try:
+        return create(path)
+    except _ORT_LOAD_ERRORS as exc:
+        raise BundleError(f"{path}: onnxruntime cannot load it as an ONNX model ({str(exc)[:300]})") from exc
+
+
+def check_embedded_card(session: ort.InferenceSession, card: ModelCard, path: Path) -> None:
+    props = session.get_modelmeta().custom_metadata_map
+    try:
+        embedded = ModelCard.from_metadata_props(props)
+    except CardError as exc:
+        raise BundleError(f"{path}: {exc}") from exc
+    ours, theirs = card.to_dict(), embedded.to_dict()
+    for name in BINDING_FIELDS:
+        if ours[name] != theirs[name]:
+            raise BundleError(
+                f"{path}: the card embedded in the ONNX metadata disagrees with card.json on {name!r} "
+                f"(onnx: {_short(theirs[name])}, card.json: {_short(ours[name])}); "
+                "the model file does not belong to this card"
+            )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def check_signature(session: ort.InferenceSession, card: ModelCard, path: Path) -> tuple[str, str]:
+    """Input uint8 [N, 3, crop, crop] and output [N, num_classes]; returns (input, output) names."""
+    spec = card.export.get("input", {}) or {}
+    input_name = spec.get("name", "pixels")
+    output_name = (card.export.get("output", {}) or {}).get("name", "logits")
+    crop = card.preprocess.crop_size
+    for axis in ("height", "width"):
+        if axis in spec and int(spec[axis]) != crop:
+            raise BundleError(f"card.json: export.input.{axis} {spec[axis]} != preprocess.crop_size {crop}")
+    inputs = {i.name: i for i in session.get_inputs()}
+    if list(inputs) != [input_name]:
+        raise BundleError(f"{path}: expected one input {input_name!r}, graph has {list(inputs)}")
+    graph_in = inputs[input_name]
+    if graph_in.type != "tensor(uint8)":
+        raise BundleError(f"{path}: input {input_name!r} is {graph_in.type}, expected tensor(uint8) pixels")
+    shape = graph_in.shape
+    expected = [3, crop, crop]
+    if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected)):
+        raise BundleError(
+            f"{path}: input shape {shape} does not match the card's [N, 3, {crop}, {crop}] (preprocess.crop_size)"
+        )
+    outputs = {o.name: o for o in session.get_outputs()}
+    if output_name not in outputs:
+        raise BundleError(f"{path}: no output {output_name!r} (graph outputs: {list(outputs)})")
+    _check_class_count(session, card, path, input_name, output_name)
+    return input_name, output_name
+
+
+def _check_class_count(session, card: ModelCard, path: Path, input_name: str, output_name: str) -> None:
+    declared = session.get_outputs()[[o.name for o in session.get_outputs()].index(output_name)].shape
+    if declared and isinstance(declared[-1], int) and declared[-1] != card.num_classes:
+        raise BundleError(
+            f"{path}: graph outputs {declared[-1]} classes, card.json class_names has {card.num_classes}"
+        )
+    crop = card.preprocess.crop_size
+    probe = np.zeros((1, 3, crop, crop), dtype=np.uint8)  # also the warm-up run
+    try:
+        (logits,) = session.run([output_name], {input_name: probe})
+    except Exception as exc:  # noqa: BLE001 - any failure here means the graph cannot serve
+        raise BundleError(f"{path}: a probe inference on zeros [1, 3, {crop}, {crop}] failed: {exc}") from exc
+    if logits.shape != (1, card.num_classes):
+        raise BundleError(
+            f"{path}: graph outputs shape {list(logits.shape)} for one image, but card.json class_names "
+            f"has {card.num_classes} classes"
+        )

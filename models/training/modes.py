@@ -1,0 +1,163 @@
+"""The two ways an epoch runs: through the whole network on images, or through the head on cached
+backbone features. Both expose the same small interface to the training session."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
+from tqdm import tqdm
+
+from imgcls.models.training.feature_cache import compute_features, feature_extractor, gather_rows, main_head
+from imgcls.models.training.strategies import Freezer, backbone_trainable
+from imgcls.models.training.config import TrainConfig
+from imgcls.models.training.data import ImageListDataset
+from imgcls.models.training.loop import predict_logits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """DistributedDataParallel around ``module`` when running under torchrun."""
+        if self.world_size == 1:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.local_rank] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=device_ids)
+
+
+def _generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def _bar(iterable: Any, dist: DistContext, desc: str) -> Any:
+    return tqdm(iterable, desc=desc, disable=None if dist.is_main else True, leave=False, unit="batch", dynamic_ncols=True)
+
+
+class ImageMode:
+    """Every batch goes through the full network (finetune, gradual, head without a cache)."""
+
+    def __init__(self, config: TrainConfig, model: nn.Module, arch: str, train_set: ImageListDataset,
+                 val_set: ImageListDataset, dist: DistContext) -> None:
+        self.config, self.model, self.dist = config, model, dist
+        self.train_set, self.val_set = train_set, val_set
+        self.freezer = Freezer(model, arch)
+        self.sampler = DistributedSampler(train_set, num_replicas=dist.world_size, rank=dist.rank,
+                                          shuffle=True, seed=config.seed)
+        self.drop_last = len(self.sampler) > config.batch_size  # no lone 1-image batch through BatchNorm
+        self.module: nn.Module = model
+        self._frozen: bool | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        n, b = len(self.sampler), self.config.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def prepare(self) -> None:
+        """Nothing to precompute."""
+
+    def start_epoch(self, epoch: int) -> DataLoader:
+        frozen = not backbone_trainable(self.config.strategy, epoch, self.config.unfreeze_epoch)
+        if frozen != self._frozen:
+            self.freezer.set_backbone_frozen(frozen)
+            self.module = self.dist.wrap(self.model)  # DDP must see the new requires_grad set
+            self._frozen = frozen
+            if epoch and not frozen:
+                log.info("epoch %d: backbone unfrozen (lr x %g)", epoch + 1, self.config.backbone_lr_mult)
+        self.freezer.train_mode()
+        self.train_set.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        return DataLoader(self.train_set, batch_size=self.config.batch_size, sampler=self.sampler,
+                          num_workers=self.config.workers, drop_last=self.drop_last,
+                          generator=_generator(self.config.seed, epoch), persistent_workers=False)
+
+    def val_logits(self, amp: bool) -> torch.Tensor:
+        self.model.eval()
+        indices = list(range(self.dist.rank, len(self.val_set), self.dist.world_size))
+        loader = DataLoader(Subset(self.val_set, indices), batch_size=self.config.batch_size,
+                            num_workers=self.config.workers)
+        logits = predict_logits(self.model, loader, self.dist.device, amp,
+                                lambda x: _bar(x, self.dist, "validating"))
+        return gather_rows(logits, indices, len(self.val_set), self.dist.world_size)
+
+
+class CachedFeatureMode:
+    """``head`` strategy: backbone features computed once, then only the head trains on them."""
+
+    def __init__(self, config: TrainConfig, model: nn.Module, arch: str, train_set: ImageListDataset,
+                 val_set: ImageListDataset, dist: DistContext) -> None:
+        self.config, self.model, self.arch, self.dist = config, model, arch, dist
+        self.train_set, self.val_set = train_set, val_set
+        self.head = main_head(model, arch)
+        self.module: nn.Module = dist.wrap(self.head)
+        self.labels = train_set.labels()
+        self.train_features: list[torch.Tensor] = []
+        self.val_features = torch.empty(0)
+        self.sampler = DistributedSampler(TensorDataset(self.labels), num_replicas=dist.world_size,
+                                          rank=dist.rank, shuffle=True, seed=config.seed)
+        Freezer(model, arch).set_backbone_frozen(True)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.sampler) // self.config.batch_size)
+
+    def _features(self, dataset: ImageListDataset, extractor: nn.Module, desc: str) -> torch.Tensor:
+        indices = list(range(self.dist.rank, len(dataset), self.dist.world_size))
+        local = compute_features(extractor, dataset, batch_size=self.config.batch_size, workers=self.config.workers,
+                                 device=self.dist.device, indices=indices, progress=lambda x: _bar(x, self.dist, desc))
+        return gather_rows(local, indices, len(dataset), self.dist.world_size)
+
+    def prepare(self) -> None:
+        started = time.perf_counter()
+        extractor = feature_extractor(self.model, self.arch)
+        passes = self.config.augmented_passes
+        if passes == 0:
+            self.train_set.augmentation = None  # clean features: exactly the evaluation transform
+            self.train_features = [self._features(self.train_set, extractor, "caching train features")]
+        for index in range(passes):
+            self.train_set.set_epoch(index, pass_index=index)
+            self.train_features.append(self._features(self.train_set, extractor, f"caching pass {index + 1}/{passes}"))
+        self.val_features = self._features(self.val_set, extractor, "caching val features")
+        seconds = time.perf_counter() - started
+        images = len(self.train_set) * max(1, passes) + len(self.val_set)
+        log.info("cached %d x %d backbone features in %.1f s (%.1f images/s)", images,
+                 self.val_features.shape[1], seconds, images / max(seconds, 1e-9))
+        self.cache_seconds = seconds
+        del extractor
+        # A linear head on cached features is a few tiny ops per step: more threads only add
+        # synchronisation (10x slower on a busy 2-core machine, measured).
+        torch.set_num_threads(1)
+
+    def start_epoch(self, epoch: int) -> DataLoader:
+        self.head.train()
+        self.sampler.set_epoch(epoch)
+        features = self.train_features[epoch % len(self.train_features)]
+        return DataLoader(TensorDataset(features, self.labels), batch_size=self.config.batch_size,
+                          sampler=self.sampler, generator=_generator(self.config.seed, epoch))
+
+    def val_logits(self, amp: bool) -> torch.Tensor:
+        self.head.eval()
+        with torch.no_grad():
+            return self.head(self.val_features.to(self.dist.device)).float().cpu()

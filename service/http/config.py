@@ -1,0 +1,102 @@
+"""Serving configuration: one frozen dataclass, read from ``IMGCLS_*`` environment variables.
+
+``imgcls serve`` turns its flags into these variables before it starts ``bentoml serve``; the
+service (every worker process) reads them back with ``ServiceConfig.from_env()``. Setting the
+variables by hand and running ``bentoml serve imgcls.service.http.service:ImageClassifier`` is equivalent.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+PREFIX = "IMGCLS_"
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "int8", "fp16")
+
+
+class ConfigError(ValueError):
+    """An environment variable or flag with a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything the HTTP service needs besides the bundle's own card."""
+
+    bundle: str = ""  # IMGCLS_BUNDLE: the bundle directory (model.onnx + card.json)
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | int8 | fp16 (the bundle must contain that file)
+    workers: int = 1  # BentoML worker processes
+    threads: int = 0  # ONNX Runtime intra-op threads per worker; 0 = the CPUs we may use / workers
+    decode_threads: int = 2  # threads per worker decoding and resizing uploads
+    max_batch_size: int = 16  # images per inference call (concurrent requests are merged)
+    batch_wait_ms: float = 0.0  # extra wait for more images before a batch runs (0: natural batching)
+    max_queue_images: int = 256  # images waiting for inference per worker before answering 503
+    max_body_bytes: int = 64 * 1024 * 1024  # whole request body
+    max_images: int = 32  # images per request
+    max_image_bytes: int = 20 * 1024 * 1024  # one encoded image
+    max_pixels: int = 40_000_000  # one decoded image (width x height): decompression bombs
+    default_top_k: int = 5
+    timeout_s: float = 60.0  # BentoML traffic timeout per request (answers 504)
+    max_concurrency: int = 0  # BentoML traffic.max_concurrency (answers 429); 0 = unlimited
+    access_log: bool = False  # BentoML's per-request access log lines
+    state_dir: str = ""  # shared by the workers of one server: readiness markers
+    warmup_delay_s: float = 0.0  # test knob: sleep before the warm-up (to observe /readyz 503)
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ConfigError(f"{PREFIX}DEVICE must be one of {DEVICES}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"{PREFIX}PRECISION must be one of {PRECISIONS}, got {self.precision!r}")
+        positive = ("workers", "decode_threads", "max_batch_size", "max_queue_images", "max_body_bytes",
+                    "max_images", "max_image_bytes", "max_pixels", "default_top_k", "timeout_s")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{env_name(name)} must be > 0, got {getattr(self, name)}")
+        if self.max_queue_images < self.max_images:
+            raise ConfigError(f"{PREFIX}MAX_QUEUE_IMAGES ({self.max_queue_images}) must be >= "
+                              f"{PREFIX}MAX_IMAGES ({self.max_images}): a full request must fit the queue")
+        for name in ("threads", "batch_wait_ms", "max_concurrency", "warmup_delay_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{env_name(name)} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServiceConfig":
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            raw = environ.get(env_name(spec.name))
+            if raw is None or raw == "":
+                continue
+            values[spec.name] = _parse(spec.name, spec.type, raw)
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The variables that make ``from_env`` return this config (what ``imgcls serve`` sets)."""
+        return {env_name(spec.name): str(getattr(self, spec.name)) for spec in fields(self)}
+
+    def ort_threads(self, available_cpus: int) -> int:
+        """ONNX Runtime threads per worker: as configured, else the CPUs shared among the workers."""
+        return self.threads or max(1, available_cpus // self.workers)
+
+
+def env_name(field_name: str) -> str:
+    return PREFIX + field_name.upper()
+
+
+def _parse(name: str, type_name: Any, raw: str) -> Any:
+    kind = type_name if isinstance(type_name, str) else type_name.__name__
+    if kind == "bool":
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{env_name(name)}: expected true/false, got {raw!r}")
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{env_name(name)}: expected a {kind}, got {raw!r}") from None
+    return raw

@@ -1,0 +1,66 @@
+"""Complete BentoML's OpenAPI document with what it cannot express by itself.
+
+BentoML documents one request media type per route and generic error bodies, and knows nothing
+about routes served by mounted apps. ``augment(spec)`` adds to ``POST /classify`` the JSON
+(base64) and raw-image request forms and our error responses (``ErrorResponse`` for 400, 413, 415,
+503), and adds ``GET /model`` (``ModelSummary``), with every schema in ``components``.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from imgcls.service.http.schemas import ClassifyJSONRequest, ClassifyResponse, ErrorResponse, ModelSummary
+
+REF = "#/components/schemas/{model}"
+ERROR_STATUSES = {
+    400: "bad input: not_an_image, truncated, corrupt, empty, bad_base64, bad_top_k, bad_json, bad_multipart, "
+         "bad_field, no_images, all_images_failed (nothing in the request could be classified)",
+    413: "over a limit: body_too_large, too_many_images, too_large (one image's bytes), too_many_pixels",
+    415: "unsupported_content_type (the request) or unsupported_format (the image)",
+    503: "overloaded (inference queue full) or not_ready (warming up); retry after the Retry-After header",
+}
+
+
+def _schemas() -> dict[str, Any]:
+    _, top = models_json_schema(
+        [(ClassifyJSONRequest, "validation"), (ClassifyResponse, "serialization"), (ErrorResponse, "serialization"),
+         (ModelSummary, "serialization")],
+        ref_template=REF,
+    )
+    return top.get("$defs", {})
+
+
+def _json(model: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": REF.format(model=model)}}}
+
+
+def augment(spec: dict[str, Any]) -> dict[str, Any]:
+    spec = copy.deepcopy(spec)
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(_schemas())
+    classify = spec.get("paths", {}).get("/classify", {}).get("post")
+    if classify is not None:
+        content = classify.setdefault("requestBody", {}).setdefault("content", {})
+        content.update(_json("ClassifyJSONRequest"))
+        content["image/*"] = {"schema": {"type": "string", "format": "binary"}}
+        responses = classify.setdefault("responses", {})
+        responses["200"] = {"description": "per image: top-k predictions or that image's error",
+                            "content": _json("ClassifyResponse")}
+        responses.pop(200, None)
+        for code in ("400", "404", "500", 400, 404, 500):
+            responses.pop(code, None)
+        for status, description in ERROR_STATUSES.items():
+            responses[str(status)] = {"description": description, "content": _json("ErrorResponse")}
+        classify.setdefault("parameters", []).append({
+            "name": "top_k", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1},
+            "description": "predictions per image (default 5, clamped to the class count); a body value wins",
+        })
+    spec.setdefault("paths", {})["/model"] = {"get": {
+        "tags": ["Service APIs"], "operationId": "imgcls__model", "description": "the model card summary",
+        "responses": {"200": {"description": "what is being served", "content": _json("ModelSummary")},
+                      "503": {"description": "not_ready", "content": _json("ErrorResponse")}},
+    }}
+    return spec

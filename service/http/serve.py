@@ -1,0 +1,141 @@
+"""``imgcls serve BUNDLE``: start the BentoML HTTP service for a bundle.
+
+A thin wrapper: the flags become ``IMGCLS_*`` environment variables (``imgcls.service.http.config``) and
+``bentoml serve imgcls.service.http.service:ImageClassifier`` runs as a child process. SIGTERM/SIGINT are
+passed on to it, so ``docker stop`` / Ctrl+C drain requests and exit 0. Every flag defaults to
+its environment variable, then to the built-in default.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import imgcls
+from imgcls.models.core.card import CardError, ModelCard
+from imgcls.service.http.config import ConfigError, ServiceConfig, env_name
+
+log = logging.getLogger("imgcls.serve")
+SERVICE = "imgcls.service.http.service:ImageClassifier"
+APP_ROOT = Path(imgcls.__file__).resolve().parents[1]  # the directory from which `imgcls` imports
+FLAG_FIELDS = {  # flag -> ServiceConfig field (help text comes from the field comment in config.py)
+    "device": "device", "precision": "precision", "workers": "workers", "threads": "threads",
+    "decode_threads": "decode_threads", "max_batch_size": "max_batch_size", "batch_wait_ms": "batch_wait_ms",
+    "max_queue_images": "max_queue_images", "max_body_bytes": "max_body_bytes", "max_images": "max_images",
+    "max_image_bytes": "max_image_bytes", "max_pixels": "max_pixels", "default_top_k": "default_top_k",
+    "timeout": "timeout_s", "max_concurrency": "max_concurrency",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgcls serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("bundle", nargs="?", default=os.environ.get(env_name("bundle")),
+                        help="bundle directory (model.onnx + card.json); default $IMGCLS_BUNDLE")
+    parser.add_argument("--host", default=os.environ.get("IMGCLS_HOST", "127.0.0.1"),
+                        help="address to listen on (0.0.0.0 in a container); default 127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("IMGCLS_PORT", "3000")))
+    kinds = {f.name: f for f in dataclasses.fields(ServiceConfig)}
+    for flag, field_name in FLAG_FIELDS.items():
+        spec = kinds[field_name]
+        kind = {"int": int, "float": float}.get(str(spec.type), str)
+        choices = {"device": ("auto", "cpu", "cuda"), "precision": ("fp32", "int8", "fp16")}.get(flag)
+        parser.add_argument("--" + flag.replace("_", "-"), dest=field_name, type=kind, choices=choices,
+                            default=None, help=f"${env_name(field_name)} (default {spec.default})")
+    parser.add_argument("--access-log", dest="access_log", action="store_true", default=None,
+                        help="log every request (BentoML access log)")
+    return parser
+
+
+def config_from(args: argparse.Namespace, environ: dict[str, str]) -> ServiceConfig:
+    base = ServiceConfig.from_env(environ)
+    flags = {name: getattr(args, name) for name in [*FLAG_FIELDS.values(), "access_log"]
+             if getattr(args, name) is not None}
+    return dataclasses.replace(base, bundle=str(Path(args.bundle).resolve()), **flags)
+
+
+def check_bundle(bundle: Path) -> str | None:
+    """A quick look before starting workers (they verify hashes and the graph themselves)."""
+    if not bundle.is_dir():
+        return f"bundle {bundle}: not a directory"
+    try:
+        ModelCard.load(bundle)
+    except (CardError, OSError, ValueError) as exc:
+        return f"bundle {bundle}: {exc}"
+    if not any(bundle.glob("*.onnx")):
+        return f"bundle {bundle}: no ONNX file (run `imgcls export` first)"
+    return None
+
+
+def verify_bundle(config: ServiceConfig) -> str | None:
+    """Load the bundle once as a worker would (hashes, embedded card, graph, device) before starting.
+
+    A worker that fails in ``__init__`` is restarted by BentoML forever, so ``imgcls serve`` would
+    never exit; refusing here ends it with exit status 2 and the message naming the problem.
+    """
+    from imgcls.service.predictor import BundleError, DeviceError, Predictor
+
+    try:
+        Predictor.load(config.bundle, precision=config.precision, device=config.device, threads=1).close()
+    except (BundleError, DeviceError) as exc:
+        return str(exc)
+    return None
+
+
+def run_server(command: list[str], env: dict[str, str]) -> int:
+    child = subprocess.Popen(command, env=env, cwd=APP_ROOT, start_new_session=True)
+    stopping: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopping and code in (0, -signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM):
+        log.info("server stopped")
+        return 0
+    return code if code >= 0 else 128 - code
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if not args.bundle:
+        log.error("no bundle given (argument or $IMGCLS_BUNDLE)")
+        return 2
+    try:
+        config = config_from(args, dict(os.environ))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    problem = check_bundle(Path(config.bundle)) or verify_bundle(config)
+    if problem:
+        log.error("%s", problem)
+        return 2
+    state_dir = tempfile.mkdtemp(prefix="imgcls-serve-")
+    env = {**os.environ, **dataclasses.replace(config, state_dir=state_dir).to_env()}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APP_ROOT), env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", args.host, "--port", str(args.port),
+               "--working-dir", str(APP_ROOT)]
+    log.info("serving %s on http://%s:%d (%d worker(s), %s, %s)", config.bundle, args.host, args.port,
+             config.workers, config.device, config.precision)
+    try:
+        return run_server(command, env)
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The BentoML 1.4 service: ``POST /classify``, ``GET /model``, health and ``/metrics``.
+
+Run it with ``imgcls serve BUNDLE`` (or ``IMGCLS_BUNDLE=... bentoml serve imgcls.service.http.service:ImageClassifier``).
+Configuration comes from ``IMGCLS_*`` variables (``imgcls.service.http.config``). Each worker loads the bundle
+in ``__init__`` and warms every batch size in a background thread; ``/livez`` answers as soon as
+the worker serves, ``/readyz`` only once every worker of the server has warmed up.
+
+The request body of ``/classify`` is parsed by ``imgcls.service.http.uploads`` (not by BentoML's input
+validation), so that every failure is our JSON error with a reason code instead of BentoML's
+generic 400/500 answers; the declared input model still documents the multipart form, and
+``bentoml.SyncHTTPClient(url).classify(images=[path, ...], top_k=3)`` works.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import bentoml
+from pydantic import Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from imgcls.service.http import openapi
+from imgcls.service.http.schemas import MODEL_HEADER, VERSION_HEADER, ClassifyResponse, error_body
+from imgcls.service.http.config import ServiceConfig
+from imgcls.service.http.engine import ClassifierEngine
+from imgcls.service.http.metrics import HTTPMetricsMiddleware, ServiceMetrics, install, metrics_endpoint
+from imgcls.service.http.uploads import ParsedRequest, RequestRejected, parse_request
+
+log = logging.getLogger("imgcls.service")
+CONFIG = ServiceConfig.from_env()
+KNOWN_ROUTES = ("/classify", "/model", "/livez", "/healthz", "/readyz", "/metrics", "/docs.json",
+                "/schema.json", "/")
+_CURRENT: dict[str, "ImageClassifier"] = {}  # this worker's service instance, for the mounted apps
+
+
+class ClassifyInput(bentoml.IODescriptor):
+    """multipart/form-data: one or several image files (field ``images``) and an optional ``top_k``."""
+
+    images: list[Path] = Field(description="image files (JPEG, PNG, WebP, GIF, BMP, TIFF...), one part each")
+    top_k: int = Field(default=CONFIG.default_top_k, description="predictions per image (clamped to the class count)")
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> "ClassifyInput":
+        """Our parser instead of BentoML's; ``images`` then holds the ``ParsedRequest`` or the rejection."""
+        try:
+            parsed: ParsedRequest | RequestRejected = await parse_request(
+                request, max_body_bytes=CONFIG.max_body_bytes, max_images=CONFIG.max_images)
+        except RequestRejected as exc:
+            parsed = exc
+        return cls.model_construct(images=parsed, top_k=0)
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    if hasattr(body, "model_dump_json"):
+        return Response(body.model_dump_json(exclude_none=True), status_code=status,
+                        media_type="application/json", headers=headers)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def model_endpoint(_: Request) -> Response:
+    """``GET /model``: the card summary of the bundle being served."""
+    service = _CURRENT.get("service")
+    if service is None:
+        return json_response(503, error_body("not_ready", "the model is not loaded yet"))
+    return json_response(200, service.engine.summary(), service.model_headers)
+
+
+async def openapi_endpoint(_: Request) -> Response:
+    """``/docs.json``: BentoML's document completed by ``imgcls.service.http.openapi``."""
+    return JSONResponse(openapi.augment(ImageClassifier.openapi_spec.asdict()))
+
+
+# Mounted at "/" as a passive mount: only these paths are taken, and they take precedence over
+# BentoML's own /docs.json (registered after mounts); /metrics is free as BentoML's metrics are off.
+EXTRA_ROUTES = Starlette(routes=[
+    Route("/model", model_endpoint, methods=["GET"]),
+    Route("/metrics", metrics_endpoint, methods=["GET"]),
+    Route("/docs.json", openapi_endpoint, methods=["GET"]),
+])
+
+
+@bentoml.asgi_app(EXTRA_ROUTES, path="/", name="imgcls-extra")
+@bentoml.service(
+    name="imgcls",
+    workers=CONFIG.workers,
+    traffic={"timeout": CONFIG.timeout_s, **({"max_concurrency": CONFIG.max_concurrency} if CONFIG.max_concurrency else {})},
+    metrics={"enabled": False},  # replaced by imgcls.service.http.metrics (bounded labels, see there)
+    logging={"access": {"enabled": CONFIG.access_log}},
+)
+class ImageClassifier:
+    """Image classification with an imgcls bundle (ONNX Runtime), batching concurrent requests."""
+
+    def __init__(self) -> None:
+        self.metrics = ServiceMetrics.create()
+        install(self.metrics)
+        self.engine = ClassifierEngine(CONFIG, self.metrics)
+        self.model_headers = {VERSION_HEADER: self.engine.predictor.model_version, MODEL_HEADER: self.engine.name}
+        self._warm = threading.Event()
+        self._marker = self._marker_path()
+        if self._marker is not None:
+            self._marker.unlink(missing_ok=True)
+        threading.Thread(target=self._warm_up, name="imgcls-warmup", daemon=True).start()
+        _CURRENT["service"] = self
+
+    @staticmethod
+    def _marker_path() -> Path | None:
+        if not CONFIG.state_dir:
+            return None
+        from bentoml._internal.context import server_context
+
+        return Path(CONFIG.state_dir) / f"ready-{server_context.worker_index or 0}"
+
+    def _warm_up(self) -> None:
+        if CONFIG.warmup_delay_s:
+            threading.Event().wait(CONFIG.warmup_delay_s)
+        try:
+            self.engine.warm_up()
+        except Exception:  # a model that cannot run: stay not-ready, say why
+            log.exception("warm-up failed; this worker stays not ready")
+            return
+        if self._marker is not None:
+            self._marker.write_text(str(os.getpid()))
+        self._warm.set()
+
+    def __is_ready__(self) -> bool:
+        if not self._warm.is_set():
+            return False
+        if self._marker is None:
+            return True
+        return len(list(self._marker.parent.glob("ready-*"))) >= CONFIG.workers
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        if self._marker is not None:
+            self._marker.unlink(missing_ok=True)
+        self.engine.close()
+
+    @bentoml.api(route="/classify", input_spec=ClassifyInput, output_spec=ClassifyResponse)
+    async def classify(self, images: Any, top_k: int) -> Response:
+        """Classify one or several images.
+
+        Send them as multipart/form-data file parts (field ``images``), as JSON
+        ``{"images": ["<base64>", {"data": "<base64>", "name": "x.jpg"}], "top_k": 3}``, or one image as
+        the raw body (``Content-Type: image/*``). Per image: top-k ``{label, index, score}`` or that
+        image's ``error``; other images are classified regardless. Errors: JSON ``ErrorResponse`` with
+        a reason code (400, 413, 415; 503 only when overloaded or warming up). The header
+        ``X-Model-Version`` names the model that answered.
+        """
+        if isinstance(images, RequestRejected):
+            self.metrics.requests.labels(outcome="rejected", reason=images.reason).inc()
+            return json_response(images.status, error_body(images.reason, images.message), self.model_headers)
+        if not self._warm.is_set():
+            self.metrics.requests.labels(outcome="rejected", reason="not_ready").inc()
+            headers = {**self.model_headers, "Retry-After": "1"}
+            return json_response(503, error_body("not_ready", "the model is still warming up"), headers)
+        status, body = await self.engine.classify(images)
+        headers = dict(self.model_headers)
+        if status == 503:
+            headers["Retry-After"] = "1"
+        return json_response(status, body, headers)
+
+
+ImageClassifier.add_asgi_middleware(HTTPMetricsMiddleware, routes=KNOWN_ROUTES, prefixes=("/static_content/",))

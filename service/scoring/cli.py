@@ -1,0 +1,183 @@
+"""``imgcls score``: batch-score images with a bundle, through the same Predictor as the server.
+
+    imgcls score BUNDLE INPUTS... --out FILE.csv|.jsonl|.parquet [--top-k 5] [--batch-size 32]
+                 [--workers N] [--threads N] [--resume | --overwrite] [--labels imagefolder|FILE.csv]
+                 [--shard i/n] [--precision fp32|int8|fp16] [--device auto|cpu|cuda] [--all-files]
+
+INPUTS are directories (walked recursively; files with image extensions unless --all-files),
+glob patterns (quote them; ``**`` recurses), files, or list files (.txt/.lst: one path per line;
+.csv: a ``path`` column or the first column; relative entries are relative to the list file).
+The sorted, deduplicated list is what ``--shard i/n`` (1-based, round robin over the sorted list)
+partitions: run ``--shard 1/4`` .. ``--shard 4/4`` on four machines, each with its own --out.
+
+Output: one row per image, ``path, label_1, score_1, .., label_k, score_k, error, message``
+(``error`` is the decode failure's reason: empty, too_large, not_an_image, unsupported_format,
+truncated, too_many_pixels, corrupt). CSV/JSONL are appended and fsync'ed batch by batch, so a
+killed run loses at most the batch in flight; ``--resume`` cuts a torn last line and skips every
+path already in the file. Parquet is written as part files in ``<out>.parts/`` that a finished run
+merges into ``<out>``; ``--resume`` reads both. ``--labels`` adds ``<out stem>.eval.json`` and
+``<out stem>.confusion.png`` (accuracy, top-5, per-class precision/recall, ECE) and prints them.
+
+Exit status: 0 every image scored; 3 some images could not be read (each has a row with its
+``error`` reason); 2 nothing was scored because of a usage, input, bundle, device or output
+problem; 130 interrupted (what was written is kept: rerun with --resume).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+from imgcls.models.core.preprocess import ImageDecodeError
+from imgcls.models.core.bundle import PRECISIONS, BundleError
+from imgcls.service.predictor import DEFAULT_BATCH_SIZE, Prediction, Predictor
+from imgcls.service.runtime import DEVICES, DeviceError
+from imgcls.service.scoring.inputs import InputError, list_inputs, parse_shard, shard
+from imgcls.service.scoring.outputs import OutputError, Row, open_output
+from imgcls.service.scoring.report import evaluate_output, load_labels
+
+log = logging.getLogger("imgcls.score")
+
+EXIT_OK, EXIT_ERROR, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 2, 3, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgcls score", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("bundle", type=Path, help="bundle directory (model.onnx + card.json)")
+    parser.add_argument("inputs", nargs="+", help="directories, glob patterns, image files or list files")
+    parser.add_argument("--out", required=True, type=Path, help="results file: .csv, .jsonl or .parquet")
+    parser.add_argument("--top-k", type=int, default=5, help="labels per image (clamped to the class count)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: usable CPUs)")
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: usable CPUs)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="skip paths already in --out and append")
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--labels", default=None, help="'imagefolder' (label = parent folder) or a CSV with path,label")
+    parser.add_argument("--shard", default=None, help="i/n: score only shard i (1-based) of n")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--all-files", action="store_true", help="under directories, score every file, not only image extensions")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+@dataclass
+class Tally:
+    scored: int = 0
+    failed: int = 0
+    reasons: collections.Counter = field(default_factory=collections.Counter)
+
+    def add(self, result: list[Prediction] | ImageDecodeError) -> None:
+        if isinstance(result, ImageDecodeError):
+            self.failed += 1
+            self.reasons[result.reason] += 1
+        else:
+            self.scored += 1
+
+
+def to_row(path: str, result: list[Prediction] | ImageDecodeError) -> Row:
+    if isinstance(result, ImageDecodeError):
+        return {"path": path, "error": result.reason, "message": result.message}
+    row: Row = {"path": path, "error": None, "message": None}
+    for rank, prediction in enumerate(result, start=1):
+        row[f"label_{rank}"] = prediction.label
+        row[f"score_{rank}"] = prediction.score
+    return row
+
+
+def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    for name in ("top_k", "batch_size", "workers", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def _paths(args: argparse.Namespace) -> tuple[str, ...]:
+    paths = list_inputs(args.inputs, all_files=args.all_files).paths
+    if args.shard:
+        index, count = parse_shard(args.shard)
+        paths = shard(paths, index, count)
+        log.info("shard %d/%d: %d image(s)", index, count, len(paths))
+    if not paths:
+        raise InputError("no images to score")
+    return paths
+
+
+def _run(predictor: Predictor, output, todo: Sequence[str], args: argparse.Namespace, k: int) -> Tally:
+    tally = Tally()
+    with tqdm(total=len(todo), unit="img", desc="scoring", disable=args.no_progress, dynamic_ncols=True) as bar:
+        for batch in predictor.predict_batches(todo, top_k=k, batch_size=args.batch_size):
+            output.write([to_row(path, result) for path, result in batch])
+            for _, result in batch:
+                tally.add(result)
+            bar.update(len(batch))
+            bar.set_postfix(failed=tally.failed, refresh=False)
+    return tally
+
+
+def _summary(tally: Tally, skipped: int, seconds: float, out: Path, earlier_failed: int) -> str:
+    rate = tally.scored / seconds if seconds > 0 else 0.0
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(tally.reasons.items()))
+    text = f"scored {tally.scored}, failed {tally.failed}"
+    text += f" ({reasons})" if reasons else ""
+    text += f", skipped {skipped} already in the output" if skipped else ""
+    text += f" ({earlier_failed} of them failed earlier)" if earlier_failed else ""
+    return text + f"; {seconds:.1f} s, {rate:.1f} img/s -> {out}"
+
+
+def _score(args: argparse.Namespace) -> int:
+    paths = _paths(args)
+    labels = load_labels(args.labels, paths) if args.labels else None
+    predictor = Predictor.load(
+        args.bundle, precision=args.precision, device=args.device, threads=args.threads,
+        decode_threads=args.workers,
+    )
+    with predictor:
+        log.info("model %s", json.dumps(predictor.describe()))
+        k = min(args.top_k, predictor.num_classes)
+        output = open_output(args.out, k, resume=args.resume, overwrite=args.overwrite)
+        done = {row["path"] for row in output.existing}
+        wanted = set(paths)
+        earlier_failed = sum(1 for row in output.existing if row.get("error") and row["path"] in wanted)
+        todo = [p for p in paths if p not in done]
+        started = time.perf_counter()
+        try:
+            tally = _run(predictor, output, todo, args, k)
+        except KeyboardInterrupt:
+            output.close()
+            log.error("interrupted; the rows written so far are kept: rerun with --resume")
+            return EXIT_INTERRUPTED
+        output.finish()
+        elapsed = time.perf_counter() - started
+        sys.stdout.write(_summary(tally, len(paths) - len(todo), elapsed, args.out, earlier_failed) + "\n")
+        if labels is not None:
+            sys.stdout.write(evaluate_output(args.out, k, labels, predictor.class_names) + "\n")
+    return EXIT_PARTIAL if tally.failed or earlier_failed else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _validate(args, parser)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _score(args)
+    except (InputError, OutputError, BundleError, DeviceError) as exc:
+        log.error("%s", exc)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Crash-safe result files for ``imgcls score``: CSV, JSONL, Parquet, with ``--resume``.
+
+One flat row schema in every format: ``path, label_1, score_1, ..., label_k, score_k, error,
+message`` (``error`` is the ``ImageDecodeError`` reason, empty/null when the image was scored).
+
+CSV and JSONL are appended one batch at a time, each batch flushed and fsync'ed, so a kill loses
+at most the batch in flight. A torn last line (a kill in the middle of a write) is cut off when
+the file is opened again with ``--resume``. Parquet cannot be appended to: each batch becomes an
+atomically renamed part file in ``<out>.parts/``; a finished run merges the parts (and the rows of
+an earlier ``<out>``) into ``<out>`` and removes the directory; ``--resume`` reads both.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+from imgcls.models.core.atomic import write_atomically
+
+log = logging.getLogger(__name__)
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
+Row = dict[str, Any]
+
+
+class OutputError(ValueError):
+    """An output file that cannot be written or resumed as asked (the message says why)."""
+
+
+def columns(k: int) -> list[str]:
+    ranked = [name for j in range(1, k + 1) for name in (f"label_{j}", f"score_{j}")]
+    return ["path", *ranked, "error", "message"]
+
+
+def output_format(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise OutputError(f"--out {path}: unknown format {suffix!r}; use .csv, .jsonl or .parquet")
+    return FORMATS[suffix]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _repair_tail(path: Path) -> bytes:
+    """The file's bytes up to its last complete line; a torn tail is truncated away on disk."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        log.warning("%s: removing a torn last line (%d bytes) left by an interrupted run", path, len(data) - keep)
+        with open(path, "r+b") as handle:
+            handle.truncate(keep)
+            os.fsync(handle.fileno())
+        data = data[:keep]
+    return data
+
+
+class _AppendingOutput:
+    """Common part of CSV and JSONL: open (new / resume / overwrite), append batches durably."""
+
+    def __init__(self, path: Path, names: list[str], resume: bool) -> None:
+        self.path, self.columns = path, names
+        rows: list[Row] = []
+        if resume and path.exists():
+            data = _repair_tail(path)
+            rows = self._parse(data.decode("utf-8")) if data else []
+        self.existing = rows
+        fresh = not (resume and path.exists() and path.stat().st_size > 0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(path, "w" if fresh else "a", encoding="utf-8", newline="")
+        if fresh:
+            self._append(self._header())
+
+    def _header(self) -> str:
+        return ""
+
+    def _parse(self, text: str) -> list[Row]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _format(self, rows: Sequence[Row]) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _append(self, text: str) -> None:
+        if text:
+            self._handle.write(text)
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+
+    def write(self, rows: Sequence[Row]) -> None:
+        self._append(self._format(rows))
+
+    def finish(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()
+
+
+class CsvOutput(_AppendingOutput):
+    def _header(self) -> str:
+        return self._format_values([self.columns])
+
+    @staticmethod
+    def _format_values(records: Sequence[Sequence[Any]]) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerows(records)
+        return buffer.getvalue()
+
+    def _format(self, rows: Sequence[Row]) -> str:
+        return self._format_values([[_csv_cell(row.get(name)) for name in self.columns] for row in rows])
+
+    def _parse(self, text: str) -> list[Row]:
+        records = list(csv.reader(io.StringIO(text, newline="")))
+        if not records:
+            return []
+        if records[0] != self.columns:
+            raise OutputError(
+                f"{self.path}: its columns {records[0]} differ from this run's {self.columns} "
+                "(resume with the same --top-k, or write to a new file)"
+            )
+        rows = []
+        for number, record in enumerate(records[1:], start=2):
+            if len(record) != len(self.columns):
+                raise OutputError(f"{self.path}: record {number} has {len(record)} fields, expected {len(self.columns)}")
+            rows.append(_typed(dict(zip(self.columns, record))))
+        return rows
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return format(value, ".7g")
+    return value
+
+
+def _typed(row: Row) -> Row:
+    """CSV strings back to None / float."""
+    for name, value in row.items():
+        if value == "":
+            row[name] = None
+        elif name.startswith("score_"):
+            row[name] = float(value)
+    return row
+
+
+class JsonlOutput(_AppendingOutput):
+    def _format(self, rows: Sequence[Row]) -> str:
+        return "".join(json.dumps({n: row.get(n) for n in self.columns}, ensure_ascii=False) + "\n" for row in rows)
+
+    def _parse(self, text: str) -> list[Row]:
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise OutputError(f"{self.path}: line {number} is not JSON ({exc})") from exc
+            if not isinstance(row, dict) or list(row) != self.columns:
+                raise OutputError(
+                    f"{self.path}: line {number} has keys {list(row) if isinstance(row, dict) else row!r}, "
+                    f"expected {self.columns} (resume with the same --top-k, or write to a new file)"
+                )
+            rows.append(row)
+        return rows
+
+
+class ParquetOutput:
+    """Part files per batch in ``<out>.parts/``, merged into ``<out>`` by ``finish()``."""
+
+    def __init__(self, path: Path, names: list[str], resume: bool) -> None:
+        import pyarrow as pa  # lazily: only Parquet output needs it
+
+        self.path, self.columns = path, names
+        self.parts = path.with_name(path.name + ".parts")
+        self.schema = pa.schema([
+            (name, pa.float32() if name.startswith("score_") else pa.string()) for name in names
+        ])
+        if not resume:
+            shutil.rmtree(self.parts, ignore_errors=True)
+            path.unlink(missing_ok=True)
+        self.existing = self._read_existing()
+        self._next = 1 + max((int(p.stem.split("-")[1]) for p in self._part_files()), default=0)
+
+    def _part_files(self) -> list[Path]:
+        return sorted(self.parts.glob("part-*.parquet")) if self.parts.is_dir() else []
+
+    def _read_table(self, file: Path):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(file)
+        if table.schema.names != self.columns:
+            raise OutputError(
+                f"{file}: its columns {table.schema.names} differ from this run's {self.columns} "
+                "(resume with the same --top-k, or write to a new file)"
+            )
+        return table
+
+    def _read_existing(self) -> list[Row]:
+        files = ([self.path] if self.path.exists() else []) + self._part_files()
+        return [row for file in files for row in self._read_table(file).to_pylist()]
+
+    def write(self, rows: Sequence[Row]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist([{n: row.get(n) for n in self.columns} for row in rows], schema=self.schema)
+        self.parts.mkdir(parents=True, exist_ok=True)
+        target = self.parts / f"part-{self._next:06d}.parquet"
+        temporary = self.parts / f".{target.name}.tmp"
+        pq.write_table(table, temporary)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+        _fsync_dir(self.parts)
+        self._next += 1
+
+    def finish(self) -> None:
+        """Merge the earlier ``<out>`` and all parts into ``<out>`` (atomically), drop the parts."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        files = ([self.path] if self.path.exists() else []) + self._part_files()
+        tables = [self._read_table(file) for file in files] or [self.schema.empty_table()]
+        buffer = pa.BufferOutputStream()
+        pq.write_table(pa.concat_tables(tables), buffer)
+        write_atomically(self.path, buffer.getvalue().to_pybytes())
+        shutil.rmtree(self.parts, ignore_errors=True)
+
+    def close(self) -> None:
+        """Leave the parts in place: an unfinished run resumes from them."""
+
+
+def open_output(path: str | Path, k: int, resume: bool, overwrite: bool):
+    """A CsvOutput / JsonlOutput / ParquetOutput whose ``existing`` rows are the ones to skip."""
+    path = Path(path)
+    kind = output_format(path)
+    parts = path.with_name(path.name + ".parts")
+    if not resume and not overwrite and (path.exists() or (kind == "parquet" and parts.exists())):
+        raise OutputError(f"--out {path} already exists: pass --resume to continue it or --overwrite to replace it")
+    names = columns(k)
+    if kind == "csv":
+        return CsvOutput(path, names, resume)
+    if kind == "jsonl":
+        return JsonlOutput(path, names, resume)
+    return ParquetOutput(path, names, resume)
+
+
+def read_rows(path: str | Path, k: int) -> list[Row]:
+    """All rows of a finished output file (for evaluation and tests)."""
+    output = open_output(path, k, resume=True, overwrite=False)
+    try:
+        return list(output.existing)
+    finally:
+        output.close()

@@ -1,0 +1,73 @@
+"""``imgcls score --labels``: evaluate the exported model on scored rows, through the server's path.
+
+Writes ``<out>.eval.json`` and ``<out>.confusion.png`` beside the output and returns the text
+report for stdout.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from imgcls.models.core.atomic import write_atomically
+from imgcls.service.scoring.evaluation import Evaluation, evaluate, format_report, save_confusion_png
+from imgcls.service.scoring.inputs import labels_from_csv, labels_from_folders
+from imgcls.service.scoring.outputs import Row, read_rows
+
+log = logging.getLogger("imgcls.score")
+
+
+def load_labels(spec: str, paths: Sequence[str]) -> dict[str, str]:
+    """path -> label, keyed by absolute path: 'imagefolder' (parent folder name) or a CSV file."""
+    if spec == "imagefolder":
+        labels = labels_from_folders(paths)
+    else:
+        labels = labels_from_csv(spec)
+    return {os.path.abspath(path): label for path, label in labels.items()}
+
+
+def report_paths(out: str | Path) -> tuple[Path, Path]:
+    out = Path(out)
+    stem = out.with_suffix("")
+    return stem.with_name(stem.name + ".eval.json"), stem.with_name(stem.name + ".confusion.png")
+
+
+def labelled_arrays(
+    rows: Sequence[Row], k: int, labels: Mapping[str, str], class_names: Sequence[str]
+) -> tuple[list[int], list[list[int]], list[float], dict[str, int]]:
+    """(true indices, ranked predicted indices, top-1 scores, counts of rows left out and why)."""
+    index = {name: i for i, name in enumerate(class_names)}
+    true, ranked, confidence = [], [], []
+    left_out = {"failed": 0, "unlabelled": 0, "unknown_label": 0}
+    for row in rows:
+        label = labels.get(os.path.abspath(row["path"]))
+        if row.get("error"):
+            left_out["failed"] += 1
+        elif label is None:
+            left_out["unlabelled"] += 1
+        elif label not in index:
+            left_out["unknown_label"] += 1
+        else:
+            true.append(index[label])
+            ranked.append([index[row[f"label_{j}"]] for j in range(1, k + 1)])
+            confidence.append(float(row["score_1"]))
+    return true, ranked, confidence, left_out
+
+
+def evaluate_output(out: str | Path, k: int, labels: Mapping[str, str], class_names: Sequence[str]) -> str:
+    rows = read_rows(out, k)
+    true, ranked, confidence, left_out = labelled_arrays(rows, k, labels, class_names)
+    if left_out["unknown_label"]:
+        log.warning("%d image(s) have labels that are not classes of this model; left out", left_out["unknown_label"])
+    if not true:
+        log.warning("no labelled, scored images to evaluate (%s)", left_out)
+        return "evaluation: no labelled, scored images"
+    evaluation: Evaluation = evaluate(true, ranked, confidence, class_names)
+    json_path, png_path = report_paths(out)
+    payload = {**evaluation.to_dict(), "left_out": left_out, "output": str(out)}
+    write_atomically(json_path, (json.dumps(payload, indent=2) + "\n").encode("utf-8"))
+    save_confusion_png(evaluation, png_path, title=f"Confusion matrix: {Path(out).name}")
+    log.info("evaluation written to %s and %s", json_path, png_path)
+    return format_report(evaluation)
