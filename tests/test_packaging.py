@@ -3,6 +3,7 @@
 and its console script and ``python -m imgcls`` work from anywhere."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -45,14 +46,16 @@ def test_installed_wheel_claims_no_common_top_level_name(wheel, tmp_path):
                    check=True, capture_output=True, timeout=300)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     for name in ("models", "export", "service"):
-        result = subprocess.run([str(python), "-c", f"import {name}"], cwd=elsewhere, capture_output=True, text=True)
+        result = subprocess.run([str(python), "-c", f"import {name}"], cwd=elsewhere, capture_output=True, text=True,
+                                env=clean)
         assert result.returncode != 0 and "ModuleNotFoundError" in result.stderr, name
     for command in ([str(venv / "bin" / "imgcls"), "--help"], [str(python), "-m", "imgcls", "--help"]):
-        result = subprocess.run(command, cwd=elsewhere, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(command, cwd=elsewhere, capture_output=True, text=True, timeout=60, env=clean)
         assert result.returncode == 0, result.stderr
         assert "serve" in result.stdout and "train" in result.stdout
     located = subprocess.run([str(python), "-c", "import imgcls.service.http, imgcls.models.core; "
                               "print(imgcls.models.core.__file__); print(len(imgcls.__path__))"],
-                             cwd=elsewhere, capture_output=True, text=True, check=True).stdout.split()
+                             cwd=elsewhere, capture_output=True, text=True, check=True, env=clean).stdout.split()
     assert located[0].startswith(str(venv)) and located[1] == "1"  # no source-tree path added
