@@ -39,14 +39,14 @@ def test_wheel_holds_only_the_imgcls_namespace(wheel):
 
 
 def test_installed_wheel_claims_no_common_top_level_name(wheel, tmp_path):
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120, env=clean)
     python = venv / "bin" / "python"
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
-                   check=True, capture_output=True, timeout=300)
+                   check=True, capture_output=True, timeout=300, env=clean)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     for name in ("models", "export", "service"):
         result = subprocess.run([str(python), "-c", f"import {name}"], cwd=elsewhere, capture_output=True, text=True,
                                 env=clean)
