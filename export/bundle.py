@@ -130,7 +130,10 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig
             files: dict[str, dict[str, Any]] = {FP32_FILENAME: {"precision": "fp32"}}
             card, files = _variants(staging, model, card, split, files, config, report, step)
             card = _finish_files(staging, card, files)
+            card = _edge(staging, card, config, pixels.pixels, report)
             card.save(staging)
+            if "edge" in card.export:
+                card.save(staging / card.export["edge"]["dir"])  # labels + preprocessing beside the .ort
             report["files"] = card.export["files"]
             report["lineage"] = dict(card.lineage)
             step("write")
@@ -146,9 +149,9 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig
 def _variants(staging, model, card, split, files, config, report, step):
     """Optional INT8 and fp16 files (the modules are imported only when asked for)."""
     if config.int8:
-        from imgcls.export.quantize import add_int8
+        from imgcls.export.int8_search import add_int8
 
-        card, files = add_int8(staging, card, split, files, config, report)
+        card, files = add_int8(staging, model, card, split, files, config, report)
         step("int8")
     if config.fp16:
         from imgcls.export.half import add_fp16
@@ -156,6 +159,17 @@ def _variants(staging, model, card, split, files, config, report, step):
         card, files = add_fp16(staging, card, split, files, config, report)
         step("fp16")
     return card, files
+
+
+def _edge(staging: Path, card: ModelCard, config: ExportConfig, pixels, report: dict[str, Any]) -> ModelCard:
+    """``edge/``: the ORT-format INT8 model and its operator config, when INT8 passed its gate."""
+    if not (config.int8 and config.edge and card.export.get("int8", {}).get("status") == "passed"):
+        return card
+    from imgcls.export.edge import add_edge
+
+    section = add_edge(staging, card.export["int8"]["target"], pixels)
+    report["edge"] = section
+    return card.updated(export={"edge": section})
 
 
 def _config_dict(config: ExportConfig) -> dict[str, Any]:

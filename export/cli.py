@@ -26,8 +26,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--parity-images", type=int, default=16, help="real images checked against PyTorch")
     parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="minmax")
     parser.add_argument("--calibration-size", type=int, default=300, help="training images used to calibrate")
-    parser.add_argument("--int8-target", choices=INT8_TARGETS, default="x86",
-                        help="x86: U8S8 reduce_range (AVX2 without VNNI); vnni/arm64: S8S8")
+    parser.add_argument("--int8-target", choices=INT8_TARGETS, default="auto",
+                        help="auto (default): from this CPU's features; x86: U8U8 (AVX2 without VNNI); "
+                             "vnni: U8S8; arm64: S8S8")
+    parser.add_argument("--no-mixed-precision", dest="mixed_precision", action="store_false",
+                        help="do not keep sensitive nodes in fp32 when plain INT8 misses the gate")
+    parser.add_argument("--max-fp32-nodes", type=int, default=16, help="mixed precision: at most this many fp32 nodes")
+    parser.add_argument("--mixed-size-budget", type=float, default=0.06,
+                        help="mixed precision: fp32 nodes may add at most this fraction of the fp32 file size "
+                             "to plain INT8 (default 0.06)")
+    parser.add_argument("--qat", action="store_true",
+                        help="if PTQ and mixed precision miss the gate: quantization-aware training on the run's "
+                             "training split, then gate")
+    parser.add_argument("--qat-epochs", type=int, default=2)
+    parser.add_argument("--no-edge", dest="edge", action="store_false",
+                        help="skip edge/model.int8.ort (ORT Mobile) and its operator config")
     parser.add_argument("--exclude-nodes", nargs="+", default=[], metavar="NODE",
                         help="ONNX node names to keep in float")
     parser.add_argument("--max-accuracy-drop", type=float, default=1.0,
@@ -44,6 +57,8 @@ def config_from(args: argparse.Namespace) -> ExportConfig:
         int8=args.int8, fp16=args.fp16, calibration_method=args.calibration_method,
         calibration_size=args.calibration_size, int8_target=args.int8_target,
         exclude_nodes=tuple(args.exclude_nodes), max_accuracy_drop=args.max_accuracy_drop,
+        mixed_precision=args.mixed_precision, max_fp32_nodes=args.max_fp32_nodes,
+        mixed_size_budget=args.mixed_size_budget, qat=args.qat, qat_epochs=args.qat_epochs, edge=args.edge,
         gate_images=args.gate_images, progress=not args.no_progress,
     )
 
@@ -65,11 +80,36 @@ def summary(card, out: Path) -> str:
                  f"{gate['speed_ratio']:.2f}" if gate else "1.00")
         rows.append(f"  {name:<18}{info['precision']:>10}{info['bytes'] / 1e6:>9.2f}{cells[0]:>9}{cells[1]:>10}"
                     f"{cells[2]:>8}{cells[3]:>8}")
+    rows += int8_rows(export)
     for precision in ("int8", "fp16"):
         section = export.get(precision)
         if section and section["status"] == "refused":
             rows.append(f"  {precision} REFUSED: {section['reason']}")
     return "\n".join(rows)
+
+
+def int8_rows(export: dict) -> list[str]:
+    """What each INT8 rung measured, the one kept, what stayed fp32, the edge file."""
+    section = export.get("int8")
+    if not section or "attempts" not in section:
+        return []
+    gated = section["gated_on"]
+    rows = [f"  int8 target {section['target']} ({section['target_choice']}); gated on {gated['machine']} "
+            f"[{' '.join(gated['flags']) or 'no INT8 flags'}]"]
+    for attempt in section["attempts"]:
+        gate = attempt.get("gate") or {}
+        figures = (f"top-1 {100 * gate['int8_top1']:.2f}% (Δ {gate['accuracy_drop_points']:.2f} points), "
+                   f"{100 * gate['size_ratio']:.1f}% size, speed×{gate['speed_ratio']:.2f}") if gate else attempt.get("reason", "")
+        rows.append(f"    {attempt['method']:<26} {'PASSED' if attempt['passed'] else 'refused':<8} {figures}")
+    if section["status"] == "passed":
+        rows.append(f"  int8 kept: {section['method']}")
+        for kept in section.get("kept_fp32", []):
+            rows.append(f"    fp32: {kept['node']} ({kept['op_type']}): {kept['why']}")
+    if "edge" in export:
+        edge = export["edge"]
+        rows.append(f"  edge: {edge['ort']} ({edge['ort_bytes'] / 1e6:.2f} MB) + {edge['operators_config']}, "
+                    f"top-1 agreement with model.int8.onnx {100 * edge['parity_vs_int8_onnx']['top1_agreement']:.0f}%")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

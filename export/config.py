@@ -6,7 +6,7 @@ from pathlib import Path
 
 EXPORTERS = ("dynamo", "legacy")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-INT8_TARGETS = ("x86", "vnni", "arm64")
+INT8_TARGETS = ("auto", "x86", "vnni", "arm64")
 DEFAULT_OPSET = 18
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
@@ -29,8 +29,16 @@ class ExportConfig:
     fp16: bool = False
     calibration_method: str = "minmax"
     calibration_size: int = 300
-    int8_target: str = "x86"
+    int8_target: str = "auto"  # auto: from this machine's CPU features (imgcls.export.cpu)
     exclude_nodes: tuple[str, ...] = field(default_factory=tuple)
+    mixed_precision: bool = True  # when plain PTQ misses the gate: keep the most sensitive nodes in fp32
+    max_fp32_nodes: int = 16
+    mixed_size_budget: float = 0.06  # fp32 nodes may add at most this fraction of the fp32 file to plain INT8
+    sensitivity_images: int = 32
+    qat: bool = False  # quantization-aware training when PTQ and mixed precision miss the gate
+    qat_epochs: int = 2
+    qat_lr: float = 1e-4
+    edge: bool = True  # write edge/model.int8.ort + the operator config when INT8 passes
     max_accuracy_drop: float = 1.0  # percentage points of top-1 on the validation split
     gate_images: int | None = None  # None: the whole validation split
     benchmark_batch: int = 8
@@ -47,5 +55,7 @@ class ExportConfig:
             raise ValueError(f"opset must be >= 13, got {self.opset}")
         if self.parity_batch < 2:
             raise ValueError("parity_batch must be > 1 (batch 1 is always checked as well)")
+        if self.max_fp32_nodes < 0 or not 0 <= self.mixed_size_budget <= 1 or self.qat_epochs < 1:
+            raise ValueError("max_fp32_nodes must be >= 0, mixed_size_budget in [0, 1], qat_epochs >= 1")
         if self.calibration_size < 1 or self.parity_images < 1:
             raise ValueError("calibration_size and parity_images must be positive")

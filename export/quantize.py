@@ -1,9 +1,11 @@
-"""INT8: ONNX Runtime static QDQ quantization calibrated on the run's training images, then the gate.
+"""INT8: ONNX Runtime static QDQ quantization calibrated on the run's training images.
 
-Per target: ``x86`` (AVX2 without VNNI, the default) uses U8 activations / S8 weights with
-``reduce_range`` (plain S8S8 saturates there); ``vnni`` and ``arm64`` use S8S8. ViT gets dynamic
-quantization of its MatMuls only (static QDQ on attention and dynamic quantization of convolutions
-both lose here).
+A ``Recipe`` says how one INT8 file is made (types per target, per-channel, calibration, nodes kept
+in float). Per target (see ``imgcls.export.cpu``): ``x86`` (AVX2 without VNNI) uses U8 activations
+and U8 weights, because ORT's U8S8 kernels saturate int16 pair sums there (``reduce_range`` halves
+the weight resolution to avoid it and loses accuracy); ``vnni`` uses U8S8 at full range (``vpdpbusd``
+accumulates in int32); ``arm64`` uses S8S8. ViT gets dynamic quantization of its MatMuls only.
+``imgcls.export.int8_search`` decides which recipes to try and gates them.
 """
 from __future__ import annotations
 
@@ -11,14 +13,14 @@ import contextlib
 import logging
 import sys
 import tempfile
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from imgcls.export.config import INPUT_NAME, INT8_FILENAME, ExportConfig
+from imgcls.export.config import INPUT_NAME
 from imgcls.export.errors import CalibrationError
-from imgcls.export.gate import keep_if_gate_passes
 from imgcls.export.images import load_pixels
 from imgcls.models.core.card import ModelCard
 from imgcls.models.core.dataset import SplitListing
@@ -27,14 +29,41 @@ log = logging.getLogger(__name__)
 
 DYNAMIC_MATMUL_ARCHS = frozenset({"vit_b_16"})
 CALIBRATION_BATCH = 8
+# (activation type, weight type, reduce_range) per target; see the module docstring.
+TARGET_TYPES = {
+    "x86": ("QUInt8", "QUInt8", False),
+    "vnni": ("QUInt8", "QInt8", False),
+    "arm64": ("QInt8", "QInt8", False),
+}
 
 
-def target_types(target: str) -> dict[str, Any]:
-    from onnxruntime.quantization import QuantType
+@dataclass(frozen=True)
+class Recipe:
+    """How one INT8 file is made."""
 
-    if target == "x86":
-        return {"activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8, "reduce_range": True}
-    return {"activation_type": QuantType.QInt8, "weight_type": QuantType.QInt8, "reduce_range": False}
+    target: str
+    activation_type: str
+    weight_type: str
+    reduce_range: bool
+    per_channel: bool = True
+    calibration_method: str = "minmax"
+    exclude_nodes: tuple[str, ...] = field(default_factory=tuple)
+    dynamic_matmul: bool = False
+
+    def excluding(self, nodes: tuple[str, ...]) -> "Recipe":
+        return replace(self, exclude_nodes=tuple(dict.fromkeys(self.exclude_nodes + tuple(nodes))))
+
+    def settings(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["exclude_nodes"] = list(self.exclude_nodes)
+        return data
+
+
+def recipe_for(target: str, arch: str, calibration_method: str = "minmax",
+               exclude_nodes: tuple[str, ...] = ()) -> Recipe:
+    activation, weight, reduce_range = TARGET_TYPES[target]
+    return Recipe(target, activation, weight, reduce_range, True, calibration_method, tuple(exclude_nodes),
+                  arch in DYNAMIC_MATMUL_ARCHS)
 
 
 def _calibration_reader(pixels: np.ndarray, progress: bool):
@@ -69,43 +98,46 @@ def calibration_pixels(split: SplitListing, card: ModelCard, size: int) -> np.nd
     return chosen.pixels
 
 
-def quantize_file(source: Path, target: Path, card: ModelCard, split: SplitListing, config: ExportConfig) -> dict[str, Any]:
-    """Write ``target`` (QDQ, per-channel) from ``source``; returns the settings used."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_dynamic, quantize_static
+def prepare(source: Path, target: Path) -> None:
+    """ORT's pre-processing (shape inference, graph optimisation: Conv+BN folding) before quantization."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    quant_pre_process(str(source), str(target))
+
+
+def quantize_prepared(prepared: Path, target: Path, recipe: Recipe, pixels: np.ndarray,
+                      progress: bool = False, cache: Path | None = None) -> dict[str, Any]:
+    """Write ``target`` from an already ``prepare``-d graph; returns the settings used.
+
+    ``cache``: ORT's calibration cache (tensor ranges, JSON); the first call calibrates and writes
+    it, later calls with the same graph and calibration method reuse the ranges.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    excluded = list(recipe.exclude_nodes) or None
+    if recipe.dynamic_matmul:
+        quantize_dynamic(str(prepared), str(target), op_types_to_quantize=["MatMul"], per_channel=True,
+                         weight_type=QuantType[recipe.weight_type], nodes_to_exclude=excluded)
+        return {"mode": "dynamic", "op_types": ["MatMul"], "pre_process": True, **recipe.settings()}
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    with contextlib.redirect_stdout(sys.stderr):  # ORT prints calibration chatter to stdout
+        quantize_static(
+            str(prepared), str(target), _calibration_reader(pixels, progress),
+            quant_format=QuantFormat.QDQ, per_channel=recipe.per_channel,
+            calibrate_method=methods[recipe.calibration_method], nodes_to_exclude=excluded,
+            activation_type=QuantType[recipe.activation_type], weight_type=QuantType[recipe.weight_type],
+            reduce_range=recipe.reduce_range, calibration_cache_path=cache,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+    return {"mode": "static", "format": "QDQ", "pre_process": True, "calibration_images": int(len(pixels)),
+            "calibration_source": "split.json train", **recipe.settings()}
+
+
+def quantize_file(source: Path, target: Path, recipe: Recipe, pixels: np.ndarray,
+                  progress: bool = False) -> dict[str, Any]:
+    """``prepare`` then ``quantize_prepared`` (one-off use; the search prepares once)."""
     with tempfile.TemporaryDirectory(prefix="imgcls-int8-") as scratch:
         prepared = Path(scratch) / "prepared.onnx"
-        quant_pre_process(str(source), str(prepared))
-        excluded = list(config.exclude_nodes) or None
-        if card.arch in DYNAMIC_MATMUL_ARCHS:
-            quantize_dynamic(str(prepared), str(target), op_types_to_quantize=["MatMul"], per_channel=True,
-                             weight_type=target_types(config.int8_target)["weight_type"], nodes_to_exclude=excluded)
-            return {"mode": "dynamic", "op_types": ["MatMul"], "per_channel": True, "target": config.int8_target,
-                    "pre_process": True, "exclude_nodes": list(config.exclude_nodes)}
-        pixels = calibration_pixels(split, card, config.calibration_size)
-        methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                   "percentile": CalibrationMethod.Percentile}
-        types = target_types(config.int8_target)
-        with contextlib.redirect_stdout(sys.stderr):  # ORT prints calibration chatter to stdout
-            quantize_static(
-                str(prepared), str(target), _calibration_reader(pixels, config.progress),
-                quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=methods[config.calibration_method],
-                nodes_to_exclude=excluded, extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-                **types,
-            )
-    return {
-        "mode": "static", "format": "QDQ", "per_channel": True, "pre_process": True, "target": config.int8_target,
-        "activation_type": types["activation_type"].name, "weight_type": types["weight_type"].name,
-        "reduce_range": types["reduce_range"], "calibration_method": config.calibration_method,
-        "calibration_images": int(len(pixels)), "calibration_source": "split.json train",
-        "exclude_nodes": list(config.exclude_nodes),
-    }
-
-
-def add_int8(staging: Path, card: ModelCard, split: SplitListing, files: dict, config: ExportConfig,
-             report: dict) -> tuple[ModelCard, dict]:
-    """Quantize, validate the graph contract, gate; keep the file only if the gate passes."""
-    fp32_path, int8_path = staging / "model.onnx", staging / INT8_FILENAME
-    settings = quantize_file(fp32_path, int8_path, card, split, config)
-    return keep_if_gate_passes(fp32_path, int8_path, "int8", settings, split, card, config, files, report)
+        prepare(source, prepared)
+        return quantize_prepared(prepared, target, recipe, pixels, progress)

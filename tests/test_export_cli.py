@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from imgcls.export.cli import EXIT_FAILED, EXIT_REFUSED, main
+from imgcls.export.quantize import TARGET_TYPES
 from imgcls.models.core.atomic import sha256_file
 from imgcls.models.core.card import ModelCard
 from tests.factories import make_tiny_run
@@ -40,11 +41,11 @@ def test_int8_and_fp16_pass_the_gate(fitted_run, tmp_path, capsys):
     assert main([str(fitted_run), "--out", str(out), "--int8", "--fp16", "--no-progress",
                  "--calibration-method", "percentile"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "card.json", "export_report.json", "model.fp16.onnx", "model.int8.onnx", "model.onnx"]
+        "card.json", "edge", "export_report.json", "model.fp16.onnx", "model.int8.onnx", "model.onnx"]
     card = ModelCard.load(out)
     int8 = card.export["int8"]
     assert int8["status"] == "passed" and int8["mode"] == "static" and int8["format"] == "QDQ"
-    assert (int8["activation_type"], int8["weight_type"], int8["reduce_range"]) == ("QUInt8", "QInt8", True)
+    assert (int8["activation_type"], int8["weight_type"], int8["reduce_range"]) == TARGET_TYPES[int8["target"]]
     assert int8["calibration_method"] == "percentile" and int8["calibration_images"] > 0
     gate = int8["gate"]
     assert gate["fp32_top1"] >= 0.9, "the fitted tiny model should classify its generated classes"
@@ -128,7 +129,7 @@ def test_sigkill_leaves_no_partial_bundle_and_rerun_succeeds_offline(fitted_run,
     assert not out.exists(), "a killed export must not leave a bundle"
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["card.json", "export_report.json", "model.int8.onnx",
-                                                     "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["card.json", "edge", "export_report.json",
+                                                     "model.int8.onnx", "model.onnx"]
     assert not list(out.parent.glob(".run.staging-*")), "the rerun removes the killed export's staging dir"
     assert ModelCard.load(out).export["int8"]["status"] == "passed"

@@ -1,0 +1,174 @@
+"""``--int8``: the ladder that stops at the first INT8 variant passing the gate.
+
+1. plain post-training quantization (static QDQ, per-channel, the target's types);
+2. mixed precision: nodes ranked by measured sensitivity (``imgcls.export.sensitivity``), the
+   fewest most sensitive kept in fp32 (1, 2, 4, ... nodes) while the file stays within the size
+   budget;
+3. quantization-aware training (``imgcls.export.qat``), when allowed and the run's images are there.
+
+The gate is the same for every rung (``precision_gate``: top-1 drop on the validation split) and is
+never loosened. Calibration runs once (ORT's calibration cache), so later rungs cost a quantization
+and a gate each. The report lists every attempt with its figures, the method kept, what was kept in
+fp32 and why, the target and the CPU features of the machine whose kernels ran the gate.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from imgcls.export.config import FP32_FILENAME, INT8_FILENAME, ExportConfig
+from imgcls.export.cpu import cpu_features, local_target
+from imgcls.export.errors import QuantizationRefused
+from imgcls.export.gate import precision_gate
+from imgcls.export.images import load_pixels
+from imgcls.export.quantize import DYNAMIC_MATMUL_ARCHS, Recipe, calibration_pixels, prepare, quantize_prepared, recipe_for
+from imgcls.export.validate import check_graph
+from imgcls.models.core.card import ModelCard
+from imgcls.models.core.dataset import SplitListing
+
+log = logging.getLogger(__name__)
+
+
+def resolve_target(config: ExportConfig) -> str:
+    return local_target() if config.int8_target == "auto" else config.int8_target
+
+
+def _attempt(method: str, candidate: Path, fp32: Path, split: SplitListing, card: ModelCard,
+             config: ExportConfig, settings: dict[str, Any]) -> dict[str, Any]:
+    """Gate one candidate file; the attempt record (``passed`` True/False)."""
+    check_graph(candidate, card, config.opset)
+    try:
+        figures = precision_gate(fp32, candidate, split, card, config, "int8")
+        attempt = {"method": method, "passed": True, "gate": figures}
+    except QuantizationRefused as refusal:
+        attempt = {"method": method, "passed": False, "reason": str(refusal), "gate": refusal.figures}
+    gate = attempt["gate"]
+    if gate:
+        log.info("int8 %s: top-1 %.2f%% vs fp32 %.2f%% (drop %.2f points), %.1f%% of fp32 size -> %s",
+                 method, 100 * gate["int8_top1"], 100 * gate["fp32_top1"], gate["accuracy_drop_points"],
+                 100 * gate["size_ratio"], "passed" if attempt["passed"] else "refused")
+    return {**attempt, "settings": settings}
+
+
+def _mixed_counts(limit: int) -> list[int]:
+    counts, k = [], 1
+    while k <= limit:
+        counts.append(k)
+        k *= 2
+    if counts and counts[-1] != limit and limit > 0:
+        counts.append(limit)
+    return counts
+
+
+class Ladder:
+    """State shared by the rungs: the prepared graph, calibration cache, images, attempts."""
+
+    def __init__(self, staging: Path, scratch: Path, card: ModelCard, split: SplitListing, config: ExportConfig) -> None:
+        self.staging, self.scratch, self.card, self.split, self.config = staging, scratch, card, split, config
+        self.fp32 = staging / FP32_FILENAME
+        self.prepared = scratch / "prepared.onnx"
+        self.cache = scratch / "calibration.json"
+        self.target = resolve_target(config)
+        self.attempts: list[dict[str, Any]] = []
+        prepare(self.fp32, self.prepared)
+        self.pixels = calibration_pixels(split, card, config.calibration_size)
+
+    def quantized(self, recipe: Recipe, name: str) -> tuple[Path, dict[str, Any]]:
+        path = self.scratch / name
+        settings = quantize_prepared(self.prepared, path, recipe, self.pixels, self.config.progress, self.cache)
+        return path, settings
+
+    def gate(self, method: str, path: Path, settings: dict[str, Any]) -> bool:
+        attempt = _attempt(method, path, self.fp32, self.split, self.card, self.config, settings)
+        self.attempts.append(attempt)
+        return attempt["passed"]
+
+    def ptq(self) -> Path | None:
+        recipe = recipe_for(self.target, self.card.arch, self.config.calibration_method, self.config.exclude_nodes)
+        path, settings = self.quantized(recipe, "ptq.onnx")
+        self.base_recipe, self.base_path = recipe, path
+        return path if self.gate("ptq", path, settings) else None
+
+    def mixed(self) -> Path | None:
+        from imgcls.export.sensitivity import rank_nodes
+
+        val = load_pixels(self.split, self.split.val, self.card.preprocess, self.config.sensitivity_images)
+        ranked = rank_nodes(self.prepared, self.base_path, val.pixels)
+        fp32_bytes = self.fp32.stat().st_size
+        budget = self.base_path.stat().st_size / fp32_bytes + self.config.mixed_size_budget
+        for count in _mixed_counts(min(self.config.max_fp32_nodes, len(ranked))):
+            kept = ranked[:count]
+            recipe = self.base_recipe.excluding(tuple(s.node for s in kept))
+            path, settings = self.quantized(recipe, f"mixed-{count}.onnx")
+            settings["kept_fp32"] = [{"node": s.node, "op_type": s.op_type, "why": s.reason()} for s in kept]
+            ratio = path.stat().st_size / fp32_bytes
+            if ratio > budget:
+                self.attempts.append({"method": f"mixed ({count} nodes fp32)", "passed": False, "settings": settings,
+                                      "reason": f"{100 * ratio:.1f}% of fp32 size exceeds the budget of {100 * budget:.1f}% "
+                                                f"(plain INT8 + {100 * self.config.mixed_size_budget:g}%)", "gate": {}})
+                return None
+            if self.gate(f"mixed ({count} nodes fp32)", path, settings):
+                return path
+        return None
+
+
+Rung = Callable[[Ladder], "Path | None"]
+
+
+def search(staging: Path, card: ModelCard, split: SplitListing, config: ExportConfig,
+           extra_rungs: tuple[tuple[str, Rung], ...] = ()) -> tuple[Path | None, dict[str, Any]]:
+    """Try the rungs in order; ``(staging/model.int8.onnx or None, report section)``."""
+    with tempfile.TemporaryDirectory(prefix="imgcls-int8-") as scratch:
+        ladder = Ladder(staging, Path(scratch), card, split, config)
+        rungs: list[tuple[str, Rung]] = [("ptq", Ladder.ptq)]
+        if config.mixed_precision and card.arch not in DYNAMIC_MATMUL_ARCHS:
+            rungs.append(("mixed", Ladder.mixed))
+        rungs += list(extra_rungs)
+        kept = None
+        for name, rung in rungs:
+            kept = rung(ladder)
+            if kept is not None:
+                break
+        section = _section(ladder, kept)
+        if kept is not None:
+            shutil.copyfile(kept, staging / INT8_FILENAME)
+            return staging / INT8_FILENAME, section
+        return None, section
+
+
+def _section(ladder: Ladder, kept: Path | None) -> dict[str, Any]:
+    final = ladder.attempts[-1]
+    section: dict[str, Any] = {
+        "status": "passed" if kept is not None else "refused",
+        "method": final["method"] if kept is not None else None,
+        "target": ladder.target, "target_choice": "auto (from CPU features)" if ladder.config.int8_target == "auto" else "--int8-target",
+        "gated_on": cpu_features(), **final["settings"], "gate": final["gate"],
+        "attempts": [{k: v for k, v in a.items() if k != "settings"} | {"exclude_nodes": a["settings"].get("exclude_nodes", [])}
+                     for a in ladder.attempts],
+    }
+    if kept is None:
+        tried = ", ".join(a["method"] for a in ladder.attempts)
+        section["reason"] = f"no INT8 variant passed the gate (tried {tried}); last: {final.get('reason', '')}"
+    return section
+
+
+def add_int8(staging: Path, model: Any, card: ModelCard, split: SplitListing, files: dict, config: ExportConfig,
+             report: dict) -> tuple[ModelCard, dict]:
+    """Run the ladder; keep ``model.int8.onnx`` only if a rung passed. Outcome in the report and card."""
+    rungs: tuple[tuple[str, Rung], ...] = ()
+    if config.qat:
+        from imgcls.export.qat import qat_rung
+
+        rungs = (("qat", qat_rung(model)),)
+    path, section = search(staging, card, split, config, rungs)
+    if path is not None:
+        files = {**files, INT8_FILENAME: {"precision": "int8"}}
+    else:
+        log.warning("int8 refused: %s", section["reason"])
+    report["int8"] = section
+    return card.updated(export={"int8": section}), files
