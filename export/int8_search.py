@@ -141,6 +141,14 @@ def search(staging: Path, card: ModelCard, split: SplitListing, config: ExportCo
         return None, section
 
 
+def _attempt_record(attempt: dict[str, Any]) -> dict[str, Any]:
+    record = {k: v for k, v in attempt.items() if k != "settings"}
+    record["exclude_nodes"] = attempt["settings"].get("exclude_nodes", [])
+    if "qat" in attempt["settings"]:
+        record["qat"] = attempt["settings"]["qat"]
+    return record
+
+
 def _section(ladder: Ladder, kept: Path | None) -> dict[str, Any]:
     final = ladder.attempts[-1]
     section: dict[str, Any] = {
@@ -148,8 +156,7 @@ def _section(ladder: Ladder, kept: Path | None) -> dict[str, Any]:
         "method": final["method"] if kept is not None else None,
         "target": ladder.target, "target_choice": "auto (from CPU features)" if ladder.config.int8_target == "auto" else "--int8-target",
         "gated_on": cpu_features(), **final["settings"], "gate": final["gate"],
-        "attempts": [{k: v for k, v in a.items() if k != "settings"} | {"exclude_nodes": a["settings"].get("exclude_nodes", [])}
-                     for a in ladder.attempts],
+        "attempts": [_attempt_record(a) for a in ladder.attempts],
     }
     if kept is None:
         tried = ", ".join(a["method"] for a in ladder.attempts)

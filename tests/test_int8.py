@@ -83,16 +83,45 @@ def test_edge_ort_file_gives_the_same_predictions_as_the_int8_onnx(int8_bundle):
     assert edge["parity_vs_int8_onnx"]["top1_agreement"] == 1.0
 
 
+@pytest.mark.slow
 def test_too_strict_gate_tries_every_rung_then_refuses_with_no_int8_file(fitted_run, tmp_path, capsys):
     out = tmp_path / "strict"
     code = main([str(fitted_run), "--out", str(out), "--int8", "--max-accuracy-drop", "-1", "--no-progress",
-                 "--int8-target", "arm64", "--max-fp32-nodes", "2", "--mixed-size-budget", "1"])
+                 "--int8-target", "arm64", "--max-fp32-nodes", "2", "--mixed-size-budget", "1",
+                 "--qat", "--qat-epochs", "1"])
     assert code == EXIT_REFUSED
     assert sorted(p.name for p in out.iterdir()) == ["card.json", "export_report.json", "model.onnx"]
     int8 = ModelCard.load(out).export["int8"]
     assert int8["status"] == "refused" and int8["target"] == "arm64" and int8["target_choice"] == "--int8-target"
-    assert [a["method"] for a in int8["attempts"]] == ["ptq", "mixed (1 nodes fp32)", "mixed (2 nodes fp32)"]
+    assert [a["method"] for a in int8["attempts"]] == ["ptq", "mixed (1 nodes fp32)", "mixed (2 nodes fp32)",
+                                                       "qat (1 epochs)"]
     assert all(not a["passed"] for a in int8["attempts"])
     assert len(int8["attempts"][2]["exclude_nodes"]) == 2, "mixed precision keeps the ranked nodes in fp32"
+    qat = int8["attempts"][3]["qat"]
+    assert qat["train_images"] == 36 and len(qat["mean_loss_per_epoch"]) == 1
+    # QAT parity: the fake-quantized PyTorch model and the QDQ ONNX ORT runs pick the same classes.
+    assert qat["parity"]["passed"] and qat["parity"]["top1_agreement"] >= 0.98 and qat["parity"]["images"] > 0
     assert "edge" not in ModelCard.load(out).export
     assert "no INT8 variant passed" in capsys.readouterr().out
+
+
+def test_qat_model_without_fake_quant_is_the_fp32_graph(int8_bundle, tmp_path):
+    """The QAT interpreter runs the prepared fp32 graph exactly; with fake quant it tracks the INT8 file."""
+    import onnx
+
+    from imgcls.export.qat import OnnxModule, QuantParams
+    from imgcls.export.quantize import prepare
+
+    prepared = tmp_path / "prepared.onnx"
+    prepare(int8_bundle / "model.onnx", prepared)
+    pixels = np.random.default_rng(5).integers(0, 256, (8, 3, 32, 32), dtype=np.uint8)
+    fp32 = ort.InferenceSession(str(prepared), providers=["CPUExecutionProvider"]).run(["logits"], {"pixels": pixels})[0]
+    int8 = ort.InferenceSession(str(int8_bundle / "model.int8.onnx"),
+                                providers=["CPUExecutionProvider"]).run(["logits"], {"pixels": pixels})[0]
+    with torch.no_grad():
+        plain = OnnxModule(onnx.load(str(prepared)), None).eval()(torch.from_numpy(pixels)).numpy()
+        quant = QuantParams(onnx.load(str(int8_bundle / "model.int8.onnx")))
+        faked = OnnxModule(onnx.load(str(prepared)), quant).eval()(torch.from_numpy(pixels)).numpy()
+    np.testing.assert_allclose(plain, fp32, atol=1e-4)
+    assert quant.activations and quant.weights, "scales of activations and weights read from the QDQ file"
+    assert np.abs(faked - int8).mean() < np.abs(fp32 - int8).mean() + 1e-6, "fake quant moves towards the INT8 file"
