@@ -100,21 +100,27 @@ class Ladder:
         val = load_pixels(self.split, self.split.val, self.card.preprocess, self.config.sensitivity_images)
         ranked = rank_nodes(self.prepared, self.base_path, val.pixels)
         fp32_bytes = self.fp32.stat().st_size
-        budget = self.base_path.stat().st_size / fp32_bytes + self.config.mixed_size_budget
-        for count in _mixed_counts(min(self.config.max_fp32_nodes, len(ranked))):
-            kept = ranked[:count]
+        fitting = within_budget(ranked, self.config.mixed_size_budget * fp32_bytes)
+        for count in _mixed_counts(min(self.config.max_fp32_nodes, len(fitting))):
+            kept = fitting[:count]
             recipe = self.base_recipe.excluding(tuple(s.node for s in kept))
             path, settings = self.quantized(recipe, f"mixed-{count}.onnx")
             settings["kept_fp32"] = [{"node": s.node, "op_type": s.op_type, "why": s.reason()} for s in kept]
-            ratio = path.stat().st_size / fp32_bytes
-            if ratio > budget:
-                self.attempts.append({"method": f"mixed ({count} nodes fp32)", "passed": False, "settings": settings,
-                                      "reason": f"{100 * ratio:.1f}% of fp32 size exceeds the budget of {100 * budget:.1f}% "
-                                                f"(plain INT8 + {100 * self.config.mixed_size_budget:g}%)", "gate": {}})
-                return None
             if self.gate(f"mixed ({count} nodes fp32)", path, settings):
                 return path
         return None
+
+
+def within_budget(ranked: list, budget_bytes: float) -> list:
+    """The ranked nodes, most sensitive first, skipping any whose fp32 weights (3 more bytes per
+    weight than INT8) would take the total over ``budget_bytes``."""
+    chosen, used = [], 0
+    for node in ranked:
+        extra = 3 * node.weight_elements
+        if used + extra <= budget_bytes:
+            chosen.append(node)
+            used += extra
+    return chosen
 
 
 Rung = Callable[[Ladder], "Path | None"]

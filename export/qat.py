@@ -58,7 +58,8 @@ class QuantParams:
             if node.op_type == "QuantizeLinear" and node.input[0] not in inits:
                 scale, zp = inits[node.input[1]], inits[node.input[2]]
                 dtype = onnx.helper.np_dtype_to_tensor_dtype(zp.dtype)
-                self.activations[node.input[0]] = (float(scale), int(zp), *_qrange(dtype, False))
+                name = node.input[0].removesuffix("_QuantizeLinear_Input")  # a graph output ORT renamed
+                self.activations[name] = (float(scale), int(zp), *_qrange(dtype, False))
             elif node.op_type == "DequantizeLinear" and node.input[0] in inits:
                 dtype = onnx.helper.np_dtype_to_tensor_dtype(inits[node.input[0]].dtype)
                 if dtype in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):  # not the int32 biases
@@ -171,9 +172,9 @@ def train(module: OnnxModule, pixels: np.ndarray, labels: np.ndarray, epochs: in
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             if step % 20 == 0:
-                log.info("qat epoch %d/%d: %d/%d images, loss %.4f", epoch + 1, epochs, start, len(order), float(loss))
+                log.info("qat epoch %d/%d: %d/%d images, loss %.4f", epoch + 1, epochs, start, len(order), float(loss.detach()))
         losses.append(total / len(order))
         log.info("qat epoch %d/%d: mean loss %.4f in %.0f s", epoch + 1, epochs, losses[-1], time.perf_counter() - started)
     return losses

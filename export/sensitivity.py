@@ -39,6 +39,7 @@ class NodeSensitivity:
     input_sqnr_db: float
     output_sqnr_db: float
     weight_sqnr_db: float | None
+    weight_elements: int = 0
 
     def reason(self) -> str:
         weight = f", weight SQNR {self.weight_sqnr_db:.1f} dB" if self.weight_sqnr_db is not None else ""
@@ -115,6 +116,7 @@ def rank_nodes(fp32: Path, int8: Path, pixels: np.ndarray) -> list[NodeSensitivi
     noise = measure_noise(fp32, int8, pixels)
     weights = qd.compute_weight_error(qd.create_weight_matching(str(fp32), str(int8)))
     graph = onnx.load(str(fp32), load_external_data=False).graph
+    sizes = {init.name: tuple(init.dims) for init in graph.initializer}
     consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for node in graph.node:
         for name in node.input:
@@ -126,10 +128,13 @@ def rank_nodes(fp32: Path, int8: Path, pixels: np.ndarray) -> list[NodeSensitivi
         out = noise.sqnr(_output_tensor(node, consumers), "post")
         if out is None:
             continue  # not quantized (excluded, or not a quantizable op here)
-        arriving = noise.sqnr(node.input[0], "pre")
+        # As it arrives: after its producer's Q/DQ ("pre" would compare an unclipped value where ORT
+        # folded a Clip into that Q/DQ pair).
+        arriving = noise.sqnr(node.input[0], "post")
         arriving = NO_NOISE_DB if arriving is None else arriving
         weight = weights.get(node.input[1]) if len(node.input) > 1 else None
-        ranked.append(NodeSensitivity(node.name, node.op_type, arriving - out, arriving, out, weight))
+        elements = int(np.prod(sizes[node.input[1]])) if len(node.input) > 1 and node.input[1] in sizes else 0
+        ranked.append(NodeSensitivity(node.name, node.op_type, arriving - out, arriving, out, weight, elements))
     ranked.sort(key=lambda s: s.sqnr_lost_db, reverse=True)
     return ranked
 
