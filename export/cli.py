@@ -28,7 +28,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--calibration-size", type=int, default=300, help="training images used to calibrate")
     parser.add_argument("--int8-target", choices=INT8_TARGETS, default="auto",
                         help="auto (default): from this CPU's features; x86: U8U8 (AVX2 without VNNI); "
-                             "vnni: U8S8; arm64: S8S8")
+                             "vnni: U8U8; arm64: S8S8")
     parser.add_argument("--no-mixed-precision", dest="mixed_precision", action="store_false",
                         help="do not keep sensitive nodes in fp32 when plain INT8 misses the gate")
     parser.add_argument("--max-fp32-nodes", type=int, default=16, help="mixed precision: at most this many fp32 nodes")

@@ -49,7 +49,7 @@ def test_x86_without_vnni_does_not_use_the_saturating_u8s8_kernels():
     """The fault on AVX2 without VNNI: U8S8 (reduce_range or not) saturates there; x86 is U8U8 now."""
     x86 = recipe_for("x86", "efficientnet_lite0")
     assert (x86.activation_type, x86.weight_type, x86.reduce_range) == ("QUInt8", "QUInt8", False)
-    assert TARGET_TYPES["vnni"] == ("QUInt8", "QInt8", False) and TARGET_TYPES["arm64"][0] == "QInt8"
+    assert TARGET_TYPES["vnni"] == ("QUInt8", "QUInt8", False) and TARGET_TYPES["arm64"][0] == "QInt8"
     assert recipe_for("vnni", "vit_b_16").dynamic_matmul
 
 
