@@ -53,6 +53,7 @@ def test_x86_without_vnni_does_not_use_the_saturating_u8s8_kernels():
     assert recipe_for("vnni", "vit_b_16").dynamic_matmul
 
 
+@pytest.mark.slow
 def test_ladder_stops_at_the_first_passing_variant_and_records_the_gating_machine(int8_bundle, capsys):
     card = ModelCard.load(int8_bundle)
     int8 = card.export["int8"]
