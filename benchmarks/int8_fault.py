@@ -47,13 +47,15 @@ def logits(path: Path, pixels: np.ndarray, optimized: bool = True, batch: int = 
                            for i in range(0, len(pixels), batch)])
 
 
-def variants(base: Recipe) -> dict[str, Recipe]:
+def variants(base: Recipe, first_conv: str) -> dict[str, Recipe]:
     return {
         "U8S8 reduce_range (old x86 default)": replace(base, activation_type="QUInt8", weight_type="QInt8", reduce_range=True),
         "U8S8": replace(base, activation_type="QUInt8", weight_type="QInt8", reduce_range=False),
         "S8S8 (old vnni/arm64 default)": replace(base, activation_type="QInt8", weight_type="QInt8", reduce_range=False),
         "U8U8": replace(base, activation_type="QUInt8", weight_type="QUInt8", reduce_range=False),
         "U8S8 per-tensor weights": replace(base, activation_type="QUInt8", weight_type="QInt8", per_channel=False),
+        "U8S8, normalisation + first Conv fp32": replace(base, activation_type="QUInt8", weight_type="QInt8",
+                                                         exclude_nodes=(first_conv,)),
     }
 
 
@@ -125,11 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         prepared = scratch / "prepared.onnx"
         prepare(fp32, prepared)
         result["prepared_ops"] = dict(Counter(n.op_type for n in onnx.load(str(prepared)).graph.node))
-        for name, recipe in variants(recipe_for("vnni", card.arch)).items():
+        first_conv = next(n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv")
+        cache = scratch / "calibration.json"
+        for name, recipe in variants(recipe_for("vnni", card.arch), first_conv).items():
             if args.only and name not in args.only:
                 continue
             path = scratch / "int8.onnx"
-            quantize_prepared(prepared, path, recipe, cal)
+            quantize_prepared(prepared, path, recipe, cal, cache=cache)
             result["variants"][name] = score(path, val.pixels, val.labels, reference)
             log.info("%s: %s", name, result["variants"][name])
             if name == "U8S8":
