@@ -76,7 +76,8 @@ class Ladder:
         self.target = resolve_target(config)
         self.attempts: list[dict[str, Any]] = []
         prepare(self.fp32, self.prepared)
-        self.pixels = calibration_pixels(split, card, config.calibration_size)
+        dynamic = card.arch in DYNAMIC_MATMUL_ARCHS  # dynamic quantization needs no calibration images
+        self.pixels = np.zeros((0,), np.uint8) if dynamic else calibration_pixels(split, card, config.calibration_size)
 
     def quantized(self, recipe: Recipe, name: str) -> tuple[Path, dict[str, Any]]:
         path = self.scratch / name
@@ -174,7 +175,7 @@ def add_int8(staging: Path, model: Any, card: ModelCard, split: SplitListing, fi
              report: dict) -> tuple[ModelCard, dict]:
     """Run the ladder; keep ``model.int8.onnx`` only if a rung passed. Outcome in the report and card."""
     rungs: tuple[tuple[str, Rung], ...] = ()
-    if config.qat:
+    if config.qat and card.arch not in DYNAMIC_MATMUL_ARCHS:
         from imgcls.export.qat import qat_rung
 
         rungs = (("qat", qat_rung(model)),)
