@@ -38,6 +38,7 @@ class ExportConfig:
     qat: bool = False  # quantization-aware training when PTQ and mixed precision miss the gate
     qat_epochs: int = 2
     qat_lr: float = 1e-4
+    qat_images: int | None = None  # at most this many training images (spread over the split); None: all
     edge: bool = True  # write edge/model.int8.ort + the operator config when INT8 passes
     max_accuracy_drop: float = 1.0  # percentage points of top-1 on the validation split
     gate_images: int | None = None  # None: the whole validation split
@@ -57,5 +58,7 @@ class ExportConfig:
             raise ValueError("parity_batch must be > 1 (batch 1 is always checked as well)")
         if self.max_fp32_nodes < 0 or not 0 <= self.mixed_size_budget <= 1 or self.qat_epochs < 1:
             raise ValueError("max_fp32_nodes must be >= 0, mixed_size_budget in [0, 1], qat_epochs >= 1")
+        if self.qat_images is not None and self.qat_images < 1:
+            raise ValueError("qat_images must be positive")
         if self.calibration_size < 1 or self.parity_images < 1:
             raise ValueError("calibration_size and parity_images must be positive")
