@@ -209,10 +209,10 @@ def qat_rung(model: Any) -> Callable[[Any], Path | None]:
     def rung(ladder) -> Path | None:
         config = ladder.config
         split, card = ladder.split, ladder.card
-        train = list(split.train)
+        samples = list(split.train)
         if config.qat_images:  # spread over the class-sorted list, like calibration
-            train = train[::max(1, len(train) // config.qat_images)][:config.qat_images]
-        train_set = load_pixels(split, train, card.preprocess)
+            samples = samples[::max(1, len(samples) // config.qat_images)][:config.qat_images]
+        train_set = load_pixels(split, samples, card.preprocess)
         fp32 = onnx.load(str(ladder.prepared))
         module = OnnxModule(fp32, QuantParams(onnx.load(str(ladder.base_path)))).train()
         torch.manual_seed(0)
