@@ -88,7 +88,7 @@ def test_too_strict_gate_tries_every_rung_then_refuses_with_no_int8_file(fitted_
     out = tmp_path / "strict"
     code = main([str(fitted_run), "--out", str(out), "--int8", "--max-accuracy-drop", "-1", "--no-progress",
                  "--int8-target", "arm64", "--max-fp32-nodes", "2", "--mixed-size-budget", "1",
-                 "--qat", "--qat-epochs", "1"])
+                 "--qat", "--qat-epochs", "1", "--qat-images", "20"])
     assert code == EXIT_REFUSED
     assert sorted(p.name for p in out.iterdir()) == ["card.json", "export_report.json", "model.onnx"]
     int8 = ModelCard.load(out).export["int8"]
@@ -98,7 +98,7 @@ def test_too_strict_gate_tries_every_rung_then_refuses_with_no_int8_file(fitted_
     assert all(not a["passed"] for a in int8["attempts"])
     assert len(int8["attempts"][2]["exclude_nodes"]) == 2, "mixed precision keeps the ranked nodes in fp32"
     qat = int8["attempts"][3]["qat"]
-    assert qat["train_images"] == 36 and len(qat["mean_loss_per_epoch"]) == 1
+    assert qat["train_images"] == 20 and len(qat["mean_loss_per_epoch"]) == 1
     # QAT parity: the fake-quantized PyTorch model and the QDQ ONNX ORT runs pick the same classes.
     assert qat["parity"]["passed"] and qat["parity"]["top1_agreement"] >= 0.98 and qat["parity"]["images"] > 0
     assert "edge" not in ModelCard.load(out).export
