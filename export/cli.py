@@ -39,6 +39,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="if PTQ and mixed precision miss the gate: quantization-aware training on the run's "
                              "training split, then gate")
     parser.add_argument("--qat-epochs", type=int, default=2)
+    parser.add_argument("--qat-lr", type=float, default=1e-5, help="QAT learning rate (Adam) [1e-5]")
     parser.add_argument("--qat-images", type=int, help="QAT on at most this many training images (default all)")
     parser.add_argument("--no-edge", dest="edge", action="store_false",
                         help="skip edge/model.int8.ort (ORT Mobile) and its operator config")
@@ -59,7 +60,7 @@ def config_from(args: argparse.Namespace) -> ExportConfig:
         calibration_size=args.calibration_size, int8_target=args.int8_target,
         exclude_nodes=tuple(args.exclude_nodes), max_accuracy_drop=args.max_accuracy_drop,
         mixed_precision=args.mixed_precision, max_fp32_nodes=args.max_fp32_nodes,
-        mixed_size_budget=args.mixed_size_budget, qat=args.qat, qat_epochs=args.qat_epochs, qat_images=args.qat_images,
+        mixed_size_budget=args.mixed_size_budget, qat=args.qat, qat_epochs=args.qat_epochs, qat_images=args.qat_images, qat_lr=args.qat_lr,
         edge=args.edge,
         gate_images=args.gate_images, progress=not args.no_progress,
     )
