@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,12 +131,27 @@ class Predictor:
     # ------------------------------------------------------------ steps
     def decode(self, data: bytes | str | Path) -> np.ndarray:
         """uint8 [3, H, W] model input, or ``ImageDecodeError`` (reason in ``.reason``)."""
-        preprocess = self.card.preprocess
-        image = preprocess.load(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
-        return preprocess.pixels(image)
+        return self.decode_timed(data)[0]
 
-    def infer(self, pixels: np.ndarray) -> np.ndarray:
-        """Probabilities float32 [N, C] for uint8 pixels [N, 3, H, W]."""
+    def decode_timed(self, data: bytes | str | Path) -> tuple[np.ndarray, float, float]:
+        """``decode`` plus its two timings in seconds: (pixels, decode, resize + crop). The one
+        decoding path of HTTP, scoring and export validation."""
+        preprocess, started = self.card.preprocess, time.perf_counter()
+        image = preprocess.load(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+        decoded = time.perf_counter()
+        pixels = preprocess.pixels(image)
+        return pixels, decoded - started, time.perf_counter() - decoded
+
+    def infer(self, pixels: np.ndarray, pad_to: int | None = None) -> np.ndarray:
+        """Probabilities float32 [N, C] for uint8 pixels [N, 3, H, W].
+
+        ``pad_to``: run the session on exactly that many rows (zero images appended, their rows
+        dropped) so a GPU sees one shape per batch size and cuDNN picks its algorithms once.
+        """
+        count = pixels.shape[0] if isinstance(pixels, np.ndarray) else 0
+        if pad_to is not None and 0 < count < pad_to:
+            padding = np.zeros((pad_to - count, *pixels.shape[1:]), dtype=pixels.dtype)
+            return self.infer(np.concatenate([pixels, padding]))[:count]
         size = self.input_size
         if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8:
             raise ValueError(f"infer: expected a uint8 numpy array, got {getattr(pixels, 'dtype', type(pixels))}")
@@ -154,18 +170,12 @@ class Predictor:
         ]
 
     # ------------------------------------------------------------ many images
-    def _decode_pool(self) -> ThreadPoolExecutor:
+    def decode_pool(self) -> ThreadPoolExecutor:
+        """The process's decode threads (created on first use, ``decode_threads`` of them)."""
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="imgcls-decode")
             return self._pool
-
-    def _infer_batch(self, pixels: np.ndarray, batch_size: int) -> np.ndarray:
-        count = pixels.shape[0]
-        if self.provider == CUDA and count < batch_size:  # one shape: cuDNN picks algorithms once
-            padding = np.zeros((batch_size - count, *pixels.shape[1:]), dtype=np.uint8)
-            return self.infer(np.concatenate([pixels, padding]))[:count]
-        return self.infer(pixels)
 
     def predict_batches(
         self, sources: Iterable[Source], top_k: int = 5, batch_size: int = DEFAULT_BATCH_SIZE
@@ -173,11 +183,12 @@ class Predictor:
         """Per batch, in input order: (source, top-k predictions or the decode error)."""
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        for batch in decoded_batches(sources, self.decode, batch_size, self._decode_pool()):
+        pad_to = batch_size if self.provider == CUDA else None
+        for batch in decoded_batches(sources, self.decode, batch_size, self.decode_pool()):
             pixels, positions = stack_decoded(batch)
             results: list[Any] = [item for _, item in batch]
             if pixels is not None:
-                for row, position in zip(self._infer_batch(pixels, batch_size), positions):
+                for row, position in zip(self.infer(pixels, pad_to), positions):
                     results[position] = self.top_k(row, top_k)
             yield [(source, result) for (source, _), result in zip(batch, results)]
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from imgcls.models.training.config import OPTIMIZERS, STRATEGIES, ConfigError, TrainConfig, build_config
+from imgcls.models.core.errors import ConfigError
+from imgcls.models.training.config import OPTIMIZERS, STRATEGIES, TrainConfig, build_config
 
 log = logging.getLogger("imgcls.train")
 

@@ -10,13 +10,11 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from imgcls.models.core.errors import ConfigError
+
 PREFIX = "IMGCLS_"
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "int8", "fp16")
-
-
-class ConfigError(ValueError):
-    """An environment variable or flag with a value the service cannot use."""
 
 
 @dataclass(frozen=True)
@@ -74,10 +72,6 @@ class ServiceConfig:
     def to_env(self) -> dict[str, str]:
         """The variables that make ``from_env`` return this config (what ``imgcls serve`` sets)."""
         return {env_name(spec.name): str(getattr(self, spec.name)) for spec in fields(self)}
-
-    def ort_threads(self, available_cpus: int) -> int:
-        """ONNX Runtime threads per worker: as configured, else the CPUs shared among the workers."""
-        return self.threads or max(1, available_cpus // self.workers)
 
 
 def env_name(field_name: str) -> str:

@@ -10,7 +10,6 @@ import asyncio
 import io
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from PIL import Image
 from imgcls.models.core.preprocess import ImageDecodeError
 from imgcls.service.http.schemas import (
     MULTIPLE_REASONS, REASON_STATUS, ClassifyResponse, ErrorDetail, ErrorResponse, ImageResult,
-    ImageTiming, ModelRef, ModelSummary, Prediction, RequestTiming,
+    ImageTiming, ModelRef, ModelSummary, RequestTiming,
 )
 from imgcls.service.http.batcher import BatchPlan, BatchReport, MicroBatcher, Overloaded
 from imgcls.service.http.config import ServiceConfig
@@ -57,7 +56,6 @@ class ClassifierEngine:
         self.plan = BatchPlan.for_device(config.max_batch_size, on_gpu=self.predictor.provider == CUDA)
         self.batcher = MicroBatcher(self.predictor.infer, self.plan, max_queue_images=config.max_queue_images,
                                     batch_wait_ms=config.batch_wait_ms, on_batch=self._record_batch)
-        self.decode_pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="imgcls-decode")
         self.model_ref = ModelRef(name=self.name, version=self.predictor.model_version, arch=self.predictor.card.arch,
                                   precision=self.predictor.precision, provider=self.predictor.provider)
         metrics.set_model(name=self.name, version=self.predictor.model_version, arch=self.predictor.card.arch,
@@ -79,31 +77,27 @@ class ClassifierEngine:
 
     def close(self) -> None:
         self.batcher.close()
-        self.decode_pool.shutdown(wait=False, cancel_futures=True)
         self.predictor.close()
 
     # ---------------------------------------------------------------- one request
     def _decode(self, upload: Upload) -> Decoded:
         if upload.error is not None:
             return Decoded(upload, None, error_detail(*upload.error), 0.0)
-        preprocess, started = self.predictor.card.preprocess, time.perf_counter()
+        started = time.perf_counter()
         try:
-            image = preprocess.load(upload.data, max_bytes=self.predictor.max_bytes,
-                                    max_pixels=self.predictor.max_pixels)
-            decoded = time.perf_counter()
-            pixels = preprocess.pixels(image)
+            pixels, decode_s, preprocess_s = self.predictor.decode_timed(upload.data)
         except ImageDecodeError as exc:
             return Decoded(upload, None, error_detail(exc.reason, exc.message), time.perf_counter() - started)
-        done = time.perf_counter()
-        self.metrics.decode_seconds.observe(decoded - started)
-        self.metrics.preprocess_seconds.observe(done - decoded)
-        return Decoded(upload, pixels, None, done - started)
+        self.metrics.decode_seconds.observe(decode_s)
+        self.metrics.preprocess_seconds.observe(preprocess_s)
+        return Decoded(upload, pixels, None, decode_s + preprocess_s)
 
     async def classify(self, parsed: ParsedRequest) -> tuple[int, ClassifyResponse | ErrorResponse]:
         started = time.perf_counter()
         top_k = min(parsed.top_k or self.config.default_top_k, self.predictor.num_classes)
         loop = asyncio.get_running_loop()
-        decoded = await asyncio.gather(*(loop.run_in_executor(self.decode_pool, self._decode, u)
+        pool = self.predictor.decode_pool()
+        decoded = await asyncio.gather(*(loop.run_in_executor(pool, self._decode, u)
                                          for u in parsed.uploads))
         decode_done = time.perf_counter()
         good = [d for d in decoded if d.pixels is not None]
@@ -141,7 +135,7 @@ class ClassifierEngine:
             self.metrics.images.labels(outcome="classified", reason="none").inc()
             self.metrics.predictions.labels(label=predictions[0].label).inc()
             self.metrics.confidence.observe(predictions[0].score)
-            results.append(ImageResult(predictions=[Prediction(**p.to_dict()) for p in predictions], **base))
+            results.append(ImageResult(predictions=predictions, **base))
         return results
 
     def _all_failed(self, results: list[ImageResult]) -> tuple[int, ErrorResponse]:

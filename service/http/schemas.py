@@ -10,6 +10,8 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from imgcls.service.predictor import Prediction  # the one prediction type, shared with scoring
+
 # reason code -> HTTP status. Image reasons come from imgcls.models.core.preprocess.REASONS.
 REASON_STATUS: dict[str, int] = {
     # the request as a whole
@@ -46,12 +48,6 @@ class ErrorDetail(BaseModel):
     message: str = Field(description="what went wrong, for humans")
 
 
-class Prediction(BaseModel):
-    label: str = Field(description="class name (card.class_names[index])")
-    index: int = Field(description="class index (logit position)")
-    score: float = Field(description="softmax probability", ge=0.0, le=1.0)
-
-
 class ImageTiming(BaseModel):
     decode_ms: float = Field(description="decode + resize + crop of this image")
 
@@ -59,7 +55,9 @@ class ImageTiming(BaseModel):
 class ImageResult(BaseModel):
     position: int = Field(description="0-based position of the image in the request")
     filename: Optional[str] = Field(default=None, description="multipart filename or JSON 'name', if given")
-    predictions: Optional[list[Prediction]] = Field(default=None, description="top-k, best first; null on error")
+    predictions: Optional[list[Prediction]] = Field(
+        default=None, description="top-k, best first (label = class name, index = logit position, score = "
+                                  "probability); null on error")
     error: Optional[ErrorDetail] = Field(default=None, description="why this image was not classified")
     timing: Optional[ImageTiming] = None
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import imgcls
 from imgcls.models.core.card import CardError, ModelCard
-from imgcls.service.http.config import ConfigError, ServiceConfig, env_name
+from imgcls.models.core.errors import ConfigError
+from imgcls.service.http.config import ServiceConfig, env_name
 
 log = logging.getLogger("imgcls.serve")
 SERVICE = "imgcls.service.http.service:ImageClassifier"

@@ -10,6 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from imgcls.models.core.metrics import confusion_matrix
+
 ECE_BINS = 15
 
 
@@ -52,12 +54,6 @@ class Evaluation:
             "class_names": list(self.class_names),
             "confusion_matrix": [list(row) for row in self.confusion],
         }
-
-
-def confusion_matrix(true: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (true, predicted), 1)
-    return matrix
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:

@@ -14,12 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from imgcls.models.core.dataset import IMAGE_EXTENSIONS
+
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp",
-    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".heic", ".heif", ".avif", ".jp2", ".j2k",
-})
 LIST_EXTENSIONS = frozenset({".txt", ".csv", ".lst", ".list"})
 GLOB_CHARACTERS = frozenset("*?[")
 
