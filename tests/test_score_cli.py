@@ -67,7 +67,7 @@ def test_resume_after_sigkill_scores_each_path_exactly_once(bundle, tmp_path):
     expected = sorted(str(p) for p in folder.rglob("*.*"))
     out = tmp_path / "scores.csv"
     command = [sys.executable, "-m", "imgcls.cli", "score", str(bundle), str(folder), "--out", str(out),
-               "--batch-size", "2", "--workers", "1", "--threads", "1", "--no-progress"]
+               "--batch-size", "2", "--decode-threads", "1", "--threads", "1", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60

@@ -15,7 +15,7 @@ from tests.train_helpers import TINY_FINETUNE, cli_env
 CASES = {
     "gradual": [*TINY_FINETUNE, "--strategy", "gradual", "--unfreeze-epoch", "1", "--epochs", "2"],
     "head-cached": ["--arch", "tiny", "--weights", "none", "--strategy", "head", "--epochs", "2",
-                    "--workers", "0", "--threads", "1"],
+                    "--loader-workers", "0", "--threads", "1"],
 }
 
 

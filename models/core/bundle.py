@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from imgcls.models.core.atomic import sha256_file
+from imgcls.models.core.verified import cached_sha256
 from imgcls.models.core.card import CardError, ModelCard
 
 PRECISIONS = ("fp32", "int8", "fp16")
@@ -61,7 +61,7 @@ def verify_sha256(card: ModelCard, path: Path) -> str:
     expected = card.lineage.get(key)
     if not expected:
         raise BundleError(f"{path.parent / 'card.json'}: lineage has no {key!r}; cannot verify {path.name} (re-export the bundle)")
-    actual = sha256_file(path)
+    actual = cached_sha256(path)
     if actual != expected:
         raise BundleError(
             f"{path}: sha256 {actual[:16]}... does not match card.json lineage {key} {str(expected)[:16]}...; "

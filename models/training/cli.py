@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch-size", type=int, help="per process [32]")
     add("--val-fraction", type=float, help="stratified split when DIR has no train/val folders [0.2]")
     add("--seed", type=int, help="split, head init, shuffling and augmentation [0]")
-    add("--workers", type=int, help="data-loading processes [half the CPU cores, at most 8]")
+    add("--loader-workers", dest="workers", type=int, help="data-loading processes (torch DataLoader workers) "
+        "[half the CPU cores, at most 8]")
     add("--threads", type=int, help="torch CPU threads per process; a resumed run keeps its own for "
         "bit-identical results [cores / processes]")
     add("--warmup-epochs", type=float, help="linear warm-up before the cosine decay [finetune 1, otherwise 0]")

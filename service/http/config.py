@@ -7,7 +7,7 @@ variables by hand and running ``bentoml serve imgcls.service.http.service:ImageC
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
 from imgcls.models.core.errors import ConfigError
@@ -24,7 +24,7 @@ class ServiceConfig:
     bundle: str = ""  # IMGCLS_BUNDLE: the bundle directory (model.onnx + card.json)
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | int8 | fp16 (the bundle must contain that file)
-    workers: int = 1  # BentoML worker processes
+    workers: int = 0  # BentoML worker processes; 0 = auto: one per CPU we may use (cgroup quota, affinity), 1 on a GPU
     threads: int = 0  # ONNX Runtime intra-op threads per worker; 0 = the CPUs we may use / workers
     decode_threads: int = 2  # threads per worker decoding and resizing uploads
     max_batch_size: int = 16  # images per inference call (concurrent requests are merged)
@@ -46,7 +46,7 @@ class ServiceConfig:
             raise ConfigError(f"{PREFIX}DEVICE must be one of {DEVICES}, got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"{PREFIX}PRECISION must be one of {PRECISIONS}, got {self.precision!r}")
-        positive = ("workers", "decode_threads", "max_batch_size", "max_queue_images", "max_body_bytes",
+        positive = ("decode_threads", "max_batch_size", "max_queue_images", "max_body_bytes",
                     "max_images", "max_image_bytes", "max_pixels", "default_top_k", "timeout_s")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -54,7 +54,7 @@ class ServiceConfig:
         if self.max_queue_images < self.max_images:
             raise ConfigError(f"{PREFIX}MAX_QUEUE_IMAGES ({self.max_queue_images}) must be >= "
                               f"{PREFIX}MAX_IMAGES ({self.max_images}): a full request must fit the queue")
-        for name in ("threads", "batch_wait_ms", "max_concurrency", "warmup_delay_s"):
+        for name in ("workers", "threads", "batch_wait_ms", "max_concurrency", "warmup_delay_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{env_name(name)} must be >= 0, got {getattr(self, name)}")
 
@@ -68,6 +68,16 @@ class ServiceConfig:
                 continue
             values[spec.name] = _parse(spec.name, spec.type, raw)
         return cls(**values)
+
+    def with_workers_resolved(self, on_gpu: bool | None = None) -> "ServiceConfig":
+        """``workers`` = 0 made concrete: 1 on a GPU (one process owns the device), else one per
+        usable CPU. ``on_gpu`` is the provider actually obtained when known, else read from ``device``."""
+        if self.workers:
+            return self
+        on_gpu = self.device == "cuda" if on_gpu is None else on_gpu
+        from imgcls.service.runtime import available_cpus
+
+        return replace(self, workers=1 if on_gpu else max(1, int(available_cpus())))
 
     def to_env(self) -> dict[str, str]:
         """The variables that make ``from_env`` return this config (what ``imgcls serve`` sets)."""

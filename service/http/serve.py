@@ -22,6 +22,7 @@ import imgcls
 from imgcls.models.core.card import CardError, ModelCard
 from imgcls.models.core.errors import ConfigError
 from imgcls.service.http.config import ServiceConfig, env_name
+from imgcls.service.runtime import CUDA
 
 log = logging.getLogger("imgcls.serve")
 SERVICE = "imgcls.service.http.service:ImageClassifier"
@@ -74,19 +75,20 @@ def check_bundle(bundle: Path) -> str | None:
     return None
 
 
-def verify_bundle(config: ServiceConfig) -> str | None:
+def verify_bundle(config: ServiceConfig) -> tuple[str | None, str]:
     """Load the bundle once as a worker would (hashes, embedded card, graph, device) before starting.
 
     A worker that fails in ``__init__`` is restarted by BentoML forever, so ``imgcls serve`` would
     never exit; refusing here ends it with exit status 2 and the message naming the problem.
+    Returns (problem or None, the execution provider obtained).
     """
     from imgcls.service.predictor import BundleError, DeviceError, Predictor
 
     try:
-        Predictor.load(config.bundle, precision=config.precision, device=config.device, threads=1).close()
+        with Predictor.load(config.bundle, precision=config.precision, device=config.device, threads=1) as loaded:
+            return None, loaded.provider
     except (BundleError, DeviceError) as exc:
-        return str(exc)
-    return None
+        return str(exc), ""
 
 
 def run_server(command: list[str], env: dict[str, str]) -> int:
@@ -121,10 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    problem = check_bundle(Path(config.bundle)) or verify_bundle(config)
+    problem = check_bundle(Path(config.bundle))
+    provider = ""
+    if not problem:
+        problem, provider = verify_bundle(config)
     if problem:
         log.error("%s", problem)
         return 2
+    config = config.with_workers_resolved(on_gpu=provider == CUDA)
     state_dir = tempfile.mkdtemp(prefix="imgcls-serve-")
     env = {**os.environ, **dataclasses.replace(config, state_dir=state_dir).to_env()}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APP_ROOT), env.get("PYTHONPATH")]))

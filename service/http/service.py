@@ -33,7 +33,7 @@ from imgcls.service.http.metrics import HTTPMetricsMiddleware, ServiceMetrics, i
 from imgcls.service.http.uploads import ParsedRequest, RequestRejected, parse_request
 
 log = logging.getLogger("imgcls.service")
-CONFIG = ServiceConfig.from_env()
+CONFIG = ServiceConfig.from_env().with_workers_resolved()  # imgcls serve has resolved it already
 KNOWN_ROUTES = ("/classify", "/model", "/livez", "/healthz", "/readyz", "/metrics", "/docs.json",
                 "/schema.json", "/")
 _CURRENT: dict[str, "ImageClassifier"] = {}  # this worker's service instance, for the mounted apps

@@ -1,7 +1,7 @@
 """``imgcls score``: batch-score images with a bundle, through the same Predictor as the server.
 
     imgcls score BUNDLE INPUTS... --out FILE.csv|.jsonl|.parquet [--top-k 5] [--batch-size 32]
-                 [--workers N] [--threads N] [--resume | --overwrite] [--labels imagefolder|FILE.csv]
+                 [--decode-threads N] [--threads N] [--resume | --overwrite] [--labels imagefolder|FILE.csv]
                  [--shard i/n] [--precision fp32|int8|fp16] [--device auto|cpu|cuda] [--all-files]
 
 INPUTS are directories (walked recursively; files with image extensions unless --all-files),
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="results file: .csv, .jsonl or .parquet")
     parser.add_argument("--top-k", type=int, default=5, help="labels per image (clamped to the class count)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: usable CPUs)")
+    parser.add_argument("--decode-threads", type=int, default=None, help="decoding threads (default: usable CPUs)")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: usable CPUs)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="skip paths already in --out and append")
@@ -141,7 +141,7 @@ def _score(args: argparse.Namespace) -> int:
     labels = load_labels(args.labels, paths) if args.labels else None
     predictor = Predictor.load(
         args.bundle, precision=args.precision, device=args.device, threads=args.threads,
-        decode_threads=args.workers,
+        decode_threads=args.decode_threads,
     )
     with predictor:
         log.info("model %s", json.dumps(predictor.describe()))
