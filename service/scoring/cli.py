@@ -97,7 +97,7 @@ def to_row(path: str, result: list[Prediction] | ImageDecodeError) -> Row:
 
 
 def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    for name in ("top_k", "batch_size", "workers", "threads"):
+    for name in ("top_k", "batch_size", "decode_threads", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
