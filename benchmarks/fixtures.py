@@ -27,7 +27,7 @@ from PIL import Image
 
 log = logging.getLogger("bench.fixtures")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.report import REPO_ROOT  # noqa: E402,F401 - one definition
 DEFAULT_WORKDIR = REPO_ROOT / ".bench-out" / "work"
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field")
 SPEED_CLASSES = 10  # TorchServe's image_classifier asks for the top 5: at least 5 classes

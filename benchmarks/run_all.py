@@ -25,7 +25,7 @@ from typing import Any
 
 from benchmarks import summaries
 from benchmarks.fixtures import DEFAULT_WORKDIR, REPO_ROOT
-from benchmarks.report import machine, setup_logging
+from benchmarks.report import machine, portable, setup_logging
 
 log = logging.getLogger("bench.run_all")
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             if previous.is_file():
                 earlier = json.loads(previous.read_text())
                 run["statuses"] = {**earlier.get("statuses", {}), **statuses}
-        (args.out_dir / "run_all.json").write_text(json.dumps(run, indent=2) + "\n")
+        (args.out_dir / "run_all.json").write_text(json.dumps(portable(run), indent=2) + "\n")
         log.info("all benchmarks: %.0f s", run["seconds"])
     args.markdown.write_text(render(args.out_dir, run))
     log.info("wrote %s", args.markdown)

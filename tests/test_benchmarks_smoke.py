@@ -31,3 +31,31 @@ def test_quick_benchmarks_write_json_and_the_table(tmp_path: Path) -> None:
     assert "| 2 ORT vs eager | tiny | ORT fp32 img/s, batch 4 |" in markdown
     assert "| 9 scoring | tiny |" in markdown
     assert "Machine: " in markdown
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, str):
+        yield value
+
+
+def test_committed_results_name_no_folder_of_the_machine_that_made_them():
+    from tests.conftest import REPO_ROOT
+
+    results = sorted((REPO_ROOT / "benchmarks" / "results").glob("*.json"))
+    assert results, "no committed benchmark results"
+    for path in results:
+        absolute = [s for s in _strings(json.loads(path.read_text())) if s.startswith("/") or str(REPO_ROOT) in s]
+        assert not absolute, (path.name, absolute[:3])
+
+
+def test_portable_rewrites_this_machines_paths():
+    from benchmarks.report import REPO_ROOT, portable
+
+    out = portable({"a": [str(REPO_ROOT / "x" / "y")], "b": str(Path.home() / "z"), "c": "plain"})
+    assert out == {"a": ["./x/y"], "b": "~/z", "c": "plain"}
