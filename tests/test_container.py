@@ -20,7 +20,7 @@ from tests.factories import make_tiny_bundle
 from imgcls.service.http.launcher import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
-MAKE_BASE = REPO_ROOT.parent / "shared" / "docker" / "make-base-image.sh"
+BASE_SCRIPT = REPO_ROOT / "docker" / "base-image.sh"  # builds the base image from Debian packages
 BASE_IMAGE = os.environ.get("IMGCLS_BASE_IMAGE", "local/python:3.11-bookworm")
 TAG = "imgcls:test-cpu"
 
@@ -39,7 +39,7 @@ def docker_daemon():
     started_pid = None
     if run("docker", "info", check=False, timeout=30).returncode != 0 or \
             run("docker", "image", "inspect", BASE_IMAGE, check=False, timeout=30).returncode != 0:
-        out = run("bash", str(MAKE_BASE), BASE_IMAGE, timeout=900).stdout
+        out = run("bash", str(BASE_SCRIPT), BASE_IMAGE, timeout=900).stdout
         found = re.search(r"DOCKERD_PID=(\d+)", out)
         started_pid = int(found.group(1)) if found else None
     yield
