@@ -21,10 +21,9 @@ DEFAULT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model
 BINDING_FIELDS = ("format_version", "arch", "base_weights", "class_names", "preprocess")
 
 
-_ORT_LOAD_ERRORS = tuple(
-    getattr(ort_state, name)
-    for name in ("InvalidProtobuf", "InvalidGraph", "Fail", "NoSuchFile", "NoModel", "InvalidArgument", "NotImplemented")
-    if hasattr(ort_state, name)
+_ORT_LOAD_ERRORS = (  # what the pinned ONNX Runtime raises for a file it cannot load
+    ort_state.InvalidProtobuf, ort_state.InvalidGraph, ort_state.Fail, ort_state.NoSuchFile, ort_state.NoModel,
+    ort_state.InvalidArgument, ort_state.NotImplemented,
 )
 
 

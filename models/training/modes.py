@@ -144,7 +144,6 @@ class CachedFeatureMode:
         images = len(self.train_set) * max(1, passes) + len(self.val_set)
         log.info("cached %d x %d backbone features in %.1f s (%.1f images/s)", images,
                  self.val_features.shape[1], seconds, images / max(seconds, 1e-9))
-        self.cache_seconds = seconds
         del extractor
         # A linear head on cached features is a few tiny ops per step: more threads only add
         # synchronisation (10x slower on a busy 2-core machine, measured).
