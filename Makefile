@@ -5,7 +5,7 @@ BOOTSTRAP_PYTHON ?= python3
 STAMP := $(VENV)/.imgcls-installed
 EXTRAS ?= train,serve-cpu,dev
 
-.PHONY: venv test test-fast demo bench soak clean
+.PHONY: venv test test-fast demo bench bench-peers soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ demo: venv
 bench: venv
 	$(PYTHON) -m pip install -q -e '.[$(EXTRAS),bench]'
 	$(PYTHON) -m benchmarks.run_all
+
+# Issue 17: imgcls vs Triton (PyTriton), LitServe and mosec. Builds each peer's own venv under
+# .bench-out/peers on first use (PyPI), then about 8 minutes on 2 cores; renders RESULTS.md again.
+bench-peers: venv
+	$(PYTHON) -m benchmarks.peers --out benchmarks/results/peers.json
+	$(PYTHON) -m benchmarks.run_all --render-only
 
 soak: venv
 	IMGCLS_SOAK=1 $(PYTHON) -m pytest tests/robustness -m "slow"

@@ -1,0 +1,96 @@
+"""The RESULTS.md section of item 17 (``benchmarks.peers``): every server at every client count,
+each peer's tuning grid, start-to-ready and memory, from ``results/peers.json``."""
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.report import markdown_table
+
+
+def _level(level: dict[str, Any] | None) -> str:
+    if level is None:
+        return "-"
+    bad = {k: v for k, v in level["statuses"].items() if str(k) != "200"}
+    return (f"{level['throughput_rps']:.3g} ({level['p50_ms']:.0f}/{level['p99_ms']:.0f})"
+            + (f" non-200: {bad}" if bad else ""))
+
+
+def _servers(result: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], list[dict[str, Any]]]]:
+    """(server, configuration, the run that measured it, its levels) for imgcls's routes and each peer's best."""
+    ours = result["imgcls"]
+    rows = [("imgcls /classify", ours.get("config", "defaults"), ours, ours["classify"])]
+    if ours.get("v2"):
+        rows.append(("imgcls /v2", ours.get("config", "defaults"), ours, ours["v2"]))
+    for variant in result.get("imgcls_variants", []):
+        rows.append(("imgcls /classify", variant["config"], variant, variant["classify"]))
+    for name, peer in result["peers"].items():
+        if "best" in peer:
+            rows.append((name, peer["best"]["label"], peer["best"], peer["best"]["levels"]))
+    return rows
+
+
+def levels_table(result: dict[str, Any]) -> str:
+    counts = result["settings"]["levels"]
+    reference = result["imgcls"].get("top1")
+    rows = []
+    for server, config, run, levels in _servers(result):
+        by_clients = {level["concurrency"]: level for level in levels}
+        same = "yes" if run.get("top1") == reference and reference else "NO"
+        rows.append([server, config, *(_level(by_clients.get(c)) for c in counts), f"{run['ready_s']:.1f}",
+                     f"{run['peak_rss_mb']:.0f} ({run['processes']})", same])
+    headers = ["server", "configuration", *(f"c={c} req/s (p50/p99 ms)" for c in counts), "ready s",
+               "peak RSS MiB (processes)", "top-1 = imgcls's on every JPEG"]
+    return markdown_table(headers, rows)
+
+
+def grid_table(result: dict[str, Any]) -> str:
+    rows = []
+    for name, peer in result["peers"].items():
+        for entry in peer["grid"]:
+            label = ", ".join(f"{k}={v}" for k, v in entry["settings"].items())
+            if "levels" in entry:
+                level = entry["levels"][0]
+                rows.append([name, label, _level(level), f"{entry['ready_s']:.1f}", f"{entry['peak_rss_mb']:.0f}", ""])
+            else:
+                rows.append([name, label, "-", "-", "-", entry.get("error", "")[-120:].replace("\n", " ")])
+    clients = result["settings"]["grid_clients"]
+    return markdown_table(["peer", "configuration", f"c={clients} req/s (p50/p99 ms)", "ready s", "peak RSS MiB",
+                           "error"], rows)
+
+
+def section(result: dict[str, Any] | None) -> list[str]:
+    if result is None:
+        return ["Peers (item 17): not measured in this run; `make bench-peers` writes `results/peers.json`.", ""]
+    interpreters = "; ".join(f"{n}: Python {p.get('interpreter', '?')}" for n, p in result["peers"].items())
+    jpegs = ", ".join(j["image"] for j in result["jpegs"])
+    v2 = "" if result["imgcls"].get("v2") else (
+        " imgcls `/v2` was not in this build (`GET /v2/health/ready` did not answer 200), so only `/classify` is compared;"
+        " the harness measures `/v2` with Triton's exact request once the route exists.")
+    return [
+        "## Peers (item 17): Triton (PyTriton), LitServe, mosec and imgcls, same model and JPEGs",
+        "",
+        f"`make bench-peers` (`python -m benchmarks.peers`), {result.get('seconds', 0) / 60:.1f} min, one run, "
+        f"on {result['machine'].get('cpu', '?')} ({result['machine'].get('cores_usable', '?')} usable cores"
+        f"{', AVX2' if result['machine'].get('avx2') else ''}{', AVX-512' if result['machine'].get('avx512f') else ''}"
+        f"{', VNNI' if result['machine'].get('vnni') else ''}), **shared with about 8 other engineers' jobs**: "
+        "figures are noisy, and only the ratios of this one run mean anything. Every server decodes with our "
+        "`Preprocess`, runs ONNX Runtime 1.31.1 on the same MobileNet-v2 `model.onnx` (intra-op threads = usable "
+        "CPUs / instances, no spinning) and answers the top 5; one server at a time, the same bounded keep-alive "
+        f"load generator cycling through the same JPEGs ({jpegs}), {result['settings']['seconds']:g} s per point."
+        f"{v2}",
+        "",
+        "Requests: imgcls `/classify` the raw `image/jpeg` body; Triton the Open Inference Protocol, the JPEG as a "
+        "BYTES element in the binary tensor extension (as tritonclient sends it, binary outputs); mosec the raw body; "
+        "LitServe base64 in JSON (multipart uploads do not cross LitServe 0.2.19's worker queue). "
+        f"Interpreters: {interpreters}. Ready = process start to the first answered classification; memory = the "
+        "summed peak RSS of the server's process tree (shared pages of forked workers counted in each).",
+        "",
+        "Best configuration of each peer, and imgcls with its defaults:",
+        "",
+        levels_table(result),
+        "",
+        f"Tuning grid at {result['settings']['grid_clients']} clients (best = highest req/s):",
+        "",
+        grid_table(result),
+        "",
+    ]
