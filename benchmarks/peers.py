@@ -5,10 +5,12 @@
 Every server classifies with ONNX Runtime on the same ``model.onnx`` (MobileNet-v2 speed bundle),
 decodes with our ``Preprocess`` and answers the top 5; each peer runs in its own venv
 (``benchmarks.peer_env``) and in the configuration its docs recommend (``benchmarks.peer_apps``).
-For each peer a small grid (instances/workers x batching on/off) is measured at ``--grid-clients``
-clients; its best configuration is then measured at ``--levels`` clients, as is imgcls with its
-defaults (``/classify`` raw JPEG, and ``/v2`` with Triton's exact OIP request when that route
-exists), all in this one run, one server at a time, with the same bounded load generator cycling
+For each peer a small grid (instances/workers x batching on/off) is measured alone at
+``--grid-clients`` clients. Then imgcls with its defaults (``/classify`` raw JPEG, and ``/v2`` with
+Triton's exact OIP request when that route exists), each ``--imgcls-variants`` and every peer's best
+configuration are started one after another (each ready before the next starts) and measured at
+``--levels`` clients in interleaved rounds (A B C D, A B C D, ...), so the load of a shared machine
+falls on all of them alike; the idle ones wait meanwhile. The same bounded load generator cycles
 through the same JPEG set (several sizes up to camera resolution). Start-to-ready is process start
 to the first answered classification; memory the summed peak RSS of the server's process tree.
 Goal: imgcls >= 1.0x the best peer's req/s at 16 clients with p99 no worse.
@@ -19,22 +21,23 @@ import argparse
 import json
 import logging
 import signal
+import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import fixtures, peer_env
+from benchmarks import fixtures, peer_env, peers_verdict
 from benchmarks.http_load import drive
-from benchmarks.loadgen import Request
+from benchmarks.loadgen import LoadResult, Request
 from benchmarks.peer_apps.settings import PeerSettings
 from benchmarks.peer_servers import (HOST, OIP_MODEL, PEERS, oip_request, peak_rss_mb, post, raw_request,
                                      start_peer, wait_ready)
-from benchmarks.report import setup_logging, summary_row, write_result
+from benchmarks.report import setup_logging, write_result
 
 log = logging.getLogger("bench.peers")
-GOAL = 1.0
 GRIDS: dict[str, list[dict[str, Any]]] = {
     "triton": [{"instances": i, "batching": b} for i in (1, 2) for b in (True, False)],
     "litserve": [{"instances": i, "batching": b} for i in (1, 2) for b in (True, False)],
@@ -55,9 +58,14 @@ def jpeg_set(folder: Path) -> list[tuple[str, bytes]]:
     return out
 
 
+def warm(port: int, payloads: list[bytes]) -> None:
+    drive(port, payloads, 4, 1.5, 100)  # connections, caches, lazy workers
+
+
 def measure(port: int, requests: list[Request], levels: list[int], seconds: float, max_requests: int) -> list[dict]:
+    """One server alone at each client count (the tuning grid)."""
     payloads = [r.encode(HOST, port) for r in requests]
-    drive(port, payloads, 4, min(2.0, seconds), 100)  # connections, caches, lazy workers warm
+    warm(port, payloads)
     out = []
     for clients in levels:
         summary = drive(port, payloads, clients, seconds, max_requests).summary()
@@ -65,6 +73,46 @@ def measure(port: int, requests: list[Request], levels: list[int], seconds: floa
                  summary["p50_ms"], summary["p99_ms"], summary["statuses"])
         out.append(summary)
     return out
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One server (route) of the final, interleaved measurement; its levels go to ``record[field]``."""
+
+    name: str
+    port: int
+    payloads: list[bytes]
+    record: dict[str, Any]
+    field: str
+
+
+def merge(parts: list[LoadResult]) -> dict[str, Any]:
+    total = LoadResult(parts[0].concurrency, sum(p.duration_s for p in parts))
+    for part in parts:
+        total.latencies_s += part.latencies_s
+        total.errors += part.errors
+        for status, count in part.statuses.items():
+            total.statuses[status] = total.statuses.get(status, 0) + count
+    return {**total.summary(), "rounds_rps": [round(p.summary()["throughput_rps"], 2) for p in parts]}
+
+
+def interleaved(contenders: list[Contender], levels: list[int], seconds: float, rounds: int,
+                max_requests: int) -> None:
+    """Every contender at every client count, in alternating rounds (A B C .. A B C ..), so a noisy
+    neighbour's load lands on all of them alike; each one's share is ``seconds`` per level."""
+    for contender in contenders:
+        warm(contender.port, contender.payloads)
+        contender.record[contender.field] = []
+    for clients in levels:
+        parts: dict[str, list[LoadResult]] = {c.name: [] for c in contenders}
+        for _ in range(rounds):
+            for c in contenders:
+                parts[c.name].append(drive(c.port, c.payloads, clients, seconds / rounds, max_requests // rounds))
+        for c in contenders:
+            summary = merge(parts[c.name])
+            c.record[c.field].append(summary)
+            log.info("%s c=%d: %.1f req/s, p50 %.0f ms, p99 %.0f ms, statuses %s", c.name, clients,
+                     summary["throughput_rps"], summary["p50_ms"], summary["p99_ms"], summary["statuses"])
 
 
 def top1(body: bytes) -> str | None:
@@ -108,7 +156,8 @@ def _same_work_request(name: str, jpegs: list[bytes], settings: PeerSettings) ->
     return [PEERS[name].build(j, settings) for j in jpegs]
 
 
-def run_peer(name: str, bundle: Path, jpegs: list[bytes], args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+def run_grid(name: str, bundle: Path, jpegs: list[bytes], args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    """The peer's tuning grid, one configuration at a time, at ``--grid-clients``; ``best_settings`` wins."""
     env = peer_env.ensure(name)
     grid = []
     for settings in GRIDS[name][: args.grid_limit or None]:
@@ -117,12 +166,29 @@ def run_peer(name: str, bundle: Path, jpegs: list[bytes], args: argparse.Namespa
         except RuntimeError as exc:
             log.warning("%s %s failed: %s", name, settings, exc)
             grid.append({"settings": settings, "error": str(exc)[-600:]})
+    out: dict[str, Any] = {"interpreter": env.interpreter, "venv_built_s": env.built_s, "grid": grid}
     ok = [g for g in grid if "levels" in g]
-    if not ok:
-        return {"interpreter": env.interpreter, "venv_built_s": env.built_s, "grid": grid, "error": "no config ran"}
-    best = max(ok, key=lambda g: g["levels"][0]["throughput_rps"])
-    final = run_peer_config(name, env, best["settings"], bundle, jpegs, args.levels, args, scratch)
-    return {"interpreter": env.interpreter, "venv_built_s": env.built_s, "grid": grid, "best": final}
+    if ok:
+        out["best_settings"] = max(ok, key=lambda g: g["levels"][0]["throughput_rps"])["settings"]
+    else:
+        out["error"] = "no configuration ran"
+    return out
+
+
+def start_best_peer(name: str, peer_result: dict[str, Any], bundle: Path, jpegs: list[bytes], scratch: Path,
+                    running: list[Any]) -> Contender:
+    """Start the peer's best configuration for the final phase (appended to ``running``)."""
+    peer, settings = PEERS[name], peer_result["best_settings"]
+    log_path = scratch / f"{name}-final.log"
+    server = start_peer(peer, peer_env.ensure(name), settings, bundle, log_path)
+    running.append(server)
+    ready_s = wait_ready(server, peer.build(jpegs[0], server.settings), log_path)
+    answers = [top1(post(server.port, r)[1]) for r in _same_work_request(name, jpegs, server.settings)]
+    record = {"settings": settings, "label": ", ".join(f"{k}={v}" for k, v in settings.items()),
+              "ready_s": ready_s, "top1": answers, "pid": server.process.pid}
+    peer_result["best"] = record
+    payloads = [peer.build(j, server.settings).encode(HOST, server.port) for j in jpegs]
+    return Contender(name, server.port, payloads, record, "levels")
 
 
 def default_workers() -> int:
@@ -132,109 +198,73 @@ def default_workers() -> int:
     return ServiceConfig().with_workers_resolved(on_gpu=False).workers
 
 
-def run_imgcls(bundle: Path, jpegs: list[bytes], args: argparse.Namespace, scratch: Path,
-               serve_args: tuple[str, ...] = ()) -> dict[str, Any]:
-    """imgcls serve (defaults unless ``serve_args``): /classify (raw JPEG) and, when the route exists, /v2
-    (Triton's request)."""
+def server_time_split(port: int, jpegs: list[bytes], passes: int = 3) -> dict[str, float]:
+    """Medians over sequential /classify requests: the client's latency beside the server's own timing
+    (decode, queue, inference, total): the difference is HTTP, framework and response work."""
+    samples: dict[str, list[float]] = {}
+    for _ in range(passes):
+        for jpeg in jpegs:
+            started = time.perf_counter()
+            status, body = post(port, raw_request("/classify", jpeg))
+            if status != 200:
+                continue
+            timing = {**json.loads(body)["timing"], "client_ms": (time.perf_counter() - started) * 1e3}
+            for key, value in timing.items():
+                samples.setdefault(key, []).append(float(value))
+    return {key: round(statistics.median(values), 2) for key, values in samples.items()}
+
+
+def start_imgcls(bundle: Path, jpegs: list[bytes], scratch: Path, serve_args: tuple[str, ...],
+                 running: list[Any]) -> tuple[dict[str, Any], list[Contender]]:
+    """Start ``imgcls serve`` (defaults unless ``serve_args``): its record and its contenders, /classify
+    (raw JPEG) and, when the route exists, /v2 with Triton's request."""
     from imgcls.service.http.launcher import http_status, start_server
 
-    server = start_server(bundle, scratch / f"imgcls{len(serve_args)}.log", args=serve_args, ready_timeout=180)
+    log_name = "imgcls" + "".join(serve_args).replace("-", "_") + ".log"
+    server = start_server(bundle, scratch / log_name, args=serve_args, ready_timeout=180)
+    running.append(server)
+    port = int(server.url.rsplit(":", 1)[1])
+    status, _ = post(port, raw_request("/classify", jpegs[0]))
+    ready_s = time.monotonic() - server.started_at  # process start to the first classification, as for peers
+    if status != 200:
+        raise RuntimeError(f"imgcls /classify answered {status}")
+    label = " ".join(serve_args) or f"defaults ({default_workers()} worker(s), micro-batching)"
+    record: dict[str, Any] = {"config": f"imgcls serve {label}", "ready_s": ready_s, "pid": server.process.pid,
+                              "top1": [top1(post(port, raw_request("/classify", j))[1]) for j in jpegs], "v2": None,
+                              "one_at_a_time_ms": server_time_split(port, jpegs)}
+    name = "imgcls" + (f" {label}" if serve_args else "")
+    contenders = [Contender(f"{name} /classify", port, [raw_request("/classify", j).encode(HOST, port) for j in jpegs],
+                            record, "classify")]
+    infer = f"/v2/models/{OIP_MODEL}/infer"
+    if http_status(server.url + "/v2/health/ready") == 200 and post(port, oip_request(infer, jpegs[0], (1,)))[0] == 200:
+        contenders.append(Contender(f"{name} /v2", port, [oip_request(infer, j, (1,)).encode(HOST, port)
+                                                          for j in jpegs], record, "v2"))
+    else:
+        log.info("%s /v2: not available in this build (GET /v2/health/ready is not 200)", name)
+    return record, contenders
+
+
+def run_final(results: dict[str, Any], bundle: Path, jpegs: list[bytes], args: argparse.Namespace,
+              scratch: Path) -> None:
+    """Start imgcls (defaults, then each variant) and every peer's best, one after another (each ready
+    before the next starts), then measure them all interleaved; peak RSS after; stop them all."""
+    running: list[Any] = []
     try:
-        port = int(server.url.rsplit(":", 1)[1])
-        status, _ = post(port, raw_request("/classify", jpegs[0]))
-        ready_s = time.monotonic() - server.started_at  # process start to the first classification, as for peers
-        if status != 200:
-            raise RuntimeError(f"imgcls /classify answered {status}")
-        answers = [top1(post(port, raw_request("/classify", j))[1]) for j in jpegs]
-        label = " ".join(serve_args) or f"defaults ({default_workers()} worker(s), micro-batching)"
-        out: dict[str, Any] = {"config": f"imgcls serve {label}",
-                               "ready_s": ready_s, "top1": answers}
-        log.info("imgcls /classify (%s)", label)
-        out["classify"] = measure(port, [raw_request("/classify", j) for j in jpegs], args.levels, args.seconds,
-                                  args.max_requests)
-        infer = f"/v2/models/{OIP_MODEL}/infer"
-        v2_ready = http_status(server.url + "/v2/health/ready") == 200
-        if v2_ready and post(port, oip_request(infer, jpegs[0], (1,)))[0] == 200:
-            log.info("imgcls /v2")
-            out["v2"] = measure(port, [oip_request(infer, j, (1,)) for j in jpegs], args.levels, args.seconds,
-                                args.max_requests)
-        else:
-            out["v2"] = None
-            log.info("imgcls /v2: not available in this build (GET /v2/health/ready is not 200)")
-        out["peak_rss_mb"], out["processes"] = peak_rss_mb(server.process.pid)
+        results["imgcls"], contenders = start_imgcls(bundle, jpegs, scratch, (), running)
+        results["imgcls_variants"] = []
+        for variant in args.imgcls_variants:
+            record, more = start_imgcls(bundle, jpegs, scratch, tuple(variant.split()), running)
+            results["imgcls_variants"].append(record)
+            contenders += more
+        for name, peer_result in results["peers"].items():
+            if "best_settings" in peer_result:
+                contenders.append(start_best_peer(name, peer_result, bundle, jpegs, scratch, running))
+        interleaved(contenders, args.levels, args.seconds, args.rounds, args.max_requests)
+        for record in {id(c.record): c.record for c in contenders}.values():
+            record["peak_rss_mb"], record["processes"] = peak_rss_mb(record.pop("pid"))
     finally:
-        out_code = server.stop()
-    out["exit_code"] = out_code
-    return out
-
-
-def best_levels(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Per server, its levels (imgcls /classify and /v2 as two rows; peers their best configuration)."""
-    rows = {"imgcls /classify": results["imgcls"]["classify"]}
-    if results["imgcls"].get("v2"):
-        rows["imgcls /v2"] = results["imgcls"]["v2"]
-    for name, peer in results["peers"].items():
-        if "best" in peer:
-            rows[name] = peer["best"]["levels"]
-    return rows
-
-
-def at(levels: list[dict[str, Any]], clients: int) -> dict[str, Any] | None:
-    return next((level for level in levels if level["concurrency"] == clients), None)
-
-
-def compare(results: dict[str, Any], clients: int = 16) -> list[dict[str, Any]]:
-    """imgcls (each route) against each peer's best at ``clients``: req/s ratio, p99s, goal vs the best peer."""
-    rows = best_levels(results)
-    peers = {n: at(v, clients) for n, v in rows.items() if not n.startswith("imgcls") and at(v, clients)}
-    if not peers:
-        return []
-    strongest = max(peers, key=lambda n: peers[n]["throughput_rps"])
-    out = []
-    for route in ("imgcls /classify", "imgcls /v2"):
-        ours = at(rows.get(route, []), clients)
-        for name, theirs in peers.items():
-            if ours is None:
-                out.append({"route": route, "peer": name, "available": False, "strongest": name == strongest})
-                continue
-            ratio = ours["throughput_rps"] / theirs["throughput_rps"] if theirs["throughput_rps"] else float("inf")
-            out.append({"route": route, "peer": name, "clients": clients, "throughput_ratio": ratio,
-                        "imgcls_rps": ours["throughput_rps"], "peer_rps": theirs["throughput_rps"],
-                        "p99_imgcls_ms": ours["p99_ms"], "p99_peer_ms": theirs["p99_ms"],
-                        "strongest": name == strongest,
-                        "goal_met": ratio >= GOAL and ours["p99_ms"] <= theirs["p99_ms"]})
-    return out
-
-
-def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for c in results["comparison"]:
-        if not c.get("available", True):
-            if c["strongest"]:  # one row for the missing route, not one per peer
-                rows.append(summary_row("17 peers", results["arch"], f"{c['route']}: not in this build "
-                                        "(GET /v2/health/ready is not 200)", "-", goal=">= 1.0x strongest peer at c=16"))
-            continue
-        goal = c["strongest"]
-        rows.append(summary_row(
-            "17 peers", results["arch"], f"{c['route']} req/s, c={c['clients']} (p99 {c['p99_imgcls_ms']:.0f} ms)",
-            c["imgcls_rps"], f"{c['peer']} best config {c['peer_rps']:.3g} req/s (p99 {c['p99_peer_ms']:.0f} ms)",
-            c["throughput_ratio"], ">= 1.0x strongest peer at <= p99" if goal else "", c["goal_met"] if goal else None))
-    ours = results["imgcls"]
-    peers = {n: p["best"] for n, p in results["peers"].items() if "best" in p}
-    if peers:
-        fastest = min(peers, key=lambda n: peers[n]["ready_s"])
-        smallest = min(peers, key=lambda n: peers[n]["peak_rss_mb"])
-        rows.append(summary_row("17 peers", results["arch"], "start-to-ready s (first classification)", ours["ready_s"],
-                                f"{fastest} {peers[fastest]['ready_s']:.3g} s (fastest peer)",
-                                peers[fastest]["ready_s"] / ours["ready_s"], "<= fastest peer",
-                                ours["ready_s"] <= peers[fastest]["ready_s"]))
-        rows.append(summary_row("17 peers", results["arch"],
-                                f"peak RSS MiB, server process tree ({ours['processes']} processes)",
-                                ours["peak_rss_mb"], f"{smallest} {peers[smallest]['peak_rss_mb']:.0f} MiB "
-                                f"({peers[smallest]['processes']} processes, smallest peer)",
-                                peers[smallest]["peak_rss_mb"] / ours["peak_rss_mb"], "<= smallest peer",
-                                ours["peak_rss_mb"] <= peers[smallest]["peak_rss_mb"]))
-    return rows
+        codes = [server.stop() for server in running]
+    results["imgcls"]["exit_code"] = codes[0] if codes else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,10 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64], help="clients, best configs")
     parser.add_argument("--grid-clients", type=int, default=16, help="clients while tuning the grid")
     parser.add_argument("--grid-limit", type=int, default=0, help="first N configs of each grid (0: all)")
-    parser.add_argument("--seconds", type=float, default=6.0, help="per measured point")
+    parser.add_argument("--seconds", type=float, default=6.0, help="per measured point and server")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds the final seconds are split into")
     parser.add_argument("--max-requests", type=int, default=3000, help="per measured point")
-    parser.add_argument("--imgcls-variants", nargs="*", default=["--workers 1"],
-                        help="imgcls serve arguments measured too (after the peers), beside the defaults")
+    parser.add_argument("--imgcls-variants", nargs="*", default=["--workers 1", "--max-batch-size 1"],
+                        help="imgcls serve arguments measured too, beside the defaults")
     parser.add_argument("--arch", default="mobilenet_v2")
     parser.add_argument("--workdir", type=Path, default=fixtures.DEFAULT_WORKDIR)
     parser.add_argument("--out", type=Path, default=None)
@@ -262,16 +293,14 @@ def main(argv: list[str] | None = None) -> int:
         described = jpeg_set(scratch)
         jpegs = [data for _, data in described]
         results: dict[str, Any] = {"arch": args.arch, "weights": prepared.recipe["weights"],
-                                   "jpegs": [{"image": d, "bytes": len(b)} for d, b in described],
-                                   "imgcls": run_imgcls(prepared.bundle_dir, jpegs, args, scratch), "peers": {}}
+                                   "jpegs": [{"image": d, "bytes": len(b)} for d, b in described], "peers": {}}
         for name in args.peers:
-            results["peers"][name] = run_peer(name, prepared.bundle_dir, jpegs, args, scratch)
-        results["imgcls_variants"] = [run_imgcls(prepared.bundle_dir, jpegs, args, scratch, tuple(v.split()))
-                                      for v in args.imgcls_variants]
-    results["comparison"] = compare(results)
-    results["summary"] = summary(results)
+            results["peers"][name] = run_grid(name, prepared.bundle_dir, jpegs, args, scratch)
+        run_final(results, prepared.bundle_dir, jpegs, args, scratch)
+    results["comparison"] = peers_verdict.compare(results)
+    results["summary"] = peers_verdict.summary(results)
     results["settings"] = {"levels": args.levels, "grid_clients": args.grid_clients, "seconds": args.seconds,
-                           "max_requests": args.max_requests, "machine_shared": True}
+                           "rounds": args.rounds, "max_requests": args.max_requests, "machine_shared": True}
     results["seconds"] = round(time.perf_counter() - started, 1)
     write_result(args.out, "peers", results)
     log.info("peers benchmark: %.0f s", results["seconds"])

@@ -58,6 +58,16 @@ def grid_table(result: dict[str, Any]) -> str:
                            "error"], rows)
 
 
+def split_line(result: dict[str, Any]) -> list[str]:
+    split = result["imgcls"].get("one_at_a_time_ms")
+    if not split:
+        return []
+    return ["imgcls, one request at a time (medians, ms): client latency "
+            f"{split.get('client_ms', float('nan')):.1f}, of which the server's own total {split.get('total_ms', 0):.1f} "
+            f"(decode {split.get('decode_ms', 0):.1f}, queue {split.get('queue_ms', 0):.1f}, inference "
+            f"{split.get('inference_ms', 0):.1f}); the rest is HTTP, framework and response work.", ""]
+
+
 def section(result: dict[str, Any] | None) -> list[str]:
     if result is None:
         return ["Peers (item 17): not measured in this run; `make bench-peers` writes `results/peers.json`.", ""]
@@ -75,8 +85,10 @@ def section(result: dict[str, Any] | None) -> list[str]:
         f"{', VNNI' if result['machine'].get('vnni') else ''}), **shared with about 8 other engineers' jobs**: "
         "figures are noisy, and only the ratios of this one run mean anything. Every server decodes with our "
         "`Preprocess`, runs ONNX Runtime 1.31.1 on the same MobileNet-v2 `model.onnx` (intra-op threads = usable "
-        "CPUs / instances, no spinning) and answers the top 5; one server at a time, the same bounded keep-alive "
-        f"load generator cycling through the same JPEGs ({jpegs}), {result['settings']['seconds']:g} s per point."
+        "CPUs / instances, no spinning) and answers the top 5. The grid tunes each peer alone; then imgcls and each "
+        "peer's best run side by side (started one after another) and are measured in interleaved rounds "
+        f"({result['settings'].get('rounds', 1)} per point, {result['settings']['seconds']:g} s per point and server, "
+        f"the idle ones waiting), with the same bounded keep-alive load generator cycling through the same JPEGs ({jpegs})."
         f"{v2}",
         "",
         "Requests: imgcls `/classify` the raw `image/jpeg` body; Triton the Open Inference Protocol, the JPEG as a "
@@ -89,6 +101,7 @@ def section(result: dict[str, Any] | None) -> list[str]:
         "",
         levels_table(result),
         "",
+        *split_line(result),
         f"Tuning grid at {result['settings']['grid_clients']} clients (best = highest req/s):",
         "",
         grid_table(result),

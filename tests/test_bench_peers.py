@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import peers, peers_report
+from benchmarks import peers, peers_report, peers_verdict
 from benchmarks.peer_servers import HEADER_LENGTH, oip_request, peak_rss_mb, post, raw_request, stop_group
 from tests.conftest import encode, make_image
 from tests.factories import make_tiny_bundle
@@ -78,16 +78,21 @@ def test_imgcls_side_answers_like_the_predictor_and_reports_v2_only_when_present
     from imgcls.service.http.launcher import http_status, start_server
 
     bundle, jpegs, expected = tiny
-    args = argparse.Namespace(levels=[1, 2], seconds=0.5, max_requests=20)
-    result = peers.run_imgcls(bundle, jpegs, args, tmp_path)
-    assert result["top1"] == expected
-    assert [level["concurrency"] for level in result["classify"]] == [1, 2]
-    assert all(set(level["statuses"]) == {200} and level["ok"] > 0 for level in result["classify"])
-    assert result["ready_s"] > 0 and result["peak_rss_mb"] > 50 and result["processes"] >= 1
-    assert result["exit_code"] == 0
+    running: list = []
+    try:
+        record, contenders = peers.start_imgcls(bundle, jpegs, tmp_path, (), running)
+        peers.interleaved(contenders, [1, 2], 0.6, 2, 20)
+        rss, processes = peak_rss_mb(record["pid"])
+    finally:
+        codes = [server.stop() for server in running]
+    assert codes == [0]
+    assert record["top1"] == expected
+    assert [level["concurrency"] for level in record["classify"]] == [1, 2]
+    assert all(set(level["statuses"]) == {200} and len(level["rounds_rps"]) == 2 for level in record["classify"])
+    assert record["ready_s"] > 0 and rss > 50 and processes >= 1
     with start_server(bundle, tmp_path / "probe.log") as server:
         has_v2 = http_status(server.url + "/v2/health/ready") == 200
-    assert (result["v2"] is not None) == has_v2
+    assert (record["v2"] is not None) == has_v2 == (len(contenders) == 2)
 
 
 def _level(clients: int, rps: float, p99: float) -> dict:
@@ -118,11 +123,11 @@ def _result(ours: float, ours_p99: float) -> dict:
 def test_the_verdict_is_against_the_strongest_peer_with_p99_no_worse() -> None:
     for ours, p99, met in ((31, 390, True), (31, 410, False), (29, 300, False)):
         result = _result(ours, p99)
-        result["comparison"] = peers.compare(result)
+        result["comparison"] = peers_verdict.compare(result)
         judged = [c for c in result["comparison"] if c.get("strongest") and c.get("available", True)]
         assert [c["peer"] for c in judged] == ["triton"]  # 30 req/s beats mosec's 20
         assert judged[0]["goal_met"] is met
-        rows = peers.summary(result)
+        rows = peers_verdict.summary(result)
         goals = [r for r in rows if r["goal"].startswith(">= 1.0x strongest peer at <= p99")]
         assert len(goals) == 1 and goals[0]["met"] is met
     assert sum("not in this build" in r["figure"] for r in rows) == 1  # /v2 missing: one row, no verdict
