@@ -62,13 +62,13 @@ class PeerDef:
     ports: int = 1  # consecutive loopback ports it needs
 
 
-def _triton_request(jpeg: bytes, settings: PeerSettings, binary_output: bool = True) -> Request:
+def triton_request(jpeg: bytes, settings: PeerSettings, binary_output: bool = True) -> Request:
     shape = (1, 1) if settings.batching else (1,)  # batching adds Triton's batch dimension
     return oip_request(f"/v2/models/{OIP_MODEL}/infer", jpeg, shape, binary_output)
 
 
 PEERS: dict[str, PeerDef] = {
-    "triton": PeerDef("triton", "triton_app", _triton_request, ports=3),
+    "triton": PeerDef("triton", "triton_app", triton_request, ports=3),
     "litserve": PeerDef("litserve", "litserve_app", lambda jpeg, s: base64_json_request("/predict", jpeg)),
     "mosec": PeerDef("mosec", "mosec_app", lambda jpeg, s: raw_request("/inference", jpeg)),
 }

@@ -34,7 +34,7 @@ from benchmarks.http_load import drive
 from benchmarks.loadgen import LoadResult, Request
 from benchmarks.peer_apps.settings import PeerSettings
 from benchmarks.peer_servers import (HOST, OIP_MODEL, PEERS, oip_request, peak_rss_mb, post, raw_request,
-                                     start_peer, wait_ready)
+                                     start_peer, triton_request, wait_ready)
 from benchmarks.report import setup_logging, write_result
 
 log = logging.getLogger("bench.peers")
@@ -150,9 +150,7 @@ def run_peer_config(name: str, env: peer_env.PeerEnv, settings: dict[str, Any], 
 
 def _same_work_request(name: str, jpegs: list[bytes], settings: PeerSettings) -> list[Request]:
     if name == "triton":  # JSON outputs to read the labels back; the load uses binary outputs
-        from benchmarks.peer_servers import _triton_request
-
-        return [_triton_request(j, settings, binary_output=False) for j in jpegs]
+        return [triton_request(j, settings, binary_output=False) for j in jpegs]
     return [PEERS[name].build(j, settings) for j in jpegs]
 
 

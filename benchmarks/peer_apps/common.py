@@ -16,14 +16,18 @@ import onnxruntime as ort
 
 from imgcls.models.core.bundle import model_file
 from imgcls.models.core.card import ModelCard
-
-from benchmarks.peer_apps.settings import PeerSettings  # noqa: F401 - the apps import both from here
+from imgcls.models.core.preprocess import Preprocess
 
 TOP_K = 5
 
 
 def usable_cpus() -> int:
     return max(1, len(os.sched_getaffinity(0)))
+
+
+def decode(preprocess: Preprocess, data: bytes) -> np.ndarray:
+    """JPEG bytes -> uint8 ``[3, H, W]``: exactly imgcls's ``Predictor.decode`` (draft decode, resize, crop)."""
+    return preprocess.pixels(preprocess.load(data))
 
 
 class Classifier:
@@ -44,7 +48,7 @@ class Classifier:
         self.output_name = self.session.get_outputs()[0].name
 
     def decode(self, data: bytes) -> np.ndarray:
-        return self.preprocess.pixels(self.preprocess.load(data))
+        return decode(self.preprocess, data)
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         (logits,) = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(pixels)})

@@ -18,7 +18,8 @@ import litserve as ls
 import numpy as np
 from fastapi import HTTPException, Request
 
-from benchmarks.peer_apps.common import Classifier, PeerSettings, usable_cpus
+from benchmarks.peer_apps.common import Classifier, usable_cpus
+from benchmarks.peer_apps.settings import PeerSettings
 
 SETTINGS = PeerSettings.from_json(os.environ["PEER_SETTINGS"])
 

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from mosec import Server, ValidationError, Worker
 
-from benchmarks.peer_apps.common import Classifier, PeerSettings, usable_cpus
+from benchmarks.peer_apps.common import Classifier, decode, usable_cpus
+from benchmarks.peer_apps.settings import PeerSettings
 
 SETTINGS = PeerSettings.from_json(os.environ["PEER_SETTINGS"])
 
@@ -33,7 +34,7 @@ class Decode(Worker):
 
     def forward(self, data: bytes) -> np.ndarray:
         try:
-            return self.preprocess.pixels(self.preprocess.load(data))
+            return decode(self.preprocess, data)
         except ValueError as exc:  # ImageDecodeError is a ValueError
             raise ValidationError(f"not a decodable image: {exc}") from exc
 

@@ -21,7 +21,8 @@ from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 
-from benchmarks.peer_apps.common import TOP_K, Classifier, PeerSettings, usable_cpus
+from benchmarks.peer_apps.common import TOP_K, Classifier, usable_cpus
+from benchmarks.peer_apps.settings import PeerSettings
 
 SETTINGS = PeerSettings.from_json(os.environ["PEER_SETTINGS"])
 MODEL = "bundle"
