@@ -160,6 +160,19 @@ def peak_rss_mb(root: int) -> tuple[float, int]:
     return total_kb / 1024, count
 
 
+def cpu_seconds(root: int) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by each process of the tree under ``root``."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in tree_pids(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15)
+    return out
+
+
 def stop_group(process: subprocess.Popen, wait_s: float = 20.0) -> int:
     """SIGTERM the process group (Triton's server binary, worker processes), SIGKILL if it lingers."""
     for sig in (signal.SIGTERM, signal.SIGKILL):

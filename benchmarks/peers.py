@@ -33,8 +33,8 @@ from benchmarks import fixtures, peer_env, peers_verdict
 from benchmarks.http_load import drive
 from benchmarks.loadgen import LoadResult, Request
 from benchmarks.peer_apps.settings import PeerSettings
-from benchmarks.peer_servers import (HOST, OIP_MODEL, PEERS, oip_request, peak_rss_mb, post, raw_request,
-                                     start_peer, triton_request, wait_ready)
+from benchmarks.peer_servers import (HOST, OIP_MODEL, PEERS, cpu_seconds, oip_request, peak_rss_mb, post,
+                                     raw_request, start_peer, triton_request, wait_ready)
 from benchmarks.report import setup_logging, write_result
 
 log = logging.getLogger("bench.peers")
@@ -103,16 +103,22 @@ def interleaved(contenders: list[Contender], levels: list[int], seconds: float, 
     for contender in contenders:
         warm(contender.port, contender.payloads)
         contender.record[contender.field] = []
+    busy: dict[str, dict[int, float]] = {c.name: {} for c in contenders}  # CPU s per process under load
     for clients in levels:
         parts: dict[str, list[LoadResult]] = {c.name: [] for c in contenders}
         for _ in range(rounds):
             for c in contenders:
+                before = cpu_seconds(c.record["pid"])
                 parts[c.name].append(drive(c.port, c.payloads, clients, seconds / rounds, max_requests // rounds))
+                for pid, used in cpu_seconds(c.record["pid"]).items():
+                    busy[c.name][pid] = busy[c.name].get(pid, 0.0) + used - before.get(pid, 0.0)
         for c in contenders:
             summary = merge(parts[c.name])
             c.record[c.field].append(summary)
             log.info("%s c=%d: %.1f req/s, p50 %.0f ms, p99 %.0f ms, statuses %s", c.name, clients,
                      summary["throughput_rps"], summary["p50_ms"], summary["p99_ms"], summary["statuses"])
+    for c in contenders:  # which processes did the work: a worker left idle shows here
+        c.record[f"{c.field}_cpu_s_by_process"] = sorted((round(v, 1) for v in busy[c.name].values()), reverse=True)
 
 
 def top1(body: bytes) -> str | None:

@@ -29,6 +29,18 @@ def _servers(result: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], lis
     return rows
 
 
+def cpu_field(server: str) -> str:
+    return "v2_cpu_s_by_process" if server.endswith("/v2") else (
+        "classify_cpu_s_by_process" if server.startswith("imgcls") else "levels_cpu_s_by_process")
+
+
+def per_cpu_second(server: str, run: dict[str, Any], levels: list[dict[str, Any]]) -> str:
+    """Answered requests per CPU second of the server's processes, all levels together: its cost per
+    request, which a CPU share taken from a shared machine's other jobs does not flatter."""
+    cpu = sum(run.get(cpu_field(server), []))
+    return f"{sum(level['ok'] for level in levels) / cpu:.1f}" if cpu else "-"
+
+
 def levels_table(result: dict[str, Any]) -> str:
     counts = result["settings"]["levels"]
     reference = result["imgcls"].get("top1")
@@ -37,9 +49,9 @@ def levels_table(result: dict[str, Any]) -> str:
         by_clients = {level["concurrency"]: level for level in levels}
         same = "yes" if run.get("top1") == reference and reference else "NO"
         rows.append([server, config, *(_level(by_clients.get(c)) for c in counts), f"{run['ready_s']:.1f}",
-                     f"{run['peak_rss_mb']:.0f} ({run['processes']})", same])
+                     f"{run['peak_rss_mb']:.0f} ({run['processes']})", per_cpu_second(server, run, levels), same])
     headers = ["server", "configuration", *(f"c={c} req/s (p50/p99 ms)" for c in counts), "ready s",
-               "peak RSS MiB (processes)", "top-1 = imgcls's on every JPEG"]
+               "peak RSS MiB (processes)", "req per CPU s", "top-1 = imgcls's on every JPEG"]
     return markdown_table(headers, rows)
 
 
@@ -58,11 +70,23 @@ def grid_table(result: dict[str, Any]) -> str:
                            "error"], rows)
 
 
+def cpu_line(result: dict[str, Any]) -> list[str]:
+    parts = []
+    for server, config, run, _ in _servers(result):
+        spread = run.get(cpu_field(server))
+        if spread:
+            parts.append(f"{server} ({config}): {', '.join(f'{v:g}' for v in spread)}")
+    if not parts:
+        return []
+    return ["CPU seconds per process while each server was loaded (all levels; an idle worker shows as ~0): "
+            + "; ".join(parts) + ".", ""]
+
+
 def split_line(result: dict[str, Any]) -> list[str]:
     split = result["imgcls"].get("one_at_a_time_ms")
     if not split:
-        return []
-    return ["imgcls, one request at a time (medians, ms): client latency "
+        return cpu_line(result)
+    return [*cpu_line(result), "imgcls, one request at a time (medians, ms): client latency "
             f"{split.get('client_ms', float('nan')):.1f}, of which the server's own total {split.get('total_ms', 0):.1f} "
             f"(decode {split.get('decode_ms', 0):.1f}, queue {split.get('queue_ms', 0):.1f}, inference "
             f"{split.get('inference_ms', 0):.1f}); the rest is HTTP, framework and response work.", ""]

@@ -89,6 +89,7 @@ def test_imgcls_side_answers_like_the_predictor_and_reports_v2_only_when_present
     assert [level["concurrency"] for level in record["classify"]] == [1, 2]
     assert all(set(level["statuses"]) == {200} and len(level["rounds_rps"]) == 2 for level in record["classify"])
     assert record["ready_s"] > 0 and rss > 50 and processes >= 1
+    assert sum(record["classify_cpu_s_by_process"]) > 0  # the CPU its processes spent under load
     with start_server(bundle, tmp_path / "probe.log") as server:
         has_v2 = http_status(server.url + "/v2/health/ready") == 200
     assert (record["v2"] is not None) == has_v2 == (len(contenders) == 2)
