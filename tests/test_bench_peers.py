@@ -96,7 +96,8 @@ def test_imgcls_side_answers_like_the_predictor_and_reports_v2_only_when_present
 
 
 def _level(clients: int, rps: float, p99: float) -> dict:
-    return {"concurrency": clients, "throughput_rps": rps, "p50_ms": p99 / 2, "p99_ms": p99, "statuses": {200: 10}}
+    return {"concurrency": clients, "throughput_rps": rps, "p50_ms": p99 / 2, "p99_ms": p99, "statuses": {200: 10},
+            "ok": 10}
 
 
 def _result(ours: float, ours_p99: float) -> dict:
@@ -136,8 +137,11 @@ def test_the_verdict_is_against_the_strongest_peer_with_p99_no_worse() -> None:
     ready = next(r for r in rows if r["figure"].startswith("start-to-ready"))
     assert ready["met"] is True and ready["ratio"] == 1.5
     text = "\n".join(peers_report.section(result))
-    assert "| triton | instances=1 | 9 (30/60) | 30 (200/400) | 3.0 | 300 (3) | yes |" in text
-    assert "| mosec | x | 8 (35/70) | 20 (150/300) | 3.0 | 300 (3) | NO |" in text  # answered another top-1
+    assert "| triton | instances=1 | 9 (30/60) | 30 (200/400) | 3.0 | 300 (3) | - | yes |" in text
+    assert "| mosec | x | 8 (35/70) | 20 (150/300) | 3.0 | 300 (3) | - | NO |" in text
+    result["peers"]["mosec"]["best"]["levels_cpu_s_by_process"] = [1.5, 0.5, 0.0]  # 20 answers, 2 CPU s
+    text = "\n".join(peers_report.section(result))
+    assert "| 3.0 | 300 (3) | 10.0 | NO |" in text and "mosec (x): 1.5, 0.5, 0." in text  # answered another top-1
     assert "| triton | instances=2 | - | - | - | boom |" in text
     assert "`/v2` was not in this build" in text and "shared with about 8 other engineers" in text
 
