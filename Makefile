@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 BOOTSTRAP_PYTHON ?= python3
 STAMP := $(VENV)/.imgcls-installed
-EXTRAS ?= train,serve-cpu,dev
+EXTRAS ?= train,serve-cpu,dev,ray
 
 .PHONY: venv test test-fast demo bench soak clean
 

@@ -25,28 +25,29 @@ problem; 130 interrupted (what was written is kept: rerun with --resume).
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from tqdm import tqdm
 
-from imgcls.models.core.preprocess import ImageDecodeError
 from imgcls.models.core.bundle import PRECISIONS, BundleError
-from imgcls.service.predictor import DEFAULT_BATCH_SIZE, Prediction, Predictor
+from imgcls.service.predictor import DEFAULT_BATCH_SIZE, Predictor
 from imgcls.service.runtime import DEVICES, DeviceError
-from imgcls.service.scoring.inputs import InputError, list_inputs, parse_shard, shard
-from imgcls.service.scoring.outputs import OutputError, Row, open_output
+from imgcls.service.scoring.inputs import InputError, select_paths
+from imgcls.service.scoring.outputs import OutputError, open_output
+from imgcls.service.scoring.ray_engine import ENGINES, EngineError
 from imgcls.service.scoring.report import evaluate_output, load_labels
+from imgcls.service.scoring.results import (
+    EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, Tally, exit_status, summary, to_row,
+)
 
 log = logging.getLogger("imgcls.score")
 
-EXIT_OK, EXIT_ERROR, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 2, 3, 130
+__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARTIAL", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,49 +70,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--all-files", action="store_true", help="under directories, score every file, not only image extensions")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    engine = parser.add_argument_group("engine", "where the images are scored (--engine ray needs imgcls[ray])")
+    engine.add_argument("--engine", choices=ENGINES, default="local",
+                        help="local: this process; ray: a Ray Data job (local Ray or a cluster)")
+    engine.add_argument("--ray-address", default=None,
+                        help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001 (default: start a local Ray)")
+    engine.add_argument("--actors", type=int, default=None, help="scoring actors (default: cluster CPUs / --actor-cpus)")
+    engine.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs per actor; its ORT threads (default 1)")
+    engine.add_argument("--actor-gpus", type=float, default=0.0, help="GPUs per actor (> 0: score on CUDA)")
     return parser
 
 
-@dataclass
-class Tally:
-    scored: int = 0
-    failed: int = 0
-    reasons: collections.Counter = field(default_factory=collections.Counter)
-
-    def add(self, result: list[Prediction] | ImageDecodeError) -> None:
-        if isinstance(result, ImageDecodeError):
-            self.failed += 1
-            self.reasons[result.reason] += 1
-        else:
-            self.scored += 1
-
-
-def to_row(path: str, result: list[Prediction] | ImageDecodeError) -> Row:
-    if isinstance(result, ImageDecodeError):
-        return {"path": path, "error": result.reason, "message": result.message}
-    row: Row = {"path": path, "error": None, "message": None}
-    for rank, prediction in enumerate(result, start=1):
-        row[f"label_{rank}"] = prediction.label
-        row[f"score_{rank}"] = prediction.score
-    return row
-
-
 def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    for name in ("top_k", "batch_size", "workers", "threads"):
+    for name in ("top_k", "batch_size", "workers", "threads", "actors"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-
-
-def _paths(args: argparse.Namespace) -> tuple[str, ...]:
-    paths = list_inputs(args.inputs, all_files=args.all_files).paths
-    if args.shard:
-        index, count = parse_shard(args.shard)
-        paths = shard(paths, index, count)
-        log.info("shard %d/%d: %d image(s)", index, count, len(paths))
-    if not paths:
-        raise InputError("no images to score")
-    return paths
+    if args.actor_cpus <= 0 or args.actor_gpus < 0:
+        parser.error("--actor-cpus must be > 0 and --actor-gpus >= 0")
+    ray_only = [flag for flag, given in (("--ray-address", args.ray_address is not None),
+                                         ("--actors", args.actors is not None)) if given]
+    if args.engine != "ray" and ray_only:
+        parser.error(f"{', '.join(ray_only)} need(s) --engine ray")
 
 
 def _run(predictor: Predictor, output, todo: Sequence[str], args: argparse.Namespace, k: int) -> Tally:
@@ -126,18 +106,12 @@ def _run(predictor: Predictor, output, todo: Sequence[str], args: argparse.Names
     return tally
 
 
-def _summary(tally: Tally, skipped: int, seconds: float, out: Path, earlier_failed: int) -> str:
-    rate = tally.scored / seconds if seconds > 0 else 0.0
-    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(tally.reasons.items()))
-    text = f"scored {tally.scored}, failed {tally.failed}"
-    text += f" ({reasons})" if reasons else ""
-    text += f", skipped {skipped} already in the output" if skipped else ""
-    text += f" ({earlier_failed} of them failed earlier)" if earlier_failed else ""
-    return text + f"; {seconds:.1f} s, {rate:.1f} img/s -> {out}"
-
-
 def _score(args: argparse.Namespace) -> int:
-    paths = _paths(args)
+    if args.engine == "ray":
+        from imgcls.service.scoring.ray_score import score_with_ray  # Ray is an optional extra
+
+        return score_with_ray(args)
+    paths = select_paths(args.inputs, all_files=args.all_files, shard_spec=args.shard)
     labels = load_labels(args.labels, paths) if args.labels else None
     predictor = Predictor.load(
         args.bundle, precision=args.precision, device=args.device, threads=args.threads,
@@ -160,10 +134,10 @@ def _score(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED
         output.finish()
         elapsed = time.perf_counter() - started
-        sys.stdout.write(_summary(tally, len(paths) - len(todo), elapsed, args.out, earlier_failed) + "\n")
+        sys.stdout.write(summary(tally, len(paths) - len(todo), elapsed, args.out, earlier_failed) + "\n")
         if labels is not None:
             sys.stdout.write(evaluate_output(args.out, k, labels, predictor.class_names) + "\n")
-    return EXIT_PARTIAL if tally.failed or earlier_failed else EXIT_OK
+    return exit_status(tally, earlier_failed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return _score(args)
-    except (InputError, OutputError, BundleError, DeviceError) as exc:
+    except (InputError, OutputError, BundleError, DeviceError, EngineError) as exc:
         log.error("%s", exc)
         return EXIT_ERROR
 

@@ -142,3 +142,15 @@ def labels_from_csv(csv_file: str) -> dict[str, str]:
     if rows and "label" not in rows[0]:
         raise InputError(f"{csv_file}: no 'label' column (need columns path,label)")
     return {_resolve_listed(csv_file, row["path"]): row["label"].strip() for row in rows if row.get("path", "").strip()}
+
+
+def select_paths(inputs: Sequence[str], all_files: bool = False, shard_spec: str | None = None) -> tuple[str, ...]:
+    """The paths one ``imgcls score`` run scores: the listing, cut to ``--shard i/n`` when given."""
+    paths = list_inputs(inputs, all_files=all_files).paths
+    if shard_spec:
+        index, count = parse_shard(shard_spec)
+        paths = shard(paths, index, count)
+        log.info("shard %d/%d: %d image(s)", index, count, len(paths))
+    if not paths:
+        raise InputError("no images to score")
+    return paths

@@ -37,6 +37,13 @@ def columns(k: int) -> list[str]:
     return ["path", *ranked, "error", "message"]
 
 
+def arrow_schema(names: Sequence[str]):
+    """The Arrow schema of the rows (Parquet files and the Ray engine's batches): float32 scores, strings."""
+    import pyarrow as pa  # lazily: only Parquet output needs it
+
+    return pa.schema([(name, pa.float32() if name.startswith("score_") else pa.string()) for name in names])
+
+
 def output_format(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
@@ -182,13 +189,9 @@ class ParquetOutput:
     """Part files per batch in ``<out>.parts/``, merged into ``<out>`` by ``finish()``."""
 
     def __init__(self, path: Path, names: list[str], resume: bool) -> None:
-        import pyarrow as pa  # lazily: only Parquet output needs it
-
         self.path, self.columns = path, names
         self.parts = path.with_name(path.name + ".parts")
-        self.schema = pa.schema([
-            (name, pa.float32() if name.startswith("score_") else pa.string()) for name in names
-        ])
+        self.schema = arrow_schema(names)
         if not resume:
             shutil.rmtree(self.parts, ignore_errors=True)
             path.unlink(missing_ok=True)

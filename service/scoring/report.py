@@ -14,7 +14,8 @@ from typing import Mapping, Sequence
 from imgcls.models.core.atomic import write_atomically
 from imgcls.service.scoring.evaluation import Evaluation, evaluate, format_report, save_confusion_png
 from imgcls.service.scoring.inputs import labels_from_csv, labels_from_folders
-from imgcls.service.scoring.outputs import Row, read_rows
+from imgcls.service.scoring.dataset_dir import read_scored_rows
+from imgcls.service.scoring.outputs import Row
 
 log = logging.getLogger("imgcls.score")
 
@@ -57,7 +58,7 @@ def labelled_arrays(
 
 
 def evaluate_output(out: str | Path, k: int, labels: Mapping[str, str], class_names: Sequence[str]) -> str:
-    rows = read_rows(out, k)
+    rows = read_scored_rows(out, k)
     true, ranked, confidence, left_out = labelled_arrays(rows, k, labels, class_names)
     if left_out["unknown_label"]:
         log.warning("%d image(s) have labels that are not classes of this model; left out", left_out["unknown_label"])
