@@ -3,6 +3,8 @@
     imgcls score BUNDLE INPUTS... --out FILE.csv|.jsonl|.parquet [--top-k 5] [--batch-size 32]
                  [--workers N] [--threads N] [--resume | --overwrite] [--labels imagefolder|FILE.csv]
                  [--shard i/n] [--precision fp32|int8|fp16] [--device auto|cpu|cuda] [--all-files]
+                 [--engine local|ray [--ray-address auto|ray://HOST:10001] [--actors N]
+                  [--actor-cpus C] [--actor-gpus G]]
 
 INPUTS are directories (walked recursively; files with image extensions unless --all-files),
 glob patterns (quote them; ``**`` recurses), files, or list files (.txt/.lst: one path per line;
@@ -18,9 +20,16 @@ path already in the file. Parquet is written as part files in ``<out>.parts/`` t
 merges into ``<out>``; ``--resume`` reads both. ``--labels`` adds ``<out stem>.eval.json`` and
 ``<out stem>.confusion.png`` (accuracy, top-5, per-class precision/recall, ECE) and prints them.
 
+--engine ray runs the same scoring as a Ray Data job (``pip install 'imgcls[ray]'``): a pool of
+actors, each with one Predictor whose ORT threads are its CPU share, on a local Ray or the cluster
+at --ray-address. Same rows, --resume, --labels and exit codes; --out may also be a directory (no
+suffix): a Parquet dataset written by the workers. Inputs may be s3:// or gs:// URIs there
+(``ray_score`` has the details).
+
 Exit status: 0 every image scored; 3 some images could not be read (each has a row with its
 ``error`` reason); 2 nothing was scored because of a usage, input, bundle, device or output
-problem; 130 interrupted (what was written is kept: rerun with --resume).
+problem (with --engine ray also: Ray not installed, the cluster unreachable, the job failed);
+130 interrupted (what was written is kept: rerun with --resume).
 """
 from __future__ import annotations
 

@@ -35,6 +35,8 @@ from imgcls.service.scoring.results import EXIT_INTERRUPTED, Tally, exit_status,
 
 log = logging.getLogger("imgcls.score")
 
+WRITE_CPUS = 0.1  # a Parquet write task is light; a whole CPU would queue it behind the actors
+
 
 def _inputs(args: argparse.Namespace) -> tuple[tuple[str, ...], bool]:
     """(paths or URIs, whether they are URIs)."""
@@ -66,7 +68,7 @@ def _stream_to_file(dataset: Any, output: Any, total: int | None, no_progress: b
 
 def _write_dataset(dataset: Any, out: Path, k: int, done: set[str]) -> Tally:
     """Workers write Parquet parts into ``out``; the tally is read back from the new rows."""
-    dataset.write_parquet(str(out))
+    dataset.write_parquet(str(out), ray_remote_args={"num_cpus": WRITE_CPUS})  # never waits for an actor's CPU
     tally = Tally()
     for row in read_dataset_rows(out, k, fields=["path", "error"]):
         if row["path"] not in done:
