@@ -105,6 +105,16 @@ def test_ray_rows_and_metrics_equal_the_single_process_scorer(ray_runtime, bundl
     assert "accuracy" in text
 
 
+@pytest.mark.slow
+def test_uri_inputs_are_read_by_ray_and_give_the_same_rows(ray_runtime, bundle, mixed, local_run, tmp_path):
+    """A URI input (file:// here; s3:// and gs:// take the same path) is listed and read by Ray's
+    read_binary_files, and the actors decode the bytes: the rows match the local scorer's."""
+    out = tmp_path / "scores.jsonl"
+    assert run_score(bundle, f"file://{mixed}", "--out", out, "--top-k", "2", "--engine", "ray") == score.EXIT_PARTIAL
+    rows = sorted(read_scored_rows(out, 2), key=lambda row: row["path"])
+    assert_same_rows(rows, sorted(local_run[0], key=lambda row: row["path"]))
+
+
 def actor_pids() -> set[int]:
     """Live Ray actor processes of our scorer (Ray names them ray::MapWorker(MapBatches(ScoreActor)))."""
     pids = set()

@@ -34,6 +34,8 @@ log = logging.getLogger("imgcls.score")
 
 ENGINES = ("local", "ray")
 EXTRA_HINT = "pip install 'imgcls[ray]'"
+# Reading a file is I/O: a read task asking for a whole CPU would wait forever for the actors' CPUs.
+READ_CPUS = 0.25
 
 
 class EngineError(RuntimeError):
@@ -124,15 +126,21 @@ def connected(ray: Any, options: RayOptions) -> Iterator[None]:
         ray.shutdown()
 
 
-def pool_size(ray: Any, options: RayOptions) -> int:
+def pool_size(ray: Any, options: RayOptions, reserve_cpus: float = 0.0) -> int:
+    """--actors, or as many actors as fit beside ``reserve_cpus`` (the read tasks that feed them:
+    when actors hold every CPU, Ray Data never schedules a read and the job stalls)."""
+    cpus = ray.cluster_resources().get("CPU", 1)
     if options.actors:
+        if options.actors * options.actor_cpus + reserve_cpus > cpus:
+            log.warning("%d actor(s) x %g CPU leave no %g CPU for reading on a %g-CPU cluster: the job may stall",
+                        options.actors, options.actor_cpus, reserve_cpus, cpus)
         return options.actors
-    resources = ray.cluster_resources()
-    size = int(resources.get("CPU", 1) // options.actor_cpus)
+    size = int((cpus - reserve_cpus) // options.actor_cpus)
     if options.actor_gpus > 0:
-        size = min(size, int(resources.get("GPU", 0) // options.actor_gpus))
+        gpus = ray.cluster_resources().get("GPU", 0)
+        size = min(size, int(gpus // options.actor_gpus))
         if size < 1:
-            raise EngineError(f"--actor-gpus {options.actor_gpus}: the Ray cluster has {resources.get('GPU', 0)} GPU(s)")
+            raise EngineError(f"--actor-gpus {options.actor_gpus}: the Ray cluster has {gpus} GPU(s)")
     return max(1, size)
 
 
@@ -143,9 +151,9 @@ def scored_dataset(
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows in input order, like the local scorer
     context.enable_progress_bars = progress
-    actors = pool_size(ray, options)
+    actors = pool_size(ray, options, READ_CPUS if uris else 0.0)
     if uris:
-        dataset = ray.data.read_binary_files(list(inputs), include_paths=True)
+        dataset = ray.data.read_binary_files(list(inputs), include_paths=True, num_cpus=READ_CPUS)
     else:
         blocks = max(1, min(len(inputs), max(4 * actors, math.ceil(len(inputs) / (4 * spec.batch_size)))))
         items = [{"path": path, "file": os.path.abspath(path)} for path in inputs]
