@@ -124,7 +124,7 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", nargs="+", default=["mobilenet_v2"])
-    parser.add_argument("--images", type=int, default=480)
+    parser.add_argument("--images", type=int, default=1440)
     parser.add_argument("--long-side", type=int, default=640, help="JPEG size: longer side in pixels")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)

@@ -59,6 +59,10 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("train_cache", "8", ("--per-class", "16", "--epochs", "4"), timeout_s=420, workdir=False),
     Benchmark("scoring", "9"),
     Benchmark("cold_start", "10", timeout_s=180),
+    # --engine ray vs the single-process scorer: a batch job (1440 JPEGs) and a short one, where
+    # the engine's fixed start-up shows.
+    Benchmark("ray_scoring", "14", timeout_s=600),
+    Benchmark("ray_scoring_short", "14", ("--images", "480"), module="ray_scoring"),
 )
 
 
