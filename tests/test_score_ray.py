@@ -135,12 +135,13 @@ def test_a_killed_actor_is_restarted_and_every_input_scored_exactly_once(ray_run
     expected = sorted(str(p) for p in folder.rglob("*.*"))
     out = tmp_path / "scores.csv"
     result: dict[str, int] = {}
+    earlier = actor_pids()  # actors of earlier jobs that may still be exiting: not ours to kill
     job = threading.Thread(target=lambda: result.update(code=run_score(
         bundle, folder, "--out", out, "--engine", "ray", "--actors", "1", "--batch-size", "2")))
     job.start()
     deadline, victim = time.monotonic() + 90, None
     while time.monotonic() < deadline and job.is_alive():
-        pids = actor_pids()
+        pids = actor_pids() - earlier
         if pids and out.exists() and out.read_bytes().count(b"\n") > 50:  # the actor is mid-job
             victim = pids.pop()
             os.kill(victim, signal.SIGKILL)
@@ -151,7 +152,7 @@ def test_a_killed_actor_is_restarted_and_every_input_scored_exactly_once(ray_run
     written_at_kill = out.read_bytes().count(b"\n") - 1
     replacements = set()
     while job.is_alive():
-        replacements |= actor_pids() - {victim}
+        replacements |= actor_pids() - earlier - {victim}
         time.sleep(0.05)
     job.join()
     assert killed_mid_job and written_at_kill < len(expected)
@@ -159,6 +160,15 @@ def test_a_killed_actor_is_restarted_and_every_input_scored_exactly_once(ray_run
     assert result["code"] == score.EXIT_OK
     counts = collections.Counter(row["path"] for row in read_scored_rows(out, 3))
     assert sorted(counts) == expected and set(counts.values()) == {1}
+
+
+def test_actors_that_cannot_start_fail_the_job_with_exit_2_and_the_reason(ray_runtime, bundle, mixed, tmp_path,
+                                                                           caplog):
+    """No CUDA here: every actor's Predictor.load raises DeviceError; Ray gives up, we exit 2 saying why."""
+    out = tmp_path / "scores.jsonl"
+    assert run_score(bundle, mixed, "--out", out, "--engine", "ray", "--device", "cuda") == score.EXIT_ERROR
+    message = [r.getMessage() for r in caplog.records if r.name == "imgcls.score" and r.levelname == "ERROR"]
+    assert message and "the Ray job failed" in message[-1] and "DeviceError" in message[-1], message
 
 
 def test_dataset_directory_refuses_to_clobber_and_resumes(ray_runtime, bundle, mixed, tmp_path, caplog):

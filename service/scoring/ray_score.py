@@ -92,8 +92,16 @@ def _execute(
         except (KeyboardInterrupt, EngineError):
             raise
         except Exception as exc:  # noqa: BLE001 - Ray wraps worker failures in many exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise EngineError(f"the Ray job failed ({type(exc).__name__}): {first}") from exc
+            raise EngineError(f"the Ray job failed ({type(exc).__name__}): {_root_cause(exc)}") from exc
+
+
+def _root_cause(exc: Exception) -> str:
+    """The worker's own error line (e.g. ``DeviceError: ...``) from Ray's wrapped traceback, else line 1."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error: " in line and not line.startswith(("File ", "ray.")):
+            return line
+    return lines[0] if lines else ""
 
 
 def _open(args: argparse.Namespace, k: int) -> tuple[Any, list[Row]]:
