@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--ray-address", default=None,
                         help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001 (default: start a local Ray)")
     engine.add_argument("--actors", type=int, default=None, help="scoring actors (default: cluster CPUs / --actor-cpus)")
-    engine.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs per actor; its ORT threads (default 1)")
-    engine.add_argument("--actor-gpus", type=float, default=0.0, help="GPUs per actor (> 0: score on CUDA)")
+    engine.add_argument("--actor-cpus", type=float, default=None, help="CPUs per actor; its ORT threads (default 1)")
+    engine.add_argument("--actor-gpus", type=float, default=None, help="GPUs per actor (> 0: score on CUDA; default 0)")
     return parser
 
 
@@ -95,10 +95,10 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.actor_cpus <= 0 or args.actor_gpus < 0:
+    if (args.actor_cpus is not None and args.actor_cpus <= 0) or (args.actor_gpus is not None and args.actor_gpus < 0):
         parser.error("--actor-cpus must be > 0 and --actor-gpus >= 0")
-    ray_only = [flag for flag, given in (("--ray-address", args.ray_address is not None),
-                                         ("--actors", args.actors is not None)) if given]
+    ray_only = [flag for flag in ("--ray-address", "--actors", "--actor-cpus", "--actor-gpus")
+                if getattr(args, flag[2:].replace("-", "_")) is not None]
     if args.engine != "ray" and ray_only:
         parser.error(f"{', '.join(ray_only)} need(s) --engine ray")
 

@@ -79,8 +79,8 @@ def _write_dataset(dataset: Any, out: Path, k: int, done: set[str]) -> Tally:
 def _execute(
     ray: Any, args: argparse.Namespace, todo: Sequence[str], uris: bool, k: int, output: Any, done: set[str],
 ) -> Tally:
-    options = RayOptions(address=args.ray_address, actors=args.actors, actor_cpus=args.actor_cpus,
-                         actor_gpus=args.actor_gpus)
+    options = RayOptions(address=args.ray_address, actors=args.actors, actor_cpus=args.actor_cpus or 1.0,
+                         actor_gpus=args.actor_gpus or 0.0)
     spec = actor_spec(args.bundle, args.precision, args.device, k, args.batch_size, options, args.threads, args.workers)
     with connected(ray, options):
         to_file = output is not None
