@@ -34,8 +34,11 @@ log = logging.getLogger("imgcls.score")
 
 ENGINES = ("local", "ray")
 EXTRA_HINT = "pip install 'imgcls[ray]'"
-# Reading a file is I/O: a read task asking for a whole CPU would wait forever for the actors' CPUs.
+# Ray's read and write tasks are I/O; they ask for a fraction of a CPU, and the default pool leaves
+# them that fraction: when actors hold every CPU, reads never run (the job stalls) and writes wait
+# for the actors to be released at the end (every row piles up in the object store).
 READ_CPUS = 0.25
+WRITE_CPUS = 0.1
 
 
 class EngineError(RuntimeError):
@@ -127,12 +130,12 @@ def connected(ray: Any, options: RayOptions) -> Iterator[None]:
 
 
 def pool_size(ray: Any, options: RayOptions, reserve_cpus: float = 0.0) -> int:
-    """--actors, or as many actors as fit beside ``reserve_cpus`` (the read tasks that feed them:
-    when actors hold every CPU, Ray Data never schedules a read and the job stalls)."""
+    """--actors, or as many actors as fit beside ``reserve_cpus`` (for Ray's read / write tasks)."""
     cpus = ray.cluster_resources().get("CPU", 1)
     if options.actors:
         if options.actors * options.actor_cpus + reserve_cpus > cpus:
-            log.warning("%d actor(s) x %g CPU leave no %g CPU for reading on a %g-CPU cluster: the job may stall",
+            log.warning("%d actor(s) x %g CPU leave no %g CPU for reads/writes on a %g-CPU cluster: "
+                        "the job may stall or buffer every row until the end",
                         options.actors, options.actor_cpus, reserve_cpus, cpus)
         return options.actors
     size = int((cpus - reserve_cpus) // options.actor_cpus)
@@ -146,12 +149,14 @@ def pool_size(ray: Any, options: RayOptions, reserve_cpus: float = 0.0) -> int:
 
 def scored_dataset(
     ray: Any, inputs: Sequence[str], spec: ActorSpec, options: RayOptions, progress: bool, uris: bool = False,
+    written_by_ray: bool = False,
 ) -> Any:
-    """The lazy Dataset of rows: nothing runs until it is iterated or written."""
+    """The lazy Dataset of rows: nothing runs until it is iterated or written (``written_by_ray``:
+    by ``write_parquet`` tasks, which then get WRITE_CPUS beside the actors)."""
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows in input order, like the local scorer
     context.enable_progress_bars = progress
-    actors = pool_size(ray, options, READ_CPUS if uris else 0.0)
+    actors = pool_size(ray, options, (READ_CPUS if uris else 0.0) + (WRITE_CPUS if written_by_ray else 0.0))
     if uris:
         dataset = ray.data.read_binary_files(list(inputs), include_paths=True, num_cpus=READ_CPUS)
     else:

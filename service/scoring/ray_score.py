@@ -28,14 +28,13 @@ from imgcls.service.scoring.dataset_dir import is_dataset_dir, prepare_dataset_d
 from imgcls.service.scoring.inputs import InputError, select_paths
 from imgcls.service.scoring.outputs import Row, open_output
 from imgcls.service.scoring.ray_engine import (
-    EngineError, RayOptions, actor_spec, connected, import_ray, is_uri, scored_dataset,
+    WRITE_CPUS, EngineError, RayOptions, actor_spec, connected, import_ray, is_uri, scored_dataset,
 )
 from imgcls.service.scoring.report import evaluate_output, load_labels
 from imgcls.service.scoring.results import EXIT_INTERRUPTED, Tally, exit_status, summary
 
 log = logging.getLogger("imgcls.score")
 
-WRITE_CPUS = 0.1  # a Parquet write task is light; a whole CPU would queue it behind the actors
 
 
 def _inputs(args: argparse.Namespace) -> tuple[tuple[str, ...], bool]:
@@ -68,7 +67,7 @@ def _stream_to_file(dataset: Any, output: Any, total: int | None, no_progress: b
 
 def _write_dataset(dataset: Any, out: Path, k: int, done: set[str]) -> Tally:
     """Workers write Parquet parts into ``out``; the tally is read back from the new rows."""
-    dataset.write_parquet(str(out), ray_remote_args={"num_cpus": WRITE_CPUS})  # never waits for an actor's CPU
+    dataset.write_parquet(str(out), ray_remote_args={"num_cpus": WRITE_CPUS})
     tally = Tally()
     for row in read_dataset_rows(out, k, fields=["path", "error"]):
         if row["path"] not in done:
@@ -84,7 +83,8 @@ def _execute(
     spec = actor_spec(args.bundle, args.precision, args.device, k, args.batch_size, options, args.threads, args.workers)
     with connected(ray, options):
         to_file = output is not None
-        dataset = scored_dataset(ray, todo, spec, options, progress=not (args.no_progress or to_file), uris=uris)
+        dataset = scored_dataset(ray, todo, spec, options, progress=not (args.no_progress or to_file), uris=uris,
+                                 written_by_ray=not to_file)
         try:
             if to_file:
                 return _stream_to_file(dataset, output, None if uris else len(todo), args.no_progress)
