@@ -7,12 +7,14 @@ variables by hand and running ``bentoml serve imgcls.service.http.service:ImageC
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 PREFIX = "IMGCLS_"
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "int8", "fp16")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class ConfigError(ValueError):
@@ -24,6 +26,7 @@ class ServiceConfig:
     """Everything the HTTP service needs besides the bundle's own card."""
 
     bundle: str = ""  # IMGCLS_BUNDLE: the bundle directory (model.onnx + card.json)
+    model_name: str = ""  # name served by GET /model and /v2/models/{name}; default: the bundle directory name
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | int8 | fp16 (the bundle must contain that file)
     workers: int = 1  # BentoML worker processes
@@ -56,6 +59,9 @@ class ServiceConfig:
         if self.max_queue_images < self.max_images:
             raise ConfigError(f"{PREFIX}MAX_QUEUE_IMAGES ({self.max_queue_images}) must be >= "
                               f"{PREFIX}MAX_IMAGES ({self.max_images}): a full request must fit the queue")
+        if self.model_name and not MODEL_NAME.fullmatch(self.model_name):
+            raise ConfigError(f"{PREFIX}MODEL_NAME must be letters, digits, '.', '_' or '-' (a URL path segment), "
+                              f"got {self.model_name!r}")
         for name in ("threads", "batch_wait_ms", "max_concurrency", "warmup_delay_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{env_name(name)} must be >= 0, got {getattr(self, name)}")
