@@ -103,6 +103,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
         document = json.loads(header or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad(f"the request header is not valid JSON ({exc})", "bad_json") from None
+    except RecursionError:
+        raise bad("the request header nests JSON too deeply", "bad_json") from None
     if not isinstance(document, dict):
         raise bad('the request must be a JSON object {"inputs": [...]}', "bad_json")
     return document, binary
