@@ -1,4 +1,5 @@
-"""The BentoML 1.4 service: ``POST /classify``, ``GET /model``, health and ``/metrics``.
+"""The BentoML 1.4 service: ``POST /classify``, ``GET /model``, health and ``/metrics``, plus the
+Open Inference Protocol (KServe v2) routes ``/v2/...`` (``imgcls.service.http.oip_routes``).
 
 Run it with ``imgcls serve BUNDLE`` (or ``IMGCLS_BUNDLE=... bentoml serve imgcls.service.http.service:ImageClassifier``).
 Configuration comes from ``IMGCLS_*`` variables (``imgcls.service.http.config``). Each worker loads the bundle
