@@ -8,6 +8,7 @@ since tritonclient refuses to build them.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import re
 import struct
@@ -203,10 +204,25 @@ def test_classification_extension(client, predictor):
             assert [float(score) for score, _, _ in parsed] == pytest.approx(row[indices], abs=1e-6)
 
 
+def test_compressed_requests(client, http):
+    plain = client.infer(NAME, [image_input(IMAGES[:2])]).as_numpy("probabilities")
+    for algorithm in ("gzip", "deflate"):  # tritonclient's request compression
+        packed = client.infer(NAME, [image_input(IMAGES[:2])], request_compression_algorithm=algorithm)
+        np.testing.assert_array_equal(packed.as_numpy("probabilities"), plain)
+    body = json.dumps({"inputs": [image_tensor(IMAGES[:1])]}).encode()
+    bomb = gzip.compress(body[:-2] + b" " * 400_000 + body[-2:])  # ~1 KB inflating past the 300 kB body limit
+    assert len(bomb) < 20_000
+    assert_error(http.post(INFER, content=bomb, headers={"content-encoding": "gzip"}), 413, "inflated body")
+    assert_error(http.post(INFER, content=gzip.compress(body)[:-30], headers={"content-encoding": "gzip"}), 400,
+                 "truncated")
+    assert_error(http.post(INFER, content=body, headers={"content-encoding": "gzip"}), 400, "cannot be inflated")
+    assert_error(http.post(INFER, content=body, headers={"content-encoding": "br"}), 400, "not supported")
+
+
 def test_versions_route_and_request_level_binary_output(http, client):
     version = client.get_model_metadata(NAME)["versions"][0]
-    response = post_json(http, {"id": "v", "inputs": [image_tensor(IMAGES[:1])],
-                                "parameters": {"binary_data_output": True}}, f"/v2/models/{NAME}/versions/{version}/infer")
+    body = {"id": "v", "inputs": [image_tensor(IMAGES[:1])], "parameters": {"binary_data_output": True}}
+    response = post_json(http, body, f"/v2/models/{NAME}/versions/{version}/infer")
     assert response.status_code == 200, response.text
     header_length = int(response.headers["inference-header-content-length"])
     header = json.loads(response.content[:header_length])
@@ -309,7 +325,8 @@ def test_model_name_option(bundle, monkeypatch):
     monkeypatch.delenv("IMGCLS_MODEL_NAME", raising=False)
     args = serve.build_parser().parse_args([str(bundle), "--model-name", "flowers-v2"])
     assert serve.config_from(args, {}).model_name == "flowers-v2"
-    assert serve.config_from(serve.build_parser().parse_args([str(bundle)]), {"IMGCLS_MODEL_NAME": "x"}).model_name == "x"
+    from_env = serve.config_from(serve.build_parser().parse_args([str(bundle)]), {"IMGCLS_MODEL_NAME": "x"})
+    assert from_env.model_name == "x"
     assert serve.main([str(bundle), "--model-name", "../etc"]) == 2  # a name must be one URL path segment
 
 

@@ -13,13 +13,15 @@ response body and headers. Supported:
 - the binary tensor data extension: a JSON header of ``Inference-Header-Content-Length`` bytes
   followed by the binary inputs (``binary_data_size``) in input order; binary outputs when an
   output asks ``"binary_data": true`` or the request ``"binary_data_output": true``. BYTES
-  elements in binary form are a 4-byte little-endian length followed by the bytes.
+  elements in binary form are a 4-byte little-endian length followed by the bytes;
+- gzip or deflate request bodies (``Content-Encoding``), inflated within the body limit.
 """
 from __future__ import annotations
 
 import json
 import math
 import struct
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +92,26 @@ def bad(message: str, reason: str = "bad_request") -> OIPError:
 
 
 # ---------------------------------------------------------------- request
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body of a ``Content-Encoding: gzip | deflate`` request (tritonclient's request compression),
+    inflated to at most ``limit`` bytes: a compression bomb is refused (413) without inflating it whole."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise bad(f"Content-Encoding {encoding[:20]!r} is not supported (gzip, deflate or none)", "bad_encoding")
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise bad(f"the {encoding} body cannot be inflated ({exc})", "bad_encoding") from None
+    if len(inflated) > limit:
+        raise OIPError(413, f"the inflated body exceeds the limit of {limit} bytes", "body_too_large")
+    if not inflater.eof:
+        raise bad(f"the {encoding} body is truncated", "bad_encoding")
+    return inflated
+
+
 def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
     """The JSON header (a dict) and the binary section after it."""
     if header_length is None:

@@ -67,7 +67,10 @@ def _infer(parameters: list[dict]) -> dict[str, Any]:
     return {"post": {
         "tags": [TAG], "summary": "classify images (image BYTES [N] or pixels UINT8 [N, 3, S, S])",
         "parameters": [*parameters, {"name": HEADER_LENGTH, "in": "header", "required": False,
-                                     "schema": {"type": "integer"}, "description": "length of the JSON header"}],
+                                     "schema": {"type": "integer"}, "description": "length of the JSON header"},
+                       {"name": "Content-Encoding", "in": "header", "required": False,
+                        "schema": {"type": "string", "enum": ["gzip", "deflate", "identity"]},
+                        "description": "a compressed body, inflated within the body limit (413 beyond)"}],
         "requestBody": {"required": True, "content": {**_content("OIPInferRequest"),
                                                       "application/octet-stream": binary}},
         "responses": {

@@ -12,6 +12,7 @@ worker warmed; per the protocol a 4xx (400) means "not ready".
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any, Awaitable, Callable
 
@@ -23,7 +24,8 @@ from starlette.routing import Route
 import imgcls
 from imgcls.service.http.batcher import Overloaded
 from imgcls.service.http.oip import (
-    EXTENSIONS, HEADER_LENGTH, InferRequest, ModelSpec, OIPError, encode_infer, error_document, parse_infer,
+    EXTENSIONS, HEADER_LENGTH, InferRequest, ModelSpec, OIPError, decompress, encode_infer, error_document,
+    parse_infer,
 )
 from imgcls.service.http.schemas import REASON_STATUS
 from imgcls.service.http.uploads import RequestRejected, Upload, read_body
@@ -94,12 +96,13 @@ async def infer(request: Request, service: Any) -> Response:
         body = await read_body(request, engine.config.max_body_bytes)
     except RequestRejected as exc:
         raise OIPError(exc.status, exc.message, exc.reason) from None
-    header_length = request.headers.get(HEADER_LENGTH)
-    if len(body) > PARSE_IN_THREAD_BYTES:
-        parsed = await asyncio.get_running_loop().run_in_executor(
-            engine.decode_pool, parse_infer, body, header_length, spec)
+    encoding = request.headers.get("content-encoding")
+    work = functools.partial(_parse, body, encoding, request.headers.get(HEADER_LENGTH), spec,
+                             engine.config.max_body_bytes)
+    if len(body) > PARSE_IN_THREAD_BYTES or encoding:  # big (or inflating) bodies: off the event loop
+        parsed = await asyncio.get_running_loop().run_in_executor(engine.decode_pool, work)
     else:
-        parsed = parse_infer(body, header_length, spec)
+        parsed = work()
     if not service.warmed():
         raise OIPError(503, "the model is still warming up", "not_ready")
     pixels = await _pixels(engine, parsed)
@@ -110,6 +113,10 @@ async def infer(request: Request, service: Any) -> Response:
     engine.record_classified(job.probabilities)
     content, headers = encode_infer(parsed, spec, job.probabilities)
     return Response(content, status_code=200, headers={**service.model_headers, **headers})
+
+
+def _parse(body: bytes, encoding: str | None, header_length: str | None, spec: ModelSpec, limit: int) -> InferRequest:
+    return parse_infer(decompress(body, encoding, limit), header_length, spec)
 
 
 async def _pixels(engine: Any, parsed: InferRequest) -> np.ndarray:
