@@ -11,9 +11,8 @@ import tritonclient.http as triton
 from tritonclient.http._utils import _get_inference_request
 from tritonclient.utils import deserialize_bytes_tensor
 
-from imgcls.service.http.oip import (
-    HEADER_LENGTH, InferRequest, ModelSpec, OIPError, RequestedOutput, encode_infer, parse_infer, serialize_bytes,
-)
+from imgcls.service.http.oip import HEADER_LENGTH, InferRequest, ModelSpec, OIPError, RequestedOutput, parse_infer
+from imgcls.service.http.oip_response import encode_infer, serialize_bytes
 
 MODEL = ModelSpec(name="m", version="abc", crop_size=4, class_names=("cat", "dog", "emu"), max_images=8)
 

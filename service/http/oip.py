@@ -1,9 +1,9 @@
-"""The Open Inference Protocol (KServe v2) REST messages: parse an infer request, encode its answer.
+"""The Open Inference Protocol (KServe v2) REST messages: the types and the infer request parser.
 
 Pure protocol, no I/O: ``parse_infer(body, header_length, model)`` turns the body of
 ``POST /v2/models/{name}/infer`` into an ``InferRequest`` (or raises ``OIPError`` with the 4xx
-status and message the spec's ``{"error": "..."}`` body carries) and ``encode_infer`` builds the
-response body and headers. Supported:
+status and message the spec's ``{"error": "..."}`` body carries); ``imgcls.service.http.oip_response``
+builds the answer. Supported:
 
 - inputs (exactly one per request): ``image`` BYTES ``[N]``, each element one encoded image file
   (JSON: a base64 string; binary: the raw file), or ``pixels`` UINT8 ``[N, 3, S, S]`` already
@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from imgcls.service.http.uploads import decode_base64
-from imgcls.service.predictor import top_k_indices
 
 IMAGE, PIXELS, PROBABILITIES = "image", "pixels", "probabilities"
 EXTENSIONS = ("binary_tensor_data", "classification")
@@ -284,55 +283,3 @@ def _requested_outputs(outputs: Any, default_binary: bool) -> tuple[RequestedOut
         binary = _flag(parameters, "binary_data") if "binary_data" in parameters else default_binary
         requested.append(RequestedOutput(PROBABILITIES, binary, k))
     return tuple(requested)
-
-
-# ---------------------------------------------------------------- response
-def classification_strings(probabilities: np.ndarray, k: int, class_names: tuple[str, ...]) -> list[list[str]]:
-    """Per row the top ``k`` (clamped to the class count) as ``"score:index:label"``, best first."""
-    return [[f"{row[i]:f}:{int(i)}:{class_names[int(i)]}" for i in top_k_indices(row, k)] for row in probabilities]
-
-
-def serialize_bytes(items: list[str]) -> bytes:
-    encoded = [item.encode("utf-8") for item in items]
-    return b"".join(struct.pack("<I", len(item)) + item for item in encoded)
-
-
-def _output(request: RequestedOutput, probabilities: np.ndarray,
-            class_names: tuple[str, ...]) -> tuple[dict[str, Any], bytes | None]:
-    if request.classification:
-        rows = classification_strings(probabilities, request.classification, class_names)
-        flat = [item for row in rows for item in row]
-        tensor = {"name": request.name, "datatype": "BYTES", "shape": [len(rows), len(rows[0]) if rows else 0]}
-        raw = serialize_bytes(flat) if request.binary else None
-        data: list[Any] = flat
-    else:
-        values = np.ascontiguousarray(probabilities, dtype="<f4")
-        tensor = {"name": request.name, "datatype": "FP32", "shape": list(values.shape)}
-        raw = values.tobytes() if request.binary else None
-        data = values.ravel().tolist() if raw is None else []
-    if raw is None:
-        tensor["data"] = data
-    else:
-        tensor["parameters"] = {"binary_data_size": len(raw)}
-    return tensor, raw
-
-
-def encode_infer(request: InferRequest, model: ModelSpec, probabilities: np.ndarray) -> tuple[bytes, dict[str, str]]:
-    """The response body and headers: JSON only, or a JSON header followed by the binary outputs."""
-    outputs, chunks = [], []
-    for requested in request.outputs:
-        tensor, raw = _output(requested, probabilities, model.class_names)
-        outputs.append(tensor)
-        if raw is not None:
-            chunks.append(raw)
-    document: dict[str, Any] = {"model_name": model.name, "model_version": model.version, "outputs": outputs}
-    if request.id is not None:
-        document["id"] = request.id
-    header = json.dumps(document, separators=(",", ":")).encode()
-    if not chunks:
-        return header, {"content-type": "application/json"}
-    return header + b"".join(chunks), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
-
-
-def error_document(message: str) -> dict[str, str]:
-    return {"error": message}

@@ -24,9 +24,9 @@ from starlette.routing import Route
 import imgcls
 from imgcls.service.http.batcher import Overloaded
 from imgcls.service.http.oip import (
-    EXTENSIONS, HEADER_LENGTH, InferRequest, ModelSpec, OIPError, decompress, encode_infer, error_document,
-    parse_infer,
+    EXTENSIONS, HEADER_LENGTH, InferRequest, ModelSpec, OIPError, decompress, parse_infer,
 )
+from imgcls.service.http.oip_response import encode_infer, error_document
 from imgcls.service.http.schemas import REASON_STATUS
 from imgcls.service.http.uploads import RequestRejected, Upload, read_body
 
