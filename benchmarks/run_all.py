@@ -59,6 +59,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("train_cache", "8", ("--per-class", "16", "--epochs", "4"), timeout_s=420, workdir=False),
     Benchmark("scoring", "9"),
     Benchmark("cold_start", "10", timeout_s=180),
+    Benchmark("oip_load", "12", ("--bundle", "{workdir}/speed-mobilenet_v2/bundle", "--seconds", "12",
+                                 "--rounds", "3"), workdir=False),
 )
 
 

@@ -7,6 +7,7 @@ variables by hand and running ``bentoml serve imgcls.service.http.service:ImageC
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
@@ -15,6 +16,7 @@ from imgcls.models.core.errors import ConfigError
 PREFIX = "IMGCLS_"
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "int8", "fp16")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,7 @@ class ServiceConfig:
     """Everything the HTTP service needs besides the bundle's own card."""
 
     bundle: str = ""  # IMGCLS_BUNDLE: the bundle directory (model.onnx + card.json)
+    model_name: str = ""  # name served by GET /model and /v2/models/{name}; default: the bundle directory name
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | int8 | fp16 (the bundle must contain that file)
     workers: int = 0  # BentoML worker processes; 0 = auto: one per CPU we may use (cgroup quota, affinity), 1 on a GPU
@@ -54,6 +57,9 @@ class ServiceConfig:
         if self.max_queue_images < self.max_images:
             raise ConfigError(f"{PREFIX}MAX_QUEUE_IMAGES ({self.max_queue_images}) must be >= "
                               f"{PREFIX}MAX_IMAGES ({self.max_images}): a full request must fit the queue")
+        if self.model_name and not MODEL_NAME.fullmatch(self.model_name):
+            raise ConfigError(f"{PREFIX}MODEL_NAME must be letters, digits, '.', '_' or '-' (a URL path segment), "
+                              f"got {self.model_name!r}")
         for name in ("workers", "threads", "batch_wait_ms", "max_concurrency", "warmup_delay_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{env_name(name)} must be >= 0, got {getattr(self, name)}")

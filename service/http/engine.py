@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -21,7 +22,7 @@ from imgcls.service.http.schemas import (
     MULTIPLE_REASONS, REASON_STATUS, ClassifyResponse, ErrorDetail, ErrorResponse, ImageResult,
     ImageTiming, ModelRef, ModelSummary, RequestTiming,
 )
-from imgcls.service.http.batcher import BatchPlan, BatchReport, MicroBatcher, Overloaded
+from imgcls.service.http.batcher import BatchPlan, BatchReport, JobResult, MicroBatcher, Overloaded
 from imgcls.service.http.config import ServiceConfig
 from imgcls.service.http.metrics import ServiceMetrics
 from imgcls.service.predictor import Predictor
@@ -52,7 +53,7 @@ class ClassifierEngine:
             workers=config.workers, decode_threads=config.decode_threads,
             max_bytes=config.max_image_bytes, max_pixels=config.max_pixels,
         )
-        self.name = Path(config.bundle).resolve().name
+        self.name = config.model_name or Path(config.bundle).resolve().name
         self.plan = BatchPlan.for_device(config.max_batch_size, on_gpu=self.predictor.provider == CUDA)
         self.batcher = MicroBatcher(self.predictor.infer, self.plan, max_queue_images=config.max_queue_images,
                                     batch_wait_ms=config.batch_wait_ms, on_batch=self._record_batch)
@@ -148,6 +149,27 @@ class ClassifierEngine:
         self.metrics.requests.labels(outcome="rejected", reason=reason).inc()
         detail = ErrorDetail(status=status, reason=reason, message=message)
         return status, ErrorResponse(error=detail, results=results)
+
+    # ---------------------------------------------------------------- other protocols (imgcls.service.http.oip_routes)
+    async def decode_all(self, uploads: Sequence[Upload]) -> list[Decoded]:
+        """Decode every upload in the decode pool exactly as ``classify`` does (limits, reason codes, metrics)."""
+        loop = asyncio.get_running_loop()
+        return list(await asyncio.gather(*(loop.run_in_executor(self.decode_pool, self._decode, u) for u in uploads)))
+
+    async def infer(self, pixels: np.ndarray) -> JobResult:
+        """Probabilities for uint8 [N, 3, H, W] through the shared batcher; ``Overloaded`` when its queue is full."""
+        job = await self.batcher.submit(pixels)
+        self.metrics.queue_seconds.observe(job.queue_s)
+        return job
+
+    def record_classified(self, probabilities: np.ndarray) -> None:
+        """The per-image metrics of classified images (outcome, top-1 label, top-1 confidence)."""
+        names = self.predictor.class_names
+        for row in probabilities:
+            best = int(np.argmax(row))
+            self.metrics.images.labels(outcome="classified", reason="none").inc()
+            self.metrics.predictions.labels(label=names[best]).inc()
+            self.metrics.confidence.observe(float(row[best]))
 
     def _record_batch(self, report: BatchReport) -> None:
         self.metrics.batch_images.observe(report.images)

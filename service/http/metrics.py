@@ -10,6 +10,7 @@ the service's known routes plus ``"unmatched"``.
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -45,6 +46,7 @@ class ServiceMetrics:
     model_info: Gauge
     http_requests: Counter
     http_seconds: Histogram
+    oip_requests: Counter
 
     @classmethod
     def create(cls) -> "ServiceMetrics":
@@ -74,6 +76,8 @@ class ServiceMetrics:
                                   "method and status", ["route", "method", "status"]),
             http_seconds=Histogram("imgcls_http_request_duration_seconds", "HTTP request duration by route",
                                    ["route"], buckets=LATENCY_BUCKETS),
+            oip_requests=Counter("imgcls_oip_requests", "Open Inference Protocol (/v2) requests by route template, "
+                                 "outcome (ok, rejected) and reason code", ["route", "outcome", "reason"]),
         )
 
     def set_model(self, *, name: str, version: str, arch: str, provider: str, precision: str,
@@ -86,14 +90,20 @@ class ServiceMetrics:
 class HTTPMetricsMiddleware:
     """ASGI middleware: request count and duration per route, with a bounded route label."""
 
-    def __init__(self, app: Any, routes: Iterable[str], prefixes: Iterable[str] = ()) -> None:
+    def __init__(self, app: Any, routes: Iterable[str], prefixes: Iterable[str] = (),
+                 templates: Iterable[str] = ()) -> None:
         self.app = app
         self.routes = frozenset(routes)
         self.prefixes = tuple(prefixes)
+        # path templates ("/v2/models/{name}/infer"): the label is the template, never the raw path
+        self.templates = tuple((_template_pattern(t), t) for t in templates)
 
     def route_label(self, path: str) -> str:
         if path in self.routes:
             return path
+        template = next((label for pattern, label in self.templates if pattern.match(path)), None)
+        if template is not None:
+            return template
         return next((p + "*" for p in self.prefixes if path.startswith(p)), UNMATCHED)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -113,6 +123,11 @@ class HTTPMetricsMiddleware:
         finally:
             metrics.http_requests.labels(route=route, method=_method(scope), status=str(status[0])).inc()
             metrics.http_seconds.labels(route=route).observe(time.perf_counter() - started)
+
+
+def _template_pattern(template: str) -> re.Pattern[str]:
+    """A regex for a path template such as "/v2/models/{name}": one path segment per placeholder."""
+    return re.compile(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$")
 
 
 _KNOWN_METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"})

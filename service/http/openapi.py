@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from imgcls.service.http import oip_openapi
 from imgcls.service.http.schemas import ClassifyJSONRequest, ClassifyResponse, ErrorResponse, ModelSummary
 
 REF = "#/components/schemas/{model}"
@@ -63,4 +64,4 @@ def augment(spec: dict[str, Any]) -> dict[str, Any]:
         "responses": {"200": {"description": "what is being served", "content": _json("ModelSummary")},
                       "503": {"description": "not_ready", "content": _json("ErrorResponse")}},
     }}
-    return spec
+    return oip_openapi.add_paths(spec)

@@ -32,7 +32,7 @@ FLAG_FIELDS = {  # flag -> ServiceConfig field (help text comes from the field c
     "decode_threads": "decode_threads", "max_batch_size": "max_batch_size", "batch_wait_ms": "batch_wait_ms",
     "max_queue_images": "max_queue_images", "max_body_bytes": "max_body_bytes", "max_images": "max_images",
     "max_image_bytes": "max_image_bytes", "max_pixels": "max_pixels", "default_top_k": "default_top_k",
-    "timeout": "timeout_s", "max_concurrency": "max_concurrency",
+    "timeout": "timeout_s", "max_concurrency": "max_concurrency", "model_name": "model_name",
 }
 
 

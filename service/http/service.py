@@ -1,4 +1,5 @@
-"""The BentoML 1.4 service: ``POST /classify``, ``GET /model``, health and ``/metrics``.
+"""The BentoML 1.4 service: ``POST /classify``, ``GET /model``, health and ``/metrics``, plus the
+Open Inference Protocol (KServe v2) routes ``/v2/...`` (``imgcls.service.http.oip_routes``).
 
 Run it with ``imgcls serve BUNDLE`` (or ``IMGCLS_BUNDLE=... bentoml serve imgcls.service.http.service:ImageClassifier``).
 Configuration comes from ``IMGCLS_*`` variables (``imgcls.service.http.config``). Each worker loads the bundle
@@ -30,12 +31,13 @@ from imgcls.service.http.schemas import MODEL_HEADER, VERSION_HEADER, ClassifyRe
 from imgcls.service.http.config import ServiceConfig
 from imgcls.service.http.engine import ClassifierEngine
 from imgcls.service.http.metrics import HTTPMetricsMiddleware, ServiceMetrics, install, metrics_endpoint
+from imgcls.service.http.oip_routes import FIXED_ROUTES as OIP_ROUTES, MODEL_ROUTES as OIP_MODEL_ROUTES, build_routes
 from imgcls.service.http.uploads import ParsedRequest, RequestRejected, parse_request
 
 log = logging.getLogger("imgcls.service")
 CONFIG = ServiceConfig.from_env().with_workers_resolved()  # imgcls serve has resolved it already
 KNOWN_ROUTES = ("/classify", "/model", "/livez", "/healthz", "/readyz", "/metrics", "/docs.json",
-                "/schema.json", "/")
+                "/schema.json", "/", *OIP_ROUTES)
 _CURRENT: dict[str, "ImageClassifier"] = {}  # this worker's service instance, for the mounted apps
 
 
@@ -82,6 +84,7 @@ EXTRA_ROUTES = Starlette(routes=[
     Route("/model", model_endpoint, methods=["GET"]),
     Route("/metrics", metrics_endpoint, methods=["GET"]),
     Route("/docs.json", openapi_endpoint, methods=["GET"]),
+    *build_routes(lambda: _CURRENT.get("service")),  # the Open Inference Protocol (/v2), imgcls.service.http.oip_routes
 ])
 
 
@@ -128,6 +131,10 @@ class ImageClassifier:
             self._marker.write_text(str(os.getpid()))
         self._warm.set()
 
+    def warmed(self) -> bool:
+        """This worker has warmed up (``/classify`` and ``/v2`` infer answer 503 before)."""
+        return self._warm.is_set()
+
     def __is_ready__(self) -> bool:
         if not self._warm.is_set():
             return False
@@ -166,4 +173,5 @@ class ImageClassifier:
         return json_response(status, body, headers)
 
 
-ImageClassifier.add_asgi_middleware(HTTPMetricsMiddleware, routes=KNOWN_ROUTES, prefixes=("/static_content/",))
+ImageClassifier.add_asgi_middleware(HTTPMetricsMiddleware, routes=KNOWN_ROUTES, prefixes=("/static_content/",),
+                                    templates=OIP_MODEL_ROUTES)
