@@ -96,22 +96,19 @@ class ClassifierEngine:
     async def classify(self, parsed: ParsedRequest) -> tuple[int, ClassifyResponse | ErrorResponse]:
         started = time.perf_counter()
         top_k = min(parsed.top_k or self.config.default_top_k, self.predictor.num_classes)
-        loop = asyncio.get_running_loop()
-        pool = self.predictor.decode_pool()
-        decoded = await asyncio.gather(*(loop.run_in_executor(pool, self._decode, u)
-                                         for u in parsed.uploads))
+        decoded = await self.decode_all(parsed.uploads)
         decode_done = time.perf_counter()
         good = [d for d in decoded if d.pixels is not None]
         queue_s = inference_s = 0.0
         probabilities: np.ndarray | None = None
         if good:
             try:
-                job = await self.batcher.submit(np.stack([d.pixels for d in good]))
+                job = await self.infer(np.stack([d.pixels for d in good]))
             except Overloaded as exc:
                 self.metrics.requests.labels(outcome="rejected", reason="overloaded").inc()
                 return 503, ErrorResponse(error=error_detail("overloaded", str(exc)))
             probabilities, queue_s, inference_s = job.probabilities, job.queue_s, job.inference_s
-            self.metrics.queue_seconds.observe(queue_s)
+            self.record_classified(probabilities)
         results = self._results(decoded, probabilities, top_k)
         timing = RequestTiming(decode_ms=_ms(decode_done - started), queue_ms=_ms(queue_s),
                                inference_ms=_ms(inference_s), total_ms=_ms(time.perf_counter() - started))
@@ -131,12 +128,8 @@ class ClassifierEngine:
                 results.append(ImageResult(error=item.error, **base))
                 continue
             assert probabilities is not None
-            predictions = self.predictor.top_k(probabilities[row], top_k)
+            results.append(ImageResult(predictions=self.predictor.top_k(probabilities[row], top_k), **base))
             row += 1
-            self.metrics.images.labels(outcome="classified", reason="none").inc()
-            self.metrics.predictions.labels(label=predictions[0].label).inc()
-            self.metrics.confidence.observe(predictions[0].score)
-            results.append(ImageResult(predictions=predictions, **base))
         return results
 
     def _all_failed(self, results: list[ImageResult]) -> tuple[int, ErrorResponse]:
@@ -150,11 +143,11 @@ class ClassifierEngine:
         detail = ErrorDetail(status=status, reason=reason, message=message)
         return status, ErrorResponse(error=detail, results=results)
 
-    # ---------------------------------------------------------------- other protocols (imgcls.service.http.oip_routes)
+    # ---------------------------------------------------------------- steps shared by /classify and /v2 (oip_routes)
     async def decode_all(self, uploads: Sequence[Upload]) -> list[Decoded]:
-        """Decode every upload in the decode pool exactly as ``classify`` does (limits, reason codes, metrics)."""
-        loop = asyncio.get_running_loop()
-        return list(await asyncio.gather(*(loop.run_in_executor(self.decode_pool, self._decode, u) for u in uploads)))
+        """Decode every upload in the predictor's decode pool (limits, reason codes, metrics)."""
+        loop, pool = asyncio.get_running_loop(), self.predictor.decode_pool()
+        return list(await asyncio.gather(*(loop.run_in_executor(pool, self._decode, u) for u in uploads)))
 
     async def infer(self, pixels: np.ndarray) -> JobResult:
         """Probabilities for uint8 [N, 3, H, W] through the shared batcher; ``Overloaded`` when its queue is full."""

@@ -100,7 +100,7 @@ async def infer(request: Request, service: Any) -> Response:
     work = functools.partial(_parse, body, encoding, request.headers.get(HEADER_LENGTH), spec,
                              engine.config.max_body_bytes)
     if len(body) > PARSE_IN_THREAD_BYTES or encoding:  # big (or inflating) bodies: off the event loop
-        parsed = await asyncio.get_running_loop().run_in_executor(engine.decode_pool, work)
+        parsed = await asyncio.get_running_loop().run_in_executor(engine.predictor.decode_pool(), work)
     else:
         parsed = work()
     if not service.warmed():

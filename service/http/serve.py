@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     config = config.with_workers_resolved(on_gpu=provider == CUDA)
     state_dir = tempfile.mkdtemp(prefix="imgcls-serve-")
     env = {**os.environ, **dataclasses.replace(config, state_dir=state_dir).to_env()}
+    # BentoML keeps its Prometheus multiprocess files in $BENTOML_HOME and wipes them at start: two
+    # servers on one host would erase and mix each other's metrics. Each server gets its own home.
+    env["BENTOML_HOME"] = os.path.join(state_dir, "bentoml")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APP_ROOT), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", args.host, "--port", str(args.port),
                "--working-dir", str(APP_ROOT)]
