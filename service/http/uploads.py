@@ -147,6 +147,8 @@ def _parse_json(body: bytes, max_images: int) -> tuple[tuple[Upload, ...], int |
         document = json.loads(body or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestRejected("bad_json", f"body is not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise RequestRejected("bad_json", "JSON nested too deeply") from None
     if not isinstance(document, dict):
         raise RequestRejected("bad_json", 'expected a JSON object {"images": [...], "top_k": k}')
     unknown = set(document) - {"images", "top_k"}
