@@ -11,6 +11,7 @@ from imgcls.models.zoo.bench import BenchConfig, cache_root, edge_verdict, machi
 from imgcls.models.zoo.catalog import FIELDS, catalog, computed_size, row
 from imgcls.models.zoo.cli import Shortlist, main
 from imgcls.models.zoo.registry import ZOO
+from imgcls.service.runtime import cuda_in_build
 from tests.conftest import REPO_ROOT
 
 # The JSON schema, spelled out: changing it must change this test.
@@ -121,6 +122,8 @@ def test_table_lists_every_arch_and_names_the_machine(tmp_path, capsys):
     (["--batch", "1,x"], "batch sizes"),
     (["--max-params", "lots"], "not a count"),
     (["--max-seconds", "0"], "time cap"),
+    pytest.param(["--benchmark", "tiny", "--device", "cuda"], "no CUDAExecutionProvider",
+                 marks=pytest.mark.skipif(cuda_in_build(), reason="this onnxruntime build has CUDA")),
 ])
 def test_bad_options_exit_2_with_one_line(tmp_path, capsys, args, message):
     try:

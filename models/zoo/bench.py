@@ -212,6 +212,11 @@ def benchmark(archs: Iterable[str], config: BenchConfig) -> dict[str, Any]:
     """Measure ``archs`` one after another, saving the cache after each (an interruption keeps the rest)."""
     from tqdm import tqdm
 
+    from imgcls.service.runtime import DeviceError, cuda_in_build
+
+    if config.device == "cuda" and not cuda_in_build():  # say so before exporting anything
+        raise DeviceError("--device cuda: this onnxruntime build has no CUDAExecutionProvider; "
+                          "install the serve-gpu extra (onnxruntime-gpu) in its own environment")
     archs = list(archs)
     results = load_results(config)
     path = results_path(config)

@@ -10,7 +10,6 @@ Speed and INT8 figures are read from this machine's benchmark cache (``imgcls.mo
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -146,7 +145,3 @@ def catalog(measurements: Mapping[str, Mapping[str, Any]] | None = None) -> list
     measurements = measurements or {}
     return [row(arch, measurements.get(arch)) for arch in ZOO]
 
-
-def torch_home() -> str:
-    """Where torchvision weights are looked for (TORCH_HOME, else torch's default), for messages."""
-    return os.environ.get("TORCH_HOME") or str(Path(torch.hub.get_dir()).parent)

@@ -17,8 +17,6 @@ from typing import Any, Sequence
 
 from imgcls.models.zoo.catalog import FIELDS, CatalogRow
 
-log = logging.getLogger("imgcls.models")
-
 # Sort keys and their direction (True: largest first); missing values always sort last.
 SORTS = {"arch": False, "params": False, "gflops": False, "imagenet_top1": True, "imagenet_top5": True,
          "weights_mb": False, "latency_ms": False, "images_per_s": True}
