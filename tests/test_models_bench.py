@@ -39,7 +39,7 @@ def test_fp32_and_int8_are_timed_at_each_batch(benched, arch):
         assert set(entry[precision]) == {"1", "2"}
         for figures in entry[precision].values():
             assert figures["runs"] >= 3 and 0 < figures["latency_ms_p50"] <= figures["latency_ms_p90"]
-            assert figures["images_per_s"] > 0
+            assert figures["images_per_s"] > 0 and 0 < figures["cpu_share"] and figures["latency_ms_min"] > 0
     assert rows[arch]["latency_ms"] == entry["fp32"]["1"]["latency_ms_p50"]
     assert rows[arch]["images_per_s"] == entry["fp32"]["2"]["images_per_s"]
     assert entry["int8_settings"]["mode"] == "static" and entry["int8_settings"]["target"] == int8_target()

@@ -120,27 +120,34 @@ def load_results(config: BenchConfig) -> dict[str, Any]:
     return data if isinstance(data.get("models"), dict) else {"machine": machine(config), "models": {}}
 
 
-def time_interleaved(sessions: Mapping[str, Any], pixels: np.ndarray, seconds: float) -> dict[str, dict[str, float]]:
-    """Latency p50/p90 (ms) and images/s of each session on ``pixels``, in alternating rounds."""
+def time_interleaved(sessions: Mapping[str, Any], pixels: np.ndarray, seconds: float,
+                     threads: int) -> dict[str, dict[str, float]]:
+    """Latency (ms) and images/s of each session on ``pixels``, in alternating rounds."""
     from imgcls.export.config import INPUT_NAME
 
     inputs = {INPUT_NAME: pixels}
     for sess in sessions.values():
         sess.run(None, inputs)  # warm-up: allocations, kernel selection
     samples: dict[str, list[float]] = {name: [] for name in sessions}
+    cpu: dict[str, float] = {name: 0.0 for name in sessions}
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or min(len(s) for s in samples.values()) < MIN_RUNS:
         for name, sess in sessions.items():
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             sess.run(None, inputs)
             samples[name].append(time.perf_counter() - started)
-    figures = {}
-    for name, times in samples.items():
-        p50 = statistics.median(times)
-        p90 = sorted(times)[min(len(times) - 1, int(0.9 * len(times)))]
-        figures[name] = {"latency_ms_p50": round(1e3 * p50, 3), "latency_ms_p90": round(1e3 * p90, 3),
-                         "images_per_s": round(len(pixels) / p50, 2), "runs": len(times)}
-    return figures
+            cpu[name] += time.process_time() - started_cpu
+    return {name: _summary(times, cpu[name], len(pixels), threads) for name, times in samples.items()}
+
+
+def _summary(times: list[float], cpu_seconds: float, batch: int, threads: int) -> dict[str, float]:
+    """Latency percentiles, throughput at the median, and the share of the CPUs asked for that the
+    runs really got (well under 1: other processes competed, the figures are pessimistic)."""
+    p50 = statistics.median(times)
+    p90 = sorted(times)[min(len(times) - 1, int(0.9 * len(times)))]
+    return {"latency_ms_p50": round(1e3 * p50, 3), "latency_ms_p90": round(1e3 * p90, 3),
+            "latency_ms_min": round(1e3 * min(times), 3), "images_per_s": round(batch / p50, 2), "runs": len(times),
+            "cpu_share": round(cpu_seconds / (sum(times) * threads), 2)}
 
 
 def agreement(sessions: Mapping[str, Any], pixels: np.ndarray) -> float:
@@ -186,17 +193,17 @@ def measure(arch: str, config: BenchConfig) -> dict[str, Any]:
     preprocess = default_preprocess(arch)
     split = photo_split(config.cache)
     images = load_pixels(split, list(split.val) + list(split.train), preprocess).pixels
-    per_batch = config.max_seconds / len(config.batches)
+    per_batch, threads = config.max_seconds / len(config.batches), config.runtime().intra_op_threads()
     timed: dict[str, dict[str, Any]] = {name: {} for name in sessions}
     for batch in config.batches:
         pixels = np.resize(images, (batch, *images.shape[1:]))
-        for name, figures in time_interleaved(sessions, pixels, per_batch).items():
+        for name, figures in time_interleaved(sessions, pixels, per_batch, threads).items():
             timed[name][str(batch)] = figures
     entry: dict[str, Any] = {
         "arch": arch, "weights": models.weights, "provider": provider, "fp32": timed["fp32"],
         "int8": timed.get("int8"), "int8_settings": models.int8_settings,
         "fp32_bytes": models.fp32.stat().st_size, "int8_bytes": models.int8.stat().st_size if models.int8 else None,
-        "prepare_seconds": round(models.prepare_seconds, 1),
+        "prepare_seconds": round(models.prepare_seconds, 1), "load_avg_1m": round(os.getloadavg()[0], 2),
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if "int8" in sessions:

@@ -74,17 +74,18 @@ def _fmt(value: Any, spec: str = ".3g") -> str:
     return "?" if value is None else format(value, spec)
 
 
-def _int8_ms(r: CatalogRow) -> float | None:
-    int8 = (r.measured or {}).get("int8") or {}
-    return int8[min(int8, key=int)]["latency_ms_p50"] if int8 else None
+def _smallest_batch(r: CatalogRow, precision: str, figure: str) -> float | None:
+    timed = (r.measured or {}).get(precision) or {}
+    return timed[min(timed, key=int)].get(figure) if timed else None
 
 
 def table(rows: Sequence[CatalogRow], markdown: bool) -> str:
     headers = ["arch", "params M", "GFLOPs", "top-1 %", "top-5 %", "weights MB", "input", "weights",
-               "fp32 ms b1", "int8 ms b1", "fp32 img/s", "edge (INT8)"]
+               "fp32 ms", "int8 ms", "fp32 img/s", "CPU share", "edge (INT8)"]
     cells = [[r.arch, f"{r.params / 1e6:.2f}", f"{r.gflops:.3g}", _fmt(r.imagenet_top1, ".2f"),
               _fmt(r.imagenet_top5, ".2f"), _fmt(r.weights_mb, ".1f"), f"{r.resize}->{r.crop}", r.weights_status,
-              _fmt(r.latency_ms), _fmt(_int8_ms(r)), _fmt(r.images_per_s, ".4g"), r.edge]
+              _fmt(r.latency_ms), _fmt(_smallest_batch(r, "int8", "latency_ms_p50")), _fmt(r.images_per_s, ".4g"),
+              _fmt(_smallest_batch(r, "fp32", "cpu_share"), ".2f"), r.edge]
              for r in rows]
     if markdown:
         lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -98,7 +99,9 @@ def footer(machine: dict[str, Any], measured: int) -> str:
     if machine.get("gpu"):
         where += f", {machine['gpu']}"
     return (f"\nGFLOPs: multiply-adds per image (torchvision's convention). Speed: {measured} model(s) measured on "
-            f"this machine ({machine['device']}: {where}); b1 = batch 1, img/s at the largest batch measured. "
+            f"this machine ({machine['device']}: {where}); ms: median latency at the smallest batch "
+            "measured, img/s: throughput at the largest; "
+            "CPU share: of the threads' CPU time asked for, what the timed runs got (other load lowers it). "
             "`imgcls models --benchmark ARCH` measures more.")
 
 
