@@ -219,6 +219,7 @@ def benchmark(archs: Iterable[str], config: BenchConfig) -> dict[str, Any]:
     """Measure ``archs`` one after another, saving the cache after each (an interruption keeps the rest)."""
     from tqdm import tqdm
 
+    from imgcls.export.errors import ExportError
     from imgcls.service.runtime import DeviceError, cuda_in_build
 
     if config.device == "cuda" and not cuda_in_build():  # say so before exporting anything
@@ -232,7 +233,11 @@ def benchmark(archs: Iterable[str], config: BenchConfig) -> dict[str, Any]:
         bar.set_description(f"benchmark {arch}")
         log.info("[%d/%d] %s: export (cached after the first run) and time on %s", index, len(archs), arch,
                  config.device)
-        entry = measure(arch, config)
+        try:
+            entry = measure(arch, config)
+        except ExportError as exc:  # one architecture that does not export must not lose the others
+            log.error("[%d/%d] %s: not measured: %s", index, len(archs), arch, exc)
+            continue
         results["models"][arch] = entry
         write_atomically(path, json.dumps(results, indent=1).encode("utf-8"))
         log.info("[%d/%d] %s: fp32 %s ms at batch %s, %s (%.0f s)", index, len(archs), arch,

@@ -169,3 +169,6 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, DeviceError) as exc:
         sys.stderr.write(f"imgcls models: {exc}\n")
         return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("imgcls models: interrupted (models measured so far are cached)\n")
+        return 130
