@@ -43,6 +43,7 @@ class ServiceMetrics:
     predictions: Counter
     confidence: Histogram
     model_info: Gauge
+    queue_images: Gauge
     http_requests: Counter
     http_seconds: Histogram
 
@@ -70,6 +71,8 @@ class ServiceMetrics:
                                  buckets=CONFIDENCE_BUCKETS),
             model_info=Gauge("imgcls_model_info", "the model being served (value 1)",
                              ["name", "version", "arch", "provider", "precision"], multiprocess_mode="max"),
+            queue_images=Gauge("imgcls_queue_images", "images waiting for inference (sampled after each batch), "
+                               "summed over live workers", multiprocess_mode="livesum"),
             http_requests=Counter("imgcls_http_requests", "HTTP requests by route (known routes or 'unmatched'), "
                                   "method and status", ["route", "method", "status"]),
             http_seconds=Histogram("imgcls_http_request_duration_seconds", "HTTP request duration by route",
@@ -124,20 +127,34 @@ def _method(scope: dict) -> str:
     return method if method in _KNOWN_METHODS else "other"
 
 
-def install(metrics: ServiceMetrics) -> None:
-    """Make ``metrics`` the ones the middleware records into (one service per worker process)."""
+def install(metrics: ServiceMetrics, collectors: Iterable[Any] = ()) -> None:
+    """Make ``metrics`` the ones the middleware records into (one service per worker process).
+
+    ``collectors``: extra prometheus-client collectors evaluated at each scrape (server state).
+    """
     _CURRENT["metrics"] = metrics
+    _COLLECTORS[:] = list(collectors)
+
+
+_COLLECTORS: list[Any] = []
 
 
 def render() -> bytes:
-    """Exposition text of every worker (multiprocess mode) or of this process."""
+    """Exposition text of every worker (multiprocess mode) or of this process, plus the extra collectors."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry)
-    from prometheus_client import REGISTRY
+    else:
+        from prometheus_client import REGISTRY
 
-    return generate_latest(REGISTRY)
+        registry = REGISTRY
+    text = generate_latest(registry)
+    if _COLLECTORS:
+        extra = CollectorRegistry()
+        for collector in _COLLECTORS:
+            extra.register(collector)
+        text += generate_latest(extra)
+    return text
 
 
 async def metrics_endpoint(_request: Any) -> Any:
