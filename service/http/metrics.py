@@ -79,6 +79,14 @@ class ServiceMetrics:
                                    ["route"], buckets=LATENCY_BUCKETS),
         )
 
+    def initialise(self, reasons: Iterable[str]) -> None:
+        """Every outcome and rejection reason appears (at 0) from the start: rates and ratios work at once."""
+        for outcome in ("ok", "partial"):
+            self.requests.labels(outcome=outcome, reason="none")
+        for reason in reasons:
+            self.requests.labels(outcome="rejected", reason=reason)
+        self.images.labels(outcome="classified", reason="none")
+
     def set_model(self, *, name: str, version: str, arch: str, provider: str, precision: str,
                   class_names: Iterable[str]) -> None:
         self.model_info.labels(name=name, version=version, arch=arch, provider=provider, precision=precision).set(1)

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from imgcls.service.http import drain, openapi, pages, readiness
-from imgcls.service.http.schemas import MODEL_HEADER, VERSION_HEADER, ClassifyResponse, error_body
+from imgcls.service.http.schemas import MODEL_HEADER, REASON_STATUS, VERSION_HEADER, ClassifyResponse, error_body
 from imgcls.service.http.config import ServiceConfig
 from imgcls.service.http.engine import ClassifierEngine
 from imgcls.service.http.metrics import HTTPMetricsMiddleware, ServiceMetrics, install, metrics_endpoint
@@ -104,6 +104,7 @@ class ImageClassifier:
 
     def __init__(self) -> None:
         self.metrics = ServiceMetrics.create()
+        self.metrics.initialise(REASON_STATUS)
         install(self.metrics, [ServerCollector(CONFIG.workers, CONFIG.state_dir)])
         self.engine = ClassifierEngine(CONFIG, self.metrics)
         self.model_headers = {VERSION_HEADER: self.engine.predictor.model_version, MODEL_HEADER: self.engine.name}
