@@ -187,7 +187,7 @@ class KillResult:
     workers: int
     clients: int
     killed_pid: int
-    held_by_victim: int  # connections to the server port the killed worker held at the kill
+    held_by_victim: int  # connections the killed worker had accepted (counted while it was stopped)
     restarted_s: float  # kill -> a new worker process exists
     ready_again_s: float  # kill -> /readyz 200 again
     readyz: dict[str, int]  # statuses of /readyz sampled during the gap
@@ -207,6 +207,7 @@ def kill_trial(bundle: Path, log_dir: Path, *, workers: int = 2, clients: int = 
         with Fleet(server.url, body, content_type, clients) as fleet:
             time.sleep(load_s)
             victim = before_pids[0]
+            os.kill(victim, signal.SIGSTOP)  # frozen: what it holds cannot change while we count
             held = held_connections(victim, fleet.port)
             killed = time.monotonic()
             os.kill(victim, signal.SIGKILL)
@@ -242,16 +243,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--bundle", type=Path, default=None, help="a bundle to serve (default: a tiny one, built)")
+    parser.add_argument("--warmup-delay", type=float, default=2.0,
+                        help="kill trial: IMGCLS_WARMUP_DELAY_S, so a worker accepting before it is warm shows")
     args = parser.parse_args(argv)
     from tests.factories import make_tiny_bundle
 
-    trials = {"drain_1_worker": (drain_trial, 1), "drain_2_workers": (drain_trial, 2),
-              "kill_1_of_2_workers": (kill_trial, 2)}
+    kill_env = {"IMGCLS_WARMUP_DELAY_S": str(args.warmup_delay)}
+    trials = {"drain_1_worker": (drain_trial, 1, {}), "drain_2_workers": (drain_trial, 2, {}),
+              "kill_1_of_2_workers": (kill_trial, 2, kill_env)}
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="imgcls-reliability-") as tmp:
         bundle = args.bundle or make_tiny_bundle(Path(tmp))
-        for name, (trial, workers) in trials.items():
-            results[name] = asdict(trial(bundle, Path(tmp), workers=workers, clients=args.clients))
+        for name, (trial, workers, env) in trials.items():
+            results[name] = asdict(trial(bundle, Path(tmp), workers=workers, clients=args.clients, extra_env=env))
             log.info("%s: %s", name, json.dumps(results[name]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -47,6 +47,7 @@
 
   function render(file, result, requestError) {
     const thumb = el("img", { src: URL.createObjectURL(file), alt: "" });
+    thumb.addEventListener("error", () => thumb.replaceWith(el("div", { class: "thumb none", text: "no preview" })));
     const body = el("div", { class: "body" }, [el("p", { class: "name", text: file.name })]);
     if (result && result.predictions) body.appendChild(bars(result.predictions));
     const error = (result && result.error) || requestError;
