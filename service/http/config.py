@@ -40,7 +40,7 @@ class ServiceConfig:
     timeout_s: float = 60.0  # BentoML traffic timeout per request (answers 504)
     max_concurrency: int = 0  # BentoML traffic.max_concurrency (answers 429); 0 = unlimited
     access_log: bool = False  # BentoML's per-request access log lines
-    grace_s: float = 20.0  # after SIGTERM: seconds to answer accepted requests before exiting anyway
+    grace_s: float = 8.0  # after SIGTERM: seconds to answer accepted requests (fits docker stop's 10 s)
     state_dir: str = ""  # shared by the workers of one server: readiness markers
     warmup_delay_s: float = 0.0  # test knob: sleep before the warm-up (to observe /readyz 503)
 

@@ -36,7 +36,7 @@ FLAG_FIELDS = {  # flag -> ServiceConfig field (help text comes from the field c
     "max_image_bytes": "max_image_bytes", "max_pixels": "max_pixels", "default_top_k": "default_top_k",
     "timeout": "timeout_s", "max_concurrency": "max_concurrency", "grace": "grace_s",
 }
-KILL_MARGIN_S = 10.0  # after the grace period, how long the workers get to exit before SIGKILL
+KILL_MARGIN_S = 1.5  # after the grace period, how long the workers get to exit before SIGKILL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +93,7 @@ def verify_bundle(config: ServiceConfig) -> str | None:
     return None
 
 
-def run_server(command: list[str], env: dict[str, str], grace_s: float = 20.0) -> int:
+def run_server(command: list[str], env: dict[str, str], grace_s: float = 8.0) -> int:
     child = subprocess.Popen(command, env=env, cwd=APP_ROOT, start_new_session=True)
     stopping: list[int] = []
 
