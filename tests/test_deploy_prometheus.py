@@ -59,8 +59,12 @@ def metric_names(expr: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    bundle = make_tiny_bundle(tmp_path_factory.mktemp("prom-bundle"))
+def bundle(tmp_path_factory):
+    return make_tiny_bundle(tmp_path_factory.mktemp("prom-bundle"))
+
+
+@pytest.fixture(scope="module")
+def server(bundle, tmp_path_factory):
     handle = start_server(bundle, tmp_path_factory.mktemp("prom-log") / "serve.log", env={"IMGCLS_WORKERS": "2"})
     yield handle
     handle.stop()
@@ -169,3 +173,17 @@ def test_figures_match_the_traffic(traffic):
     assert ok == 12 and sum(rejected) == 12
     assert _instant(traffic, "max(imgcls_workers_ready)") == [2.0]
     assert sum(_instant(traffic, "imgcls:prediction_share:rate1h")) == pytest.approx(1.0)
+
+
+def _ok_count(url: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=10, trust_env=False).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith('imgcls_requests_total{outcome="ok"'))
+
+
+def test_a_second_server_on_the_host_neither_sees_nor_wipes_the_metrics(server, traffic, bundle, tmp_path):
+    before = _ok_count(server.url)
+    assert before >= 12
+    with start_server(bundle, tmp_path / "second.log", env={"IMGCLS_WORKERS": "1"}) as second:
+        assert _ok_count(second.url) == 0  # its own metrics, not the first server's
+        assert _ok_count(server.url) == before  # and starting it did not reset the first one's

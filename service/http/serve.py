@@ -149,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = tempfile.mkdtemp(prefix="imgcls-serve-")
     env = {**os.environ, **dataclasses.replace(config, state_dir=state_dir).to_env()}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APP_ROOT), env.get("PYTHONPATH")]))
+    # BentoML keeps the workers' Prometheus files in $BENTOML_HOME/prometheus_multiproc_dir and wipes
+    # it when a server starts: with a shared home, every server on the host would mix (and reset)
+    # the others' metrics. Serving an import path needs nothing else from the home.
+    env["BENTOML_HOME"] = str(Path(state_dir) / "bentoml")
     command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", args.host, "--port", str(args.port),
                "--working-dir", str(APP_ROOT), "--timeout-graceful-shutdown", str(max(1, round(config.grace_s)))]
     log.info("serving %s on http://%s:%d (%d worker(s), %s, %s)", config.bundle, args.host, args.port,
