@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import io
 import json
 import logging
 import os
@@ -144,8 +145,8 @@ def held_connections(pid: int, port: int) -> int:
 
 
 def payload() -> tuple[bytes, str]:
+    """One 320x240 JPEG as a multipart body."""
     from PIL import Image
-    import io
 
     buffer = io.BytesIO()
     Image.new("RGB", (320, 240), (30, 140, 200)).save(buffer, format="JPEG")

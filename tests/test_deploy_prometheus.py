@@ -12,7 +12,6 @@ import math
 import re
 import subprocess
 import time
-from pathlib import Path
 
 import httpx
 import pytest
