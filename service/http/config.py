@@ -41,6 +41,7 @@ class ServiceConfig:
     timeout_s: float = 60.0  # BentoML traffic timeout per request (answers 504)
     max_concurrency: int = 0  # BentoML traffic.max_concurrency (answers 429); 0 = unlimited
     access_log: bool = False  # BentoML's per-request access log lines
+    grace_s: float = 8.0  # after SIGTERM: seconds to answer accepted requests (fits docker stop's 10 s)
     state_dir: str = ""  # shared by the workers of one server: readiness markers
     warmup_delay_s: float = 0.0  # test knob: sleep before the warm-up (to observe /readyz 503)
 
@@ -50,7 +51,7 @@ class ServiceConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"{PREFIX}PRECISION must be one of {PRECISIONS}, got {self.precision!r}")
         positive = ("decode_threads", "max_batch_size", "max_queue_images", "max_body_bytes",
-                    "max_images", "max_image_bytes", "max_pixels", "default_top_k", "timeout_s")
+                    "max_images", "max_image_bytes", "max_pixels", "default_top_k", "timeout_s", "grace_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be > 0, got {getattr(self, name)}")

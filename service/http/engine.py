@@ -168,6 +168,7 @@ class ClassifierEngine:
         self.metrics.batch_images.observe(report.images)
         self.metrics.batch_requests.observe(report.requests)
         self.metrics.inference_seconds.observe(report.inference_s)
+        self.metrics.queue_images.set(self.batcher.queued_images)
 
     # ---------------------------------------------------------------- GET /model
     def summary(self) -> ModelSummary:

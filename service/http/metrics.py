@@ -44,6 +44,7 @@ class ServiceMetrics:
     predictions: Counter
     confidence: Histogram
     model_info: Gauge
+    queue_images: Gauge
     http_requests: Counter
     http_seconds: Histogram
     oip_requests: Counter
@@ -72,6 +73,8 @@ class ServiceMetrics:
                                  buckets=CONFIDENCE_BUCKETS),
             model_info=Gauge("imgcls_model_info", "the model being served (value 1)",
                              ["name", "version", "arch", "provider", "precision"], multiprocess_mode="max"),
+            queue_images=Gauge("imgcls_queue_images", "images waiting for inference (sampled after each batch), "
+                               "summed over live workers", multiprocess_mode="livesum"),
             http_requests=Counter("imgcls_http_requests", "HTTP requests by route (known routes or 'unmatched'), "
                                   "method and status", ["route", "method", "status"]),
             http_seconds=Histogram("imgcls_http_request_duration_seconds", "HTTP request duration by route",
@@ -79,6 +82,14 @@ class ServiceMetrics:
             oip_requests=Counter("imgcls_oip_requests", "Open Inference Protocol (/v2) requests by route template, "
                                  "outcome (ok, rejected) and reason code", ["route", "outcome", "reason"]),
         )
+
+    def initialise(self, reasons: Iterable[str]) -> None:
+        """Every outcome and rejection reason appears (at 0) from the start: rates and ratios work at once."""
+        for outcome in ("ok", "partial"):
+            self.requests.labels(outcome=outcome, reason="none")
+        for reason in reasons:
+            self.requests.labels(outcome="rejected", reason=reason)
+        self.images.labels(outcome="classified", reason="none")
 
     def set_model(self, *, name: str, version: str, arch: str, provider: str, precision: str,
                   class_names: Iterable[str]) -> None:
@@ -139,20 +150,34 @@ def _method(scope: dict) -> str:
     return method if method in _KNOWN_METHODS else "other"
 
 
-def install(metrics: ServiceMetrics) -> None:
-    """Make ``metrics`` the ones the middleware records into (one service per worker process)."""
+def install(metrics: ServiceMetrics, collectors: Iterable[Any] = ()) -> None:
+    """Make ``metrics`` the ones the middleware records into (one service per worker process).
+
+    ``collectors``: extra prometheus-client collectors evaluated at each scrape (server state).
+    """
     _CURRENT["metrics"] = metrics
+    _COLLECTORS[:] = list(collectors)
+
+
+_COLLECTORS: list[Any] = []
 
 
 def render() -> bytes:
-    """Exposition text of every worker (multiprocess mode) or of this process."""
+    """Exposition text of every worker (multiprocess mode) or of this process, plus the extra collectors."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry)
-    from prometheus_client import REGISTRY
+    else:
+        from prometheus_client import REGISTRY
 
-    return generate_latest(REGISTRY)
+        registry = REGISTRY
+    text = generate_latest(registry)
+    if _COLLECTORS:
+        extra = CollectorRegistry()
+        for collector in _COLLECTORS:
+            extra.register(collector)
+        text += generate_latest(extra)
+    return text
 
 
 async def metrics_endpoint(_request: Any) -> Any:

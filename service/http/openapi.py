@@ -3,7 +3,8 @@
 BentoML documents one request media type per route and generic error bodies, and knows nothing
 about routes served by mounted apps. ``augment(spec)`` adds to ``POST /classify`` the JSON
 (base64) and raw-image request forms and our error responses (``ErrorResponse`` for 400, 413, 415,
-503), and adds ``GET /model`` (``ModelSummary``), with every schema in ``components``.
+503), and adds ``GET /model`` (``ModelSummary``), with every schema in ``components``; its ``info`` is
+imgcls's title, version and description (with a link to the ``/ui`` upload page).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+import imgcls
 from imgcls.service.http import oip_openapi
 from imgcls.service.http.schemas import ClassifyJSONRequest, ClassifyResponse, ErrorResponse, ModelSummary
 
@@ -38,8 +40,26 @@ def _json(model: str) -> dict[str, Any]:
     return {"application/json": {"schema": {"$ref": REF.format(model=model)}}}
 
 
-def augment(spec: dict[str, Any]) -> dict[str, Any]:
+def describe(model: Any | None) -> dict[str, Any]:
+    """imgcls's own ``info`` (BentoML's says "a Machine Learning Service created with BentoML", version None)."""
+    served = (f"\n\nServing **{model.name}** version `{model.version}` ({model.arch}, {model.precision}, "
+              f"{model.num_classes} classes)." if model is not None else "")
+    return {
+        "title": "imgcls image classification",
+        "version": imgcls.__version__,
+        "description": (
+            "Classify images with a fine-tuned CNN/ViT exported to ONNX. **Try it in the browser: "
+            "[the upload page](/ui).**\n\n`POST /classify` takes one or several images (multipart, JSON "
+            "base64 or a raw image body) and answers top-k labels per image; `GET /model` describes the model; "
+            "`/livez`, `/readyz` and `/metrics` are for orchestrators and Prometheus." + served
+        ),
+    }
+
+
+def augment(spec: dict[str, Any], model: Any | None = None) -> dict[str, Any]:
+    """``model``: the served ``ModelSummary`` (named in the description), or None before it is loaded."""
     spec = copy.deepcopy(spec)
+    spec["info"] = describe(model)  # not BentoML's boilerplate, contact and badges
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(_schemas())
     classify = spec.get("paths", {}).get("/classify", {}).get("post")

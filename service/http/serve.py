@@ -2,8 +2,11 @@
 
 A thin wrapper: the flags become ``IMGCLS_*`` environment variables (``imgcls.service.http.config``) and
 ``bentoml serve imgcls.service.http.service:ImageClassifier`` runs as a child process. SIGTERM/SIGINT are
-passed on to it, so ``docker stop`` / Ctrl+C drain requests and exit 0. Every flag defaults to
-its environment variable, then to the built-in default.
+passed on to it, so ``docker stop`` / Ctrl+C drain requests and exit 0: the workers stop listening
+at once (new connections are refused), answer every request they had accepted, and get
+``--grace`` seconds for it (uvicorn's ``--timeout-graceful-shutdown``) before they cancel what is
+left; a server still running ``KILL_MARGIN_S`` after that is killed. Every flag defaults to its
+environment variable, then to the built-in default.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import imgcls
@@ -32,8 +36,9 @@ FLAG_FIELDS = {  # flag -> ServiceConfig field (help text comes from the field c
     "decode_threads": "decode_threads", "max_batch_size": "max_batch_size", "batch_wait_ms": "batch_wait_ms",
     "max_queue_images": "max_queue_images", "max_body_bytes": "max_body_bytes", "max_images": "max_images",
     "max_image_bytes": "max_image_bytes", "max_pixels": "max_pixels", "default_top_k": "default_top_k",
-    "timeout": "timeout_s", "max_concurrency": "max_concurrency", "model_name": "model_name",
+    "timeout": "timeout_s", "max_concurrency": "max_concurrency", "model_name": "model_name", "grace": "grace_s",
 }
+KILL_MARGIN_S = 1.5  # after the grace period, how long the workers get to exit before SIGKILL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +96,7 @@ def verify_bundle(config: ServiceConfig) -> tuple[str | None, str]:
         return str(exc), ""
 
 
-def run_server(command: list[str], env: dict[str, str]) -> int:
+def run_server(command: list[str], env: dict[str, str], grace_s: float = 8.0) -> int:
     child = subprocess.Popen(command, env=env, cwd=APP_ROOT, start_new_session=True)
     stopping: list[int] = []
 
@@ -102,7 +107,7 @@ def run_server(command: list[str], env: dict[str, str]) -> int:
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        code = child.wait()
+        code = _wait(child, stopping, grace_s + KILL_MARGIN_S)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -110,6 +115,23 @@ def run_server(command: list[str], env: dict[str, str]) -> int:
         log.info("server stopped")
         return 0
     return code if code >= 0 else 128 - code
+
+
+def _wait(child: subprocess.Popen, stopping: list[int], limit_s: float) -> int:
+    """Wait for the server; once a stop signal came, at most ``limit_s`` more, then kill its group."""
+    deadline: float | None = None
+    while True:
+        try:
+            return child.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            if not stopping:
+                continue
+            deadline = deadline or time.monotonic() + limit_s
+            if time.monotonic() > deadline:
+                log.error("the server did not stop %.0f s after the signal; killing it", limit_s)
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+                return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,16 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     config = config.with_workers_resolved(on_gpu=provider == CUDA)
     state_dir = tempfile.mkdtemp(prefix="imgcls-serve-")
     env = {**os.environ, **dataclasses.replace(config, state_dir=state_dir).to_env()}
-    # BentoML keeps its Prometheus multiprocess files in $BENTOML_HOME and wipes them at start: two
-    # servers on one host would erase and mix each other's metrics. Each server gets its own home.
-    env["BENTOML_HOME"] = os.path.join(state_dir, "bentoml")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APP_ROOT), env.get("PYTHONPATH")]))
+    # BentoML keeps the workers' Prometheus files in $BENTOML_HOME/prometheus_multiproc_dir and wipes
+    # it when a server starts: with a shared home, every server on the host would mix (and reset)
+    # the others' metrics. Serving an import path needs nothing else from the home.
+    env["BENTOML_HOME"] = str(Path(state_dir) / "bentoml")
     command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", args.host, "--port", str(args.port),
-               "--working-dir", str(APP_ROOT)]
+               "--working-dir", str(APP_ROOT), "--timeout-graceful-shutdown", str(max(1, round(config.grace_s)))]
     log.info("serving %s on http://%s:%d (%d worker(s), %s, %s)", config.bundle, args.host, args.port,
              config.workers, config.device, config.precision)
     try:
-        return run_server(command, env)
+        return run_server(command, env, config.grace_s)
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
 
