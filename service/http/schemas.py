@@ -26,6 +26,8 @@ REASON_STATUS: dict[str, int] = {
     "not_ready": 503,
     "internal": 500,
     # one image (imgcls.models.core.preprocess.REASONS)
+    "not_found": 400,  # paths: batch scoring only
+    "unreadable": 400,
     "empty": 400,
     "not_an_image": 400,
     "truncated": 400,

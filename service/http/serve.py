@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import imgcls
+from imgcls.models.core.bundle import training_run_message
 from imgcls.models.core.card import CardError, ModelCard
 from imgcls.service.http.config import ConfigError, ServiceConfig, env_name
 
@@ -64,6 +65,9 @@ def check_bundle(bundle: Path) -> str | None:
     """A quick look before starting workers (they verify hashes and the graph themselves)."""
     if not bundle.is_dir():
         return f"bundle {bundle}: not a directory"
+    hint = training_run_message(bundle)
+    if hint:
+        return hint
     try:
         ModelCard.load(bundle)
     except (CardError, OSError, ValueError) as exc:

@@ -5,14 +5,17 @@
                  [--shard i/n] [--precision fp32|int8|fp16] [--device auto|cpu|cuda] [--all-files]
 
 INPUTS are directories (walked recursively; files with image extensions unless --all-files),
-glob patterns (quote them; ``**`` recurses), files, or list files (.txt/.lst: one path per line;
-.csv: a ``path`` column or the first column; relative entries are relative to the list file).
+glob patterns (quote them; ``**`` recurses), image files, or list files named .txt (one path per
+line) or .csv (a ``path`` column or the first column); relative entries are relative to the list
+file. A list file with another name is read as one only through ``--list FILE``.
 The sorted, deduplicated list is what ``--shard i/n`` (1-based, round robin over the sorted list)
 partitions: run ``--shard 1/4`` .. ``--shard 4/4`` on four machines, each with its own --out.
 
-Output: one row per image, ``path, label_1, score_1, .., label_k, score_k, error, message``
-(``error`` is the decode failure's reason: empty, too_large, not_an_image, unsupported_format,
-truncated, too_many_pixels, corrupt). CSV/JSONL are appended and fsync'ed batch by batch, so a
+Output: one row per image, ``path, label_1, score_1, .., label_k, score_k, error, message,
+model_version, precision`` (``error`` is the decode failure's reason: not_found, empty, too_large,
+not_an_image, unsupported_format, truncated, too_many_pixels, corrupt; the last two columns name
+the model file that scored the row). ``--resume`` refuses a file written by another bundle,
+precision or --top-k, naming both. CSV/JSONL are appended and fsync'ed batch by batch, so a
 killed run loses at most the batch in flight; ``--resume`` cuts a torn last line and skips every
 path already in the file. Parquet is written as part files in ``<out>.parts/`` that a finished run
 merges into ``<out>``; ``--resume`` reads both. ``--labels`` adds ``<out stem>.eval.json`` and
@@ -54,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="imgcls score", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("bundle", type=Path, help="bundle directory (model.onnx + card.json)")
-    parser.add_argument("inputs", nargs="+", help="directories, glob patterns, image files or list files")
+    parser.add_argument("inputs", nargs="*", help="directories, glob patterns, image files or .txt/.csv list files")
+    parser.add_argument("--list", dest="lists", action="append", default=[], metavar="FILE",
+                        help="a file listing paths (one per line, or a CSV 'path' column), whatever its name; repeatable")
     parser.add_argument("--out", required=True, type=Path, help="results file: .csv, .jsonl or .parquet")
     parser.add_argument("--top-k", type=int, default=5, help="labels per image (clamped to the class count)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
@@ -97,6 +102,8 @@ def to_row(path: str, result: list[Prediction] | ImageDecodeError) -> Row:
 
 
 def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if not args.inputs and not args.lists:
+        parser.error("give at least one input (a directory, glob, image file or list file) or --list FILE")
     for name in ("top_k", "batch_size", "workers", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -104,7 +111,7 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
 
 
 def _paths(args: argparse.Namespace) -> tuple[str, ...]:
-    paths = list_inputs(args.inputs, all_files=args.all_files).paths
+    paths = list_inputs(args.inputs, all_files=args.all_files, lists=args.lists).paths
     if args.shard:
         index, count = parse_shard(args.shard)
         paths = shard(paths, index, count)
@@ -146,7 +153,8 @@ def _score(args: argparse.Namespace) -> int:
     with predictor:
         log.info("model %s", json.dumps(predictor.describe()))
         k = min(args.top_k, predictor.num_classes)
-        output = open_output(args.out, k, resume=args.resume, overwrite=args.overwrite)
+        provenance = {"model_version": predictor.model_version, "precision": predictor.precision}
+        output = open_output(args.out, k, resume=args.resume, overwrite=args.overwrite, provenance=provenance)
         done = {row["path"] for row in output.existing}
         wanted = set(paths)
         earlier_failed = sum(1 for row in output.existing if row.get("error") and row["path"] in wanted)
