@@ -151,3 +151,29 @@ def test_usage_errors_exit_2(bundle, data, tmp_path, caplog):
     assert run_score(bundle, data, "--out", tmp_path / "d.txt") == score.EXIT_ERROR
     assert "does not exist" in caplog.text and "unknown format" in caplog.text
     assert not (tmp_path / "a.csv").exists()
+
+
+def test_resume_with_another_bundle_is_refused_naming_both_models(bundle, data, tmp_path, caplog):
+    out = tmp_path / "scores.csv"
+    assert run_score(bundle, data, "--out", out) == score.EXIT_OK
+    versions = {row["model_version"] for row in read_rows(out, 3)}
+    assert len(versions) == 1 and versions.pop().startswith(f"{bundle.name}@")
+    other = tmp_path / "other-model"
+    shutil.copytree(bundle, other)
+    before = out.read_bytes()
+    assert run_score(other, data, "--out", out, "--resume") == score.EXIT_ERROR
+    assert out.read_bytes() == before  # nothing appended by the other model
+    assert f"'{bundle.name}@" in caplog.text and "'other-model@" in caplog.text
+
+
+def test_missing_listed_file_is_not_found_and_a_run_is_not_a_bundle(bundle, data, tmp_path, caplog):
+    image = sorted(data.rglob("*.png"))[0]
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{image}\n{tmp_path / 'gone.png'}\n")
+    out = tmp_path / "scores.jsonl"
+    assert run_score(bundle, listing, "--out", out) == score.EXIT_PARTIAL
+    rows = {row["path"]: row for row in read_rows(out, 3)}
+    assert rows[str(tmp_path / "gone.png")]["error"] == "not_found" and rows[str(image)]["error"] is None
+    run_dir = bundle.parents[1] / "runs" / "tiny"
+    assert run_score(run_dir, data, "--out", tmp_path / "x.csv") == score.EXIT_ERROR
+    assert f"export it first: imgcls export {run_dir}" in caplog.text
