@@ -111,7 +111,7 @@ def run_demo(config: DemoConfig) -> None:
         "--strategy", "head", "--epochs", str(config.epochs), "--out", str(run_dir), "--overwrite",
     )
     status = run_stage(
-        "export", str(run_dir), "--out", str(bundle), *(["--int8"] if config.int8 else []),
+        "export", str(run_dir), "--out", str(bundle), "--overwrite", *(["--int8"] if config.int8 else []),
         accepted=(0, EXPORT_VARIANT_REFUSED),
     )
     if status == EXPORT_VARIANT_REFUSED:
