@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from imgcls.export.config import CALIBRATION_METHODS, DEFAULT_OPSET, EXPORTERS, INT8_TARGETS, ExportConfig
+from imgcls.stage_parser import StageParser
 
 log = logging.getLogger("imgcls.export")
 
@@ -57,7 +58,7 @@ def _one_line(text: object) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="imgcls export", description=__doc__.splitlines()[0].strip("`"))
+    parser = StageParser(prog="imgcls export", description=__doc__.splitlines()[0].strip("`"))
     parser.add_argument("run", type=Path, help="run directory (runs/<run>) or its checkpoint directory")
     parser.add_argument("--out", type=Path, help="bundle directory (default: bundles/<run name>)")
     parser.add_argument("--overwrite", action="store_true",

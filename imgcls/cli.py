@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stage, rest = argv[0], argv[1:]
     if stage not in STAGES:
-        sys.stderr.write(f"imgcls: unknown stage {stage!r}\n{usage()}\n")
+        sys.stderr.write(f"imgcls: unknown stage {stage!r} (stages: {', '.join(STAGES)}; see imgcls --help)\n")
         return 2
     problem = missing_for(stage)
     if problem:

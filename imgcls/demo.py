@@ -18,6 +18,7 @@ from pathlib import Path
 
 from imgcls.models.core.dataset import SplitListing
 from imgcls.service.http.launcher import child_environment, encode_multipart, start_server
+from imgcls.stage_parser import StageParser
 
 log = logging.getLogger("imgcls.demo")
 
@@ -125,7 +126,7 @@ def run_demo(config: DemoConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="imgcls demo", description=__doc__.splitlines()[0])
+    parser = StageParser(prog="imgcls demo", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("."), help="where demo-data/, runs/, bundles/ go")
     parser.add_argument("--arch", default="efficientnet_lite0")
     parser.add_argument("--epochs", type=int, default=15, help="head epochs (early stopping may end sooner)")

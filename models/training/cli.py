@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from imgcls.models.training.config import OPTIMIZERS, STRATEGIES, ConfigError, TrainConfig, build_config
+from imgcls.stage_parser import StageParser
 
 log = logging.getLogger("imgcls.train")
 
@@ -24,7 +25,7 @@ RESUME_FIXED = ("data", "arch", "weights", "strategy", "lr", "batch_size", "val_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = StageParser(
         prog="imgcls train",
         description="Fine-tune a backbone from the zoo on DIR/<class>/<image> (or DIR/train + DIR/val). "
         "Image size, normalisation and class count come from the backbone and the data, not from flags. "

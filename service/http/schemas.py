@@ -22,6 +22,7 @@ REASON_STATUS: dict[str, int] = {
     "body_too_large": 413,
     "too_many_images": 413,
     "unsupported_content_type": 415,
+    "method_not_allowed": 405,
     "overloaded": 503,
     "not_ready": 503,
     "internal": 500,

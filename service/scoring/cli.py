@@ -40,12 +40,13 @@ from typing import Sequence
 from tqdm import tqdm
 
 from imgcls.models.core.preprocess import ImageDecodeError
-from imgcls.models.core.bundle import PRECISIONS, BundleError
+from imgcls.models.core.bundle import PRECISIONS, BundleError, load_card
 from imgcls.service.predictor import DEFAULT_BATCH_SIZE, Prediction, Predictor
 from imgcls.service.runtime import DEVICES, DeviceError
 from imgcls.service.scoring.inputs import InputError, list_inputs, parse_shard, shard
 from imgcls.service.scoring.outputs import OutputError, Row, open_output
 from imgcls.service.scoring.report import evaluate_output, load_labels
+from imgcls.stage_parser import StageParser
 
 log = logging.getLogger("imgcls.score")
 
@@ -53,7 +54,7 @@ EXIT_OK, EXIT_ERROR, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = StageParser(
         prog="imgcls score", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("bundle", type=Path, help="bundle directory (model.onnx + card.json)")
@@ -144,6 +145,7 @@ def _summary(tally: Tally, skipped: int, seconds: float, out: Path, earlier_fail
 
 
 def _score(args: argparse.Namespace) -> int:
+    load_card(args.bundle)  # a bundle problem (a training run, no card.json) is named before any listing
     paths = _paths(args)
     labels = load_labels(args.labels, paths) if args.labels else None
     predictor = Predictor.load(
