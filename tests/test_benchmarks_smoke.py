@@ -31,3 +31,16 @@ def test_quick_benchmarks_write_json_and_the_table(tmp_path: Path) -> None:
     assert "| 2 ORT vs eager | tiny | ORT fp32 img/s, batch 4 |" in markdown
     assert "| 9 scoring | tiny |" in markdown
     assert "Machine: " in markdown
+
+
+def test_render_only_prints_the_table_and_leaves_the_tracked_file_alone(tmp_path: Path, capsys) -> None:
+    tracked = run_all.DEFAULT_MD
+    before = tracked.read_bytes() if tracked.exists() else None
+    (tmp_path / "ceiling.json").write_text(json.dumps({"models": {}}))
+    assert run_all.main(["--render-only", "--out-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "Machine: " in printed  # the table, on stdout
+    assert (tracked.read_bytes() if tracked.exists() else None) == before
+    chosen = tmp_path / "table.md"
+    assert run_all.main(["--render-only", "--out-dir", str(tmp_path), "--markdown", str(chosen)]) == 0
+    assert chosen.read_text() == printed
