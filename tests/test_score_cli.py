@@ -177,3 +177,15 @@ def test_missing_listed_file_is_not_found_and_a_run_is_not_a_bundle(bundle, data
     run_dir = bundle.parents[1] / "runs" / "tiny"
     assert run_score(run_dir, data, "--out", tmp_path / "x.csv") == score.EXIT_ERROR
     assert f"export it first: imgcls export {run_dir}" in caplog.text
+
+
+def test_progress_in_a_log_is_periodic_lines_not_bar_fragments(bundle, data, tmp_path):
+    command = [sys.executable, "-m", "imgcls", "score", str(bundle), str(data), "--out", str(tmp_path / "s.csv"),
+               "--batch-size", "4", "--workers", "1", "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "IMGCLS_PROGRESS_INTERVAL_S": "0"}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "\r" not in result.stderr  # stderr is a pipe here, as in a log file: no bar
+    lines = [line for line in result.stderr.splitlines() if "scoring: " in line]
+    assert any("/24 images (" in line and "img/s" in line and "ETA" in line for line in lines), result.stderr[-2000:]
+    assert lines[-1].split("scoring: ")[1].startswith("24 images in")

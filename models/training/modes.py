@@ -16,7 +16,7 @@ from imgcls.models.training.strategies import Freezer, backbone_trainable
 from imgcls.models.training.config import TrainConfig
 from imgcls.models.training.data import ImageListDataset
 from imgcls.models.training.loop import predict_logits
-from imgcls.models.training.progress import track
+from imgcls.models.core.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ def _bar(iterable: Any, dist: DistContext, desc: str, total: int | None = None, 
     Items are ``(inputs, labels)`` batches unless ``per_item`` (then each item is one image)."""
     total = total if total is not None else images_in(iterable)
     if per_item:
-        return track(iterable, desc, total, enabled=dist.is_main, count=lambda _item: 1)
-    return track(iterable, desc, total, enabled=dist.is_main)
+        return track(iterable, desc, total, enabled=dist.is_main, count=lambda _item: 1, logger=log)
+    return track(iterable, desc, total, enabled=dist.is_main, logger=log)
 
 
 class ImageMode:

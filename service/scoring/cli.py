@@ -37,9 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from tqdm import tqdm
-
 from imgcls.models.core.preprocess import ImageDecodeError
+from imgcls.models.core.progress import track
 from imgcls.models.core.bundle import PRECISIONS, BundleError, load_card
 from imgcls.service.predictor import DEFAULT_BATCH_SIZE, Prediction, Predictor
 from imgcls.service.runtime import DEVICES, DeviceError
@@ -74,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--all-files", action="store_true", help="under directories, score every file, not only image extensions")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress (default: a bar on a terminal, a log line every 15 s otherwise)")
     return parser
 
 
@@ -124,13 +124,11 @@ def _paths(args: argparse.Namespace) -> tuple[str, ...]:
 
 def _run(predictor: Predictor, output, todo: Sequence[str], args: argparse.Namespace, k: int) -> Tally:
     tally = Tally()
-    with tqdm(total=len(todo), unit="img", desc="scoring", disable=args.no_progress, dynamic_ncols=True) as bar:
-        for batch in predictor.predict_batches(todo, top_k=k, batch_size=args.batch_size):
-            output.write([to_row(path, result) for path, result in batch])
-            for _, result in batch:
-                tally.add(result)
-            bar.update(len(batch))
-            bar.set_postfix(failed=tally.failed, refresh=False)
+    batches = predictor.predict_batches(todo, top_k=k, batch_size=args.batch_size)
+    for batch in track(batches, "scoring", len(todo), enabled=not args.no_progress, count=len, logger=log):
+        output.write([to_row(path, result) for path, result in batch])
+        for _, result in batch:
+            tally.add(result)
     return tally
 
 

@@ -1,8 +1,10 @@
-"""Progress of long training steps (checking images, caching features, epochs, validation).
+"""Progress of long steps in images: training (checking images, caching features, epochs,
+validation) and batch scoring.
 
 On a terminal: a tqdm bar counting images, with images/s and an ETA. Anywhere else (a log file,
 CI, ``nohup``): one log line every ``IMGCLS_PROGRESS_INTERVAL_S`` seconds (default 15) with the
-same figures, and a closing line, never a bar's ``\\r`` fragments. Torch-free.
+same figures, and a closing line, never a bar's ``\\r`` fragments. Torch-free; tqdm is imported
+only for a terminal.
 """
 from __future__ import annotations
 
@@ -12,9 +14,7 @@ import sys
 import time
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from tqdm import tqdm
-
-log = logging.getLogger("imgcls.train")
+log = logging.getLogger("imgcls.progress")
 
 INTERVAL_ENV = "IMGCLS_PROGRESS_INTERVAL_S"
 DEFAULT_INTERVAL_S = 15.0
@@ -50,13 +50,16 @@ def _line(desc: str, done: int, total: int | None, elapsed: float) -> str:
 
 
 def track(items: Iterable[T], desc: str, total: int | None = None, *, enabled: bool = True,
-          count: Callable[[Any], int] = batch_images, terminal: bool | None = None) -> Iterator[T]:
+          count: Callable[[Any], int] = batch_images, terminal: bool | None = None,
+          logger: logging.Logger = log) -> Iterator[T]:
     """Yield ``items``, reporting images done (``count(item)`` each) against ``total`` images."""
     if not enabled:
         yield from items
         return
     on_terminal = sys.stderr.isatty() if terminal is None else terminal
     if on_terminal:
+        from tqdm import tqdm
+
         with tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True) as bar:
             for item in items:
                 yield item
@@ -69,8 +72,8 @@ def track(items: Iterable[T], desc: str, total: int | None = None, *, enabled: b
         done += count(item)
         now = time.perf_counter()
         if now - last >= interval and (total is None or done < total):
-            log.info("%s", _line(desc, done, total, now - started))
+            logger.info("%s", _line(desc, done, total, now - started))
             last = now
     elapsed = time.perf_counter() - started
     if elapsed >= interval or interval == 0:
-        log.info("%s: %d images in %.1f s (%.1f img/s)", desc, done, elapsed, done / max(elapsed, 1e-9))
+        logger.info("%s: %d images in %.1f s (%.1f img/s)", desc, done, elapsed, done / max(elapsed, 1e-9))
