@@ -6,7 +6,6 @@ Every stage is the same command a user would type; this module only strings them
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import subprocess

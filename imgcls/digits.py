@@ -6,7 +6,6 @@ data. Grayscale PNGs are fine: ``load_image`` brings every mode to RGB.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections import Counter
