@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,9 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     started = time.perf_counter()
     steps = ["load", "convert", "check", "parity"] + (["int8"] if config.int8 else []) + (["fp16"] if config.fp16 else []) + ["write"]
-    progress = tqdm(total=len(steps), desc="export", unit="step", disable=not config.progress, leave=False)
+    # a bar on a terminal only: in a log file it would leave \r fragments (the steps' timings go to the report)
+    progress = tqdm(total=len(steps), desc="export", unit="step", leave=False,
+                    disable=not config.progress or not sys.stderr.isatty())
     timings: dict[str, float] = {}
     report: dict[str, Any] = {"run": str(run_dir.resolve()), "config": _config_dict(config), "versions": _versions()}
 

@@ -59,3 +59,15 @@ def test_portable_rewrites_this_machines_paths():
 
     out = portable({"a": [str(REPO_ROOT / "x" / "y")], "b": str(Path.home() / "z"), "c": "plain"})
     assert out == {"a": ["./x/y"], "b": "~/z", "c": "plain"}
+
+def test_render_only_prints_the_table_and_leaves_the_tracked_file_alone(tmp_path: Path, capsys) -> None:
+    tracked = run_all.DEFAULT_MD
+    before = tracked.read_bytes() if tracked.exists() else None
+    (tmp_path / "ceiling.json").write_text(json.dumps({"models": {}}))
+    assert run_all.main(["--render-only", "--out-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "Machine: " in printed  # the table, on stdout
+    assert (tracked.read_bytes() if tracked.exists() else None) == before
+    chosen = tmp_path / "table.md"
+    assert run_all.main(["--render-only", "--out-dir", str(tmp_path), "--markdown", str(chosen)]) == 0
+    assert chosen.read_text() == printed

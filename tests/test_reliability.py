@@ -18,7 +18,7 @@ from imgcls.service.http.serve import KILL_MARGIN_S, _wait
 from tests.factories import make_tiny_bundle
 
 CLIENTS = 16
-GRACE_S = ServiceConfig().grace_s  # the default: must fit `docker stop`'s 10 s
+GRACE_S = ServiceConfig().grace  # the default: must fit `docker stop`'s 10 s
 
 
 @pytest.fixture(scope="module")

@@ -31,9 +31,24 @@ class BundleError(ValueError):
     """A bundle that cannot be served as it is: the message names the file and the problem."""
 
 
+def training_run_message(path: Path) -> str | None:
+    """The message for a training run (or its checkpoint) given where a bundle is expected, else None."""
+    path = Path(path)
+    if (path / "checkpoint" / "card.json").is_file() or (path / "train_state.pt").is_file():
+        run = path
+    elif (path / "weights.safetensors").is_file() and not any(path.glob("*.onnx")):
+        run = path.parent if (path.parent / "split.json").is_file() else path
+    else:
+        return None
+    return f"{path} is a training run, not a bundle; export it first: imgcls export {run}"
+
+
 def load_card(bundle_dir: Path) -> ModelCard:
     if not bundle_dir.is_dir():
         raise BundleError(f"bundle {bundle_dir}: not a directory")
+    hint = training_run_message(bundle_dir)
+    if hint:
+        raise BundleError(hint)
     try:
         return ModelCard.load(bundle_dir)
     except CardError as exc:

@@ -17,6 +17,7 @@ import torch
 
 from imgcls.models.core.errors import ConfigError
 from imgcls.models.training.config import OPTIMIZERS, STRATEGIES, TrainConfig, build_config
+from imgcls.stage_parser import StageParser
 
 log = logging.getLogger("imgcls.train")
 
@@ -25,7 +26,7 @@ RESUME_FIXED = ("data", "arch", "weights", "strategy", "lr", "batch_size", "val_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = StageParser(
         prog="imgcls train",
         description="Fine-tune a backbone from the zoo on DIR/<class>/<image> (or DIR/train + DIR/val). "
         "Image size, normalisation and class count come from the backbone and the data, not from flags. "

@@ -40,7 +40,7 @@ def prepare_split(config: TrainConfig, dist: DistContext, preprocess: Preprocess
     samples = listing.train + listing.val
     mine = samples[dist.rank::dist.world_size]  # each rank checks its share; the lists are gathered
     bad = find_unreadable(listing, preprocess.load, mine, threads=max(2, config.workers),
-                          progress=lambda it: _bar(it, dist, "checking images"))
+                          progress=lambda it: _bar(it, dist, "checking images", total=len(mine), per_item=True))
     if dist.world_size > 1:
         import torch.distributed as torch_dist
 

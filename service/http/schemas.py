@@ -24,10 +24,13 @@ REASON_STATUS: dict[str, int] = {
     "body_too_large": 413,
     "too_many_images": 413,
     "unsupported_content_type": 415,
+    "method_not_allowed": 405,
     "overloaded": 503,
     "not_ready": 503,
     "internal": 500,
     # one image (imgcls.models.core.preprocess.REASONS)
+    "not_found": 400,  # paths: batch scoring only
+    "unreadable": 400,
     "empty": 400,
     "not_an_image": 400,
     "truncated": 400,

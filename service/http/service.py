@@ -98,7 +98,7 @@ EXTRA_ROUTES = Starlette(routes=[
 @bentoml.service(
     name="imgcls",
     workers=CONFIG.workers,
-    traffic={"timeout": CONFIG.timeout_s, **({"max_concurrency": CONFIG.max_concurrency} if CONFIG.max_concurrency else {})},
+    traffic={"timeout": CONFIG.timeout, **({"max_concurrency": CONFIG.max_concurrency} if CONFIG.max_concurrency else {})},
     metrics={"enabled": False},  # replaced by imgcls.service.http.metrics (bounded labels, see there)
     logging={"access": {"enabled": CONFIG.access_log}},
 )
@@ -187,5 +187,20 @@ class ImageClassifier:
         return json_response(status, body, headers)
 
 
+class ClassifyMethodGuard:
+    """ASGI middleware: any method but POST (and OPTIONS) on /classify answers JSON 405 like other errors."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/classify" and scope["method"] not in ("POST", "OPTIONS"):
+            body = error_body("method_not_allowed", f"{scope['method']} /classify: send the images with POST")
+            await json_response(405, body, {"Allow": "POST"})(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+ImageClassifier.add_asgi_middleware(ClassifyMethodGuard)
 ImageClassifier.add_asgi_middleware(HTTPMetricsMiddleware, routes=KNOWN_ROUTES, prefixes=("/static_content/",),
                                     templates=OIP_MODEL_ROUTES)

@@ -5,14 +5,17 @@
                  [--shard i/n] [--precision fp32|int8|fp16] [--device auto|cpu|cuda] [--all-files]
 
 INPUTS are directories (walked recursively; files with image extensions unless --all-files),
-glob patterns (quote them; ``**`` recurses), files, or list files (.txt/.lst: one path per line;
-.csv: a ``path`` column or the first column; relative entries are relative to the list file).
+glob patterns (quote them; ``**`` recurses), image files, or list files named .txt (one path per
+line) or .csv (a ``path`` column or the first column); relative entries are relative to the list
+file. A list file with another name is read as one only through ``--list FILE``.
 The sorted, deduplicated list is what ``--shard i/n`` (1-based, round robin over the sorted list)
 partitions: run ``--shard 1/4`` .. ``--shard 4/4`` on four machines, each with its own --out.
 
-Output: one row per image, ``path, label_1, score_1, .., label_k, score_k, error, message``
-(``error`` is the decode failure's reason: empty, too_large, not_an_image, unsupported_format,
-truncated, too_many_pixels, corrupt). CSV/JSONL are appended and fsync'ed batch by batch, so a
+Output: one row per image, ``path, label_1, score_1, .., label_k, score_k, error, message,
+model_version, precision`` (``error`` is the decode failure's reason: not_found, empty, too_large,
+not_an_image, unsupported_format, truncated, too_many_pixels, corrupt; the last two columns name
+the model file that scored the row). ``--resume`` refuses a file written by another bundle,
+precision or --top-k, naming both. CSV/JSONL are appended and fsync'ed batch by batch, so a
 killed run loses at most the batch in flight; ``--resume`` cuts a torn last line and skips every
 path already in the file. Parquet is written as part files in ``<out>.parts/`` that a finished run
 merges into ``<out>``; ``--resume`` reads both. ``--labels`` adds ``<out stem>.eval.json`` and
@@ -34,15 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from tqdm import tqdm
-
 from imgcls.models.core.preprocess import ImageDecodeError
-from imgcls.models.core.bundle import PRECISIONS, BundleError
+from imgcls.models.core.progress import track
+from imgcls.models.core.bundle import PRECISIONS, BundleError, load_card
 from imgcls.service.predictor import DEFAULT_BATCH_SIZE, Prediction, Predictor
 from imgcls.service.runtime import DEVICES, DeviceError
 from imgcls.service.scoring.inputs import InputError, list_inputs, parse_shard, shard
 from imgcls.service.scoring.outputs import OutputError, Row, open_output
 from imgcls.service.scoring.report import evaluate_output, load_labels
+from imgcls.stage_parser import StageParser
 
 log = logging.getLogger("imgcls.score")
 
@@ -50,11 +53,13 @@ EXIT_OK, EXIT_ERROR, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = StageParser(
         prog="imgcls score", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("bundle", type=Path, help="bundle directory (model.onnx + card.json)")
-    parser.add_argument("inputs", nargs="+", help="directories, glob patterns, image files or list files")
+    parser.add_argument("inputs", nargs="*", help="directories, glob patterns, image files or .txt/.csv list files")
+    parser.add_argument("--list", dest="lists", action="append", default=[], metavar="FILE",
+                        help="a file listing paths (one per line, or a CSV 'path' column), whatever its name; repeatable")
     parser.add_argument("--out", required=True, type=Path, help="results file: .csv, .jsonl or .parquet")
     parser.add_argument("--top-k", type=int, default=5, help="labels per image (clamped to the class count)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
@@ -68,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--all-files", action="store_true", help="under directories, score every file, not only image extensions")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress (default: a bar on a terminal, a log line every 15 s otherwise)")
     return parser
 
 
@@ -97,6 +103,8 @@ def to_row(path: str, result: list[Prediction] | ImageDecodeError) -> Row:
 
 
 def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if not args.inputs and not args.lists:
+        parser.error("give at least one input (a directory, glob, image file or list file) or --list FILE")
     for name in ("top_k", "batch_size", "decode_threads", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -104,7 +112,7 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
 
 
 def _paths(args: argparse.Namespace) -> tuple[str, ...]:
-    paths = list_inputs(args.inputs, all_files=args.all_files).paths
+    paths = list_inputs(args.inputs, all_files=args.all_files, lists=args.lists).paths
     if args.shard:
         index, count = parse_shard(args.shard)
         paths = shard(paths, index, count)
@@ -116,13 +124,11 @@ def _paths(args: argparse.Namespace) -> tuple[str, ...]:
 
 def _run(predictor: Predictor, output, todo: Sequence[str], args: argparse.Namespace, k: int) -> Tally:
     tally = Tally()
-    with tqdm(total=len(todo), unit="img", desc="scoring", disable=args.no_progress, dynamic_ncols=True) as bar:
-        for batch in predictor.predict_batches(todo, top_k=k, batch_size=args.batch_size):
-            output.write([to_row(path, result) for path, result in batch])
-            for _, result in batch:
-                tally.add(result)
-            bar.update(len(batch))
-            bar.set_postfix(failed=tally.failed, refresh=False)
+    batches = predictor.predict_batches(todo, top_k=k, batch_size=args.batch_size)
+    for batch in track(batches, "scoring", len(todo), enabled=not args.no_progress, count=len, logger=log):
+        output.write([to_row(path, result) for path, result in batch])
+        for _, result in batch:
+            tally.add(result)
     return tally
 
 
@@ -137,6 +143,7 @@ def _summary(tally: Tally, skipped: int, seconds: float, out: Path, earlier_fail
 
 
 def _score(args: argparse.Namespace) -> int:
+    load_card(args.bundle)  # a bundle problem (a training run, no card.json) is named before any listing
     paths = _paths(args)
     labels = load_labels(args.labels, paths) if args.labels else None
     predictor = Predictor.load(
@@ -146,7 +153,8 @@ def _score(args: argparse.Namespace) -> int:
     with predictor:
         log.info("model %s", json.dumps(predictor.describe()))
         k = min(args.top_k, predictor.num_classes)
-        output = open_output(args.out, k, resume=args.resume, overwrite=args.overwrite)
+        provenance = {"model_version": predictor.model_version, "precision": predictor.precision}
+        output = open_output(args.out, k, resume=args.resume, overwrite=args.overwrite, provenance=provenance)
         done = {row["path"] for row in output.existing}
         wanted = set(paths)
         earlier_failed = sum(1 for row in output.existing if row.get("error") and row["path"] in wanted)
