@@ -74,7 +74,7 @@ def test_score_and_serve_of_a_training_run_say_export_it_first(fake_run, tmp_pat
 
 def test_serve_bad_port_variable_bad_flag_and_port_in_use(fake_run):
     assert_one_line_exit_2(imgcls("serve", fake_run, env={"IMGCLS_PORT": "abc"}), "IMGCLS_PORT", "'abc'")
-    assert_one_line_exit_2(imgcls("serve", fake_run, "--workers", "0"), "--workers", "must be > 0")
+    assert_one_line_exit_2(imgcls("serve", fake_run, "--workers", "-1"), "--workers", "must be >= 0")
     assert_one_line_exit_2(imgcls("serve", fake_run, env={"IMGCLS_TIMEOUT": "-1"}), "IMGCLS_TIMEOUT")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -181,7 +181,7 @@ def test_missing_listed_file_is_not_found_and_a_run_is_not_a_bundle(bundle, data
 
 def test_progress_in_a_log_is_periodic_lines_not_bar_fragments(bundle, data, tmp_path):
     command = [sys.executable, "-m", "imgcls", "score", str(bundle), str(data), "--out", str(tmp_path / "s.csv"),
-               "--batch-size", "4", "--workers", "1", "--threads", "1"]
+               "--batch-size", "4", "--decode-threads", "1", "--threads", "1"]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "IMGCLS_PROGRESS_INTERVAL_S": "0"}
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
