@@ -19,6 +19,7 @@ from typing import Any, Iterable, Iterator, TypeVar
 
 import numpy as np
 
+from imgcls.models.core.calibration import apply_temperature, uncalibrated
 from imgcls.models.core.card import ModelCard
 from imgcls.models.core.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError
 from imgcls.models.core import bundle as bundle_checks
@@ -38,7 +39,8 @@ DEFAULT_BATCH_SIZE = 32
 class Prediction:
     label: str
     index: int
-    score: float
+    score: float  # calibrated: softmax(logits / card temperature)
+    uncalibrated_score: float | None = None  # softmax(logits), for before/after calibration figures
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "index": self.index, "score": self.score}
@@ -127,6 +129,16 @@ class Predictor:
     def input_size(self) -> int:
         return self.card.preprocess.crop_size
 
+    @property
+    def temperature(self) -> float:
+        """The card's calibration temperature (1.0 for bundles without one)."""
+        return self.card.temperature
+
+    @property
+    def min_score(self) -> float | None:
+        """The card's default abstention threshold (None: never abstain)."""
+        return self.card.min_score
+
     # ------------------------------------------------------------ steps
     def decode(self, data: bytes | str | Path) -> np.ndarray:
         """uint8 [3, H, W] model input, or ``ImageDecodeError`` (reason in ``.reason``)."""
@@ -135,7 +147,7 @@ class Predictor:
         return preprocess.pixels(image)
 
     def infer(self, pixels: np.ndarray) -> np.ndarray:
-        """Probabilities float32 [N, C] for uint8 pixels [N, 3, H, W]."""
+        """Calibrated probabilities float32 [N, C] (softmax of logits / temperature) for uint8 pixels [N, 3, H, W]."""
         size = self.input_size
         if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8:
             raise ValueError(f"infer: expected a uint8 numpy array, got {getattr(pixels, 'dtype', type(pixels))}")
@@ -144,12 +156,13 @@ class Predictor:
         if pixels.shape[0] == 0:
             return np.zeros((0, self.num_classes), dtype=np.float32)
         (logits,) = self.session.run([self._output_name], {self._input_name: np.ascontiguousarray(pixels)})
-        return softmax(logits)
+        return softmax(apply_temperature(logits, self.temperature))  # the one place calibration is applied
 
     def top_k(self, probabilities_row: np.ndarray, k: int = 5) -> list[Prediction]:
         names = self.class_names
+        raw = uncalibrated(probabilities_row, self.temperature)
         return [
-            Prediction(names[int(i)], int(i), float(probabilities_row[i]))
+            Prediction(names[int(i)], int(i), float(probabilities_row[i]), float(raw[i]))
             for i in top_k_indices(probabilities_row, k)
         ]
 

@@ -45,6 +45,7 @@ class ServiceMetrics:
     model_info: Gauge
     http_requests: Counter
     http_seconds: Histogram
+    abstained: Counter
 
     @classmethod
     def create(cls) -> "ServiceMetrics":
@@ -74,6 +75,8 @@ class ServiceMetrics:
                                   "method and status", ["route", "method", "status"]),
             http_seconds=Histogram("imgcls_http_request_duration_seconds", "HTTP request duration by route",
                                    ["route"], buckets=LATENCY_BUCKETS),
+            abstained=Counter("imgcls_abstained", "classified images reported as abstained: top-1 (calibrated) "
+                              "score below min_score (also counted in imgcls_images{outcome=classified})"),
         )
 
     def set_model(self, *, name: str, version: str, arch: str, provider: str, precision: str,

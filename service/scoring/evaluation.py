@@ -10,7 +10,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-ECE_BINS = 15
+from imgcls.models.core.calibration import ECE_BINS, expected_calibration_error
+
+__all__ = ["ECE_BINS", "Evaluation", "confusion_matrix", "evaluate", "expected_calibration_error",
+           "format_report", "save_confusion_png"]
 
 
 @dataclass(frozen=True)
@@ -58,21 +61,6 @@ def confusion_matrix(true: np.ndarray, predicted: np.ndarray, num_classes: int) 
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(matrix, (true, predicted), 1)
     return matrix
-
-
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
-    """sum over equal-width bins (lo, hi] of |bin| / n * |accuracy(bin) - mean confidence(bin)|."""
-    confidence = np.asarray(confidence, dtype=np.float64)
-    correct = np.asarray(correct, dtype=np.float64)
-    if confidence.size == 0:
-        return 0.0
-    index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        members = index == b
-        if members.any():
-            total += members.mean() * abs(correct[members].mean() - confidence[members].mean())
-    return float(total)
 
 
 def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
