@@ -123,7 +123,8 @@ def test_parquet_unfinished_parts_are_resumed(tmp_path):
 
 
 def test_columns():
-    assert columns(2) == ["path", "label_1", "score_1", "label_2", "score_2", "error", "message"]
+    assert columns(2) == ["path", "label_1", "score_1", "label_2", "score_2", "error", "message", "abstained",
+                          "uncalibrated_score_1"]
 
 
 def test_evaluation_against_a_hand_computed_case(tmp_path):
