@@ -64,7 +64,7 @@ def parse_min_score(raw: Any) -> float:
     value = raw
     if isinstance(raw, str):
         text = raw.strip().strip('"')
-        if not re.fullmatch(r"[+]?(\d{1,9}(\.\d{0,12})?|\.\d{1,12})", text):
+        if len(text) > 40 or not re.fullmatch(r"[+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?", text):
             raise RequestRejected("bad_min_score", f"min_score must be a number between 0 and 1, got {raw[:40]!r}")
         value = float(text)
     try:
