@@ -40,6 +40,7 @@ REFERENCE_PHOTOS = (
     "hubble_deep_field", "immunohistochemistry", "retina", "colorwheel", "page", "brick", "grass", "gravel", "moon",
 )
 VARIANTS = ("full", "flip", "crop_tl", "crop_tr", "crop_bl", "crop_br", "crop_centre")
+LOGIT_BATCH = 32  # images per PyTorch forward pass (bounded memory for large --data folders)
 PSEUDO_LABELS = "the fp32 PyTorch model's own top-1 (no labelled ImageNet data offline)"
 
 
@@ -158,7 +159,9 @@ def stage_pretrained(arch: str, weights: str, scratch: Path, data_dir: Path | No
         chosen = load_pixels(split, samples, card.preprocess)
         if len(chosen.labels) == 0:
             raise ExportError(f"no readable images under {split.root}")
-        return torch_reference(model, card.preprocess, chosen.pixels).astype(np.float64), chosen.labels
+        logits = [torch_reference(model, card.preprocess, chosen.pixels[i:i + LOGIT_BATCH])
+                  for i in range(0, len(chosen.pixels), LOGIT_BATCH)]
+        return np.concatenate(logits).astype(np.float64), chosen.labels
 
     if data_dir is None:
         split = photo_split(scratch / "photos", card.class_names, lambda s: logits_of(s, s.train)[0].argmax(1))

@@ -229,3 +229,22 @@ def test_a_card_json_whose_temperature_was_edited_is_refused(bundle, tmp_path):
     card.updated(calibration={"min_score": 0.9}).save(copy)  # the threshold alone may be edited
     with Predictor.load(copy, threads=1) as predictor:
         assert predictor.min_score == 0.9
+
+
+def test_a_bundle_exported_without_calibration_serves_plain_softmax(tmp_path, images):
+    """Older bundles (no calibration in the card or the graph) load with T = 1 and never abstain."""
+    from tests.factories import make_tiny_bundle
+
+    old = make_tiny_bundle(tmp_path)
+    assert "calibration" not in json.loads((old / "card.json").read_text())
+    with Predictor.load(old, threads=1) as predictor:
+        assert predictor.temperature == 1.0 and predictor.min_score is None
+        pixels = np.stack([predictor.decode(p) for p in images])
+        np.testing.assert_allclose(predictor.infer(pixels), softmax(raw_logits(old, images)), atol=1e-6)
+
+
+def test_export_refuses_a_min_score_outside_0_1(tmp_path, capsys):
+    from imgcls.export import cli as export_cli
+
+    assert export_cli.main([str(tmp_path), "--min-score", "1.5", "--out", str(tmp_path / "b")]) == 2
+    assert "min_score" in capsys.readouterr().err
