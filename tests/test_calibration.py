@@ -174,6 +174,8 @@ def test_classify_abstains_below_min_score(client, images):
 
     loose = client.post("/classify", json={"images": [base64.b64encode(data).decode()], "min_score": 0}).json()
     assert loose["results"][0]["abstained"] is False and "min_score" not in loose  # 0: never abstain
+    summary = client.get("/model").json()
+    assert summary["calibration"]["temperature"] == TEMPERATURE and summary["calibration"]["min_score"] == CARD_MIN_SCORE
     metrics = client.get("/metrics").text
     counted = [line for line in metrics.splitlines() if line.startswith("imgcls_abstained_total")]
     assert counted and float(counted[0].split()[-1]) >= 1.0

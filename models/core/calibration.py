@@ -136,6 +136,12 @@ def abstains(score: float, min_score: float | None) -> bool:
     return min_score is not None and score < min_score
 
 
+def effective_min_score(override: float | None, default: float | None) -> float | None:
+    """The caller's threshold, else the card's default; 0 (or none) means never abstain."""
+    value = override if override is not None else default
+    return value or None
+
+
 def check_min_score(value: Any, what: str = "min_score") -> float:
     """A number in [0, 1] (bool refused), or ``ValueError`` saying what it got."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0 \

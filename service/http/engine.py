@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imgcls.models.core.calibration import abstains
+from imgcls.models.core.calibration import abstains, effective_min_score
 from imgcls.models.core.preprocess import ImageDecodeError
 from imgcls.service.http.schemas import (
     MULTIPLE_REASONS, REASON_STATUS, ClassifyResponse, ErrorDetail, ErrorResponse, ImageResult,
@@ -103,7 +103,7 @@ class ClassifierEngine:
     async def classify(self, parsed: ParsedRequest) -> tuple[int, ClassifyResponse | ErrorResponse]:
         started = time.perf_counter()
         top_k = min(parsed.top_k or self.config.default_top_k, self.predictor.num_classes)
-        min_score = self.min_score(parsed)
+        min_score = effective_min_score(parsed.min_score, self.predictor.min_score)
         loop = asyncio.get_running_loop()
         decoded = await asyncio.gather(*(loop.run_in_executor(self.decode_pool, self._decode, u)
                                          for u in parsed.uploads))
@@ -128,11 +128,6 @@ class ClassifierEngine:
             return 200, ClassifyResponse(model=self.model_ref, top_k=top_k, min_score=min_score, results=results,
                                          timing=timing)
         return self._all_failed(results)
-
-    def min_score(self, parsed: ParsedRequest) -> float | None:
-        """The request's min_score, else the card's default; 0 (or none) means never abstain."""
-        value = parsed.min_score if parsed.min_score is not None else self.predictor.min_score
-        return value or None
 
     def _results(self, decoded: list[Decoded], probabilities: np.ndarray | None, top_k: int,
                  min_score: float | None = None) -> list[ImageResult]:

@@ -42,7 +42,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from imgcls.models.core.calibration import abstains, check_min_score
+from imgcls.models.core.calibration import abstains, check_min_score, effective_min_score
 from imgcls.models.core.preprocess import ImageDecodeError
 from imgcls.models.core.bundle import PRECISIONS, BundleError
 from imgcls.service.predictor import DEFAULT_BATCH_SIZE, Prediction, Predictor
@@ -133,8 +133,7 @@ def _paths(args: argparse.Namespace) -> tuple[str, ...]:
 
 def min_score_of(args: argparse.Namespace, predictor: Predictor) -> float | None:
     """--min-score, else the card's default; 0 means never abstain."""
-    value = args.min_score if args.min_score is not None else predictor.min_score
-    return value or None
+    return effective_min_score(args.min_score, predictor.min_score)
 
 
 def _run(predictor: Predictor, output, todo: Sequence[str], args: argparse.Namespace, k: int) -> Tally:
