@@ -123,3 +123,24 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     assert "exactly one" in capsys.readouterr().err
     assert export_cli.main(["--pretrained", "tiny", "--out", str(tmp_path / "b"), "--no-progress"]) == 1
     assert "no ImageNet weights" in capsys.readouterr().err
+
+
+def test_weights_from_a_local_file(tmp_path):
+    """--weights FILE: the whole 1000-class model from a local safetensors file, class names still from
+    the zoo's metadata, the file named in the card."""
+    from safetensors.torch import save_file
+
+    model = pretrained(ARCH)
+    path = tmp_path / "lite0.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    staged = stage_pretrained(ARCH, str(path), tmp_path / "scratch", None)
+    assert staged.card.base_weights == "file:lite0.safetensors"
+    assert staged.card.class_names == entry_for(ARCH).weights.categories()
+    from imgcls.models.core.dataset import SplitListing
+
+    split = SplitListing.load(staged.run_dir)
+    labels = {s.path: staged.card.class_names[s.label] for s in split.val}
+    assert labels["chelsea_full.png"] in FAMILIES["chelsea"] and labels["coffee_full.png"] in FAMILIES["coffee"]
+    (tmp_path / "broken.safetensors").write_bytes(b"not weights")
+    with pytest.raises(ExportError, match="broken.safetensors"):
+        stage_pretrained(ARCH, str(tmp_path / "broken.safetensors"), tmp_path / "scratch2", None)
