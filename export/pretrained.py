@@ -107,10 +107,16 @@ def imagenet_card(arch: str, weights: str) -> ModelCard:
         arch=arch, base_weights=describe_weights(arch, weights), class_names=names,
         preprocess=default_preprocess(arch),
         train={"source": "pretrained", "weights": weights if weights == "imagenet" else Path(weights).name,
-               "fine_tuned": False, "class_names_from": f"{source.describe()} metadata"},
+               "fine_tuned": False, "class_names_from": _categories_origin(source)},
         metrics={"published": {k: v for k, v in source.meta().items()
                                if k in ("_metrics", "num_params", "_ops", "recipe")}} if source.meta() else {},
     )
+
+
+def _categories_origin(source: Any) -> str:
+    """Whose metadata the class names were read from (lite0's package borrows torchvision's list)."""
+    borrowed = getattr(source, "categories_from", None)
+    return f"torchvision {borrowed} metadata" if borrowed is not None else f"{source.describe()} metadata"
 
 
 def labelled_split(data_dir: Path, class_names: tuple[str, ...]) -> SplitListing:
