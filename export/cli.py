@@ -1,5 +1,8 @@
 """``imgcls export RUN --out BUNDLE [--int8] ...``: checkpoint -> validated ONNX bundle.
 
+``imgcls export --pretrained ARCH [--weights imagenet|FILE] [--data DIR] --out BUNDLE``: the same for
+a stock 1000-class ImageNet model (``imgcls.export.pretrained``).
+
 Exit status: 0 written; 1 validation failed (nothing written; the message names the figure);
 2 bad input or usage (no such run, no completed epoch yet, an existing --out without
 --overwrite); 3 written, but a requested INT8/fp16 variant was refused by its gate.
@@ -59,13 +62,19 @@ def _one_line(text: object) -> str:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = StageParser(prog="imgcls export", description=__doc__.splitlines()[0].strip("`"))
-    parser.add_argument("run", type=Path, help="run directory (runs/<run>) or its checkpoint directory")
-    parser.add_argument("--out", type=Path, help="bundle directory (default: bundles/<run name>)")
+    parser.add_argument("run", type=Path, nargs="?", help="run directory (runs/<run>) or its checkpoint directory")
+    parser.add_argument("--pretrained", metavar="ARCH", help="instead of RUN: the zoo's stock ImageNet model ARCH")
+    parser.add_argument("--weights", default="imagenet",
+                        help="with --pretrained: imagenet (the zoo's weights) or FILE (a local state dict)")
+    parser.add_argument("--out", type=Path, help="bundle directory (default: bundles/<run name> or bundles/<ARCH>-imagenet)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --out (by default an existing bundle is refused)")
     parser.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static QDQ), gated")
     parser.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (for GPU serving), gated")
-    parser.add_argument("--data", type=Path, help="image folder root, if the images of split.json moved")
+    parser.add_argument("--data", type=Path, help="image folder root, if the images of split.json moved; with "
+                        "--pretrained: labelled images in folders named by ImageNet class (calibration, gate)")
+    parser.add_argument("--min-score", type=float, default=None,
+                        help="record this default abstention threshold in the card (0..1)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (checked after export)")
     parser.add_argument("--exporter", choices=EXPORTERS, default="dynamo")
     parser.add_argument("--parity-images", type=int, default=16, help="real images checked against PyTorch")
@@ -85,11 +94,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def config_from(args: argparse.Namespace) -> ExportConfig:
     return ExportConfig(
-        opset=args.opset, exporter=args.exporter, parity_images=args.parity_images, data_dir=args.data,
+        opset=args.opset, exporter=args.exporter, parity_images=args.parity_images,
         int8=args.int8, fp16=args.fp16, calibration_method=args.calibration_method,
         calibration_size=args.calibration_size, int8_target=args.int8_target,
         exclude_nodes=tuple(args.exclude_nodes), max_accuracy_drop=args.max_accuracy_drop,
-        gate_images=args.gate_images, progress=not args.no_progress,
+        gate_images=args.gate_images, progress=not args.no_progress, min_score=args.min_score,
+        data_dir=None if args.pretrained else args.data,
     )
 
 
@@ -110,16 +120,37 @@ def summary(card, out: Path) -> str:
                  f"{gate['speed_ratio']:.2f}" if gate else "1.00")
         rows.append(f"  {name:<18}{info['precision']:>10}{info['bytes'] / 1e6:>9.2f}{cells[0]:>9}{cells[1]:>10}"
                     f"{cells[2]:>8}{cells[3]:>8}")
+    fitted = card.calibration
+    if "temperature" in fitted:
+        rows.append(f"  calibration: temperature {fitted['temperature']:.4f} on {fitted['fitted_on']}: "
+                    f"ECE {fitted['ece_before']:.4f} -> {fitted['ece_after']:.4f}")
+    if fitted.get("min_score") is not None:
+        rows.append(f"  abstains below a top-1 score of {fitted['min_score']:g} (card default)")
     return "\n".join(rows)
+
+
+def export_pretrained(args: argparse.Namespace, out: Path, config: ExportConfig):
+    """Stage the stock model as a run in a scratch folder, then the one ``export_bundle``."""
+    import tempfile
+
+    from imgcls.export.bundle import export_bundle
+    from imgcls.export.pretrained import describe_source, stage_pretrained
+
+    with tempfile.TemporaryDirectory(prefix="imgcls-pretrained-") as scratch:
+        staged = stage_pretrained(args.pretrained, args.weights, Path(scratch), args.data)
+        return export_bundle(staged.run_dir, out, config, describe_source(staged, args.pretrained, args.weights))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if (args.run is None) == (args.pretrained is None):
+        sys.stderr.write("imgcls export: give either RUN or --pretrained ARCH (exactly one)\n")
+        return EXIT_USAGE
     try:
-        run = resolve_run(args.run)
-        out = args.out or Path("bundles") / run.resolve().name
+        run = None if args.pretrained else resolve_run(args.run)
+        out = args.out or Path("bundles") / (f"{args.pretrained}-imagenet" if run is None else run.resolve().name)
         check_out(out, args.overwrite)
         config = config_from(args)
     except ValueError as exc:
@@ -131,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     from imgcls.models.training.checkpoint import CheckpointError
 
     try:
-        card = export_bundle(run, out, config)
+        card = export_pretrained(args, out, config) if args.pretrained else export_bundle(run, out, config)
     except (CheckpointError, CardError) as exc:
         sys.stderr.write(f"imgcls export: {_one_line(exc)} (no bundle was written to {out})\n")
         return EXIT_USAGE

@@ -123,8 +123,8 @@ def test_parquet_unfinished_parts_are_resumed(tmp_path):
 
 
 def test_columns():
-    assert columns(2) == ["path", "label_1", "score_1", "label_2", "score_2", "error", "message",
-                          "model_version", "precision"]
+    assert columns(2) == ["path", "label_1", "score_1", "label_2", "score_2", "error", "message", "abstained",
+                          "uncalibrated_score_1", "model_version", "precision"]
 
 
 @pytest.mark.parametrize("suffix", ["csv", "jsonl", "parquet"])

@@ -106,6 +106,11 @@ def check_embedded_card(session: ort.InferenceSession, card: ModelCard, path: Pa
                 f"(onnx: {_short(theirs[name])}, card.json: {_short(ours[name])}); "
                 "the model file does not belong to this card"
             )
+    if card.temperature != embedded.temperature:  # it changes every score; min_score may be edited
+        raise BundleError(
+            f"{path}: card.json's calibration temperature {card.temperature:g} differs from the "
+            f"{embedded.temperature:g} embedded in the ONNX metadata; the model file does not belong to this card"
+        )
 
 
 def _short(value: Any) -> str:

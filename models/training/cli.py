@@ -164,6 +164,12 @@ def _print_result(report: dict[str, Any], run_dir: Path) -> None:
     )
     for name, row in report["per_class"].items():
         sys.stdout.write(f"{name:<20} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['support']:>7d}\n")
+    fitted = report.get("calibration")
+    if fitted:
+        sys.stdout.write(
+            f"calibration: temperature {fitted['temperature']:.4f} fitted on {fitted['images']} validation images; "
+            f"ECE {fitted['ece_before']:.4f} -> {fitted['ece_after']:.4f}, "
+            f"NLL {fitted['nll_before']:.4f} -> {fitted['nll_after']:.4f}\n")
     sys.stdout.write(f"checkpoint: {run_dir / 'checkpoint'}\n")
 
 

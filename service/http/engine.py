@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from imgcls.models.core.calibration import abstains, effective_min_score
 from imgcls.models.core.preprocess import ImageDecodeError
 from imgcls.service.http.schemas import (
     MULTIPLE_REASONS, REASON_STATUS, ClassifyResponse, ErrorDetail, ErrorResponse, ImageResult,
@@ -96,6 +97,7 @@ class ClassifierEngine:
     async def classify(self, parsed: ParsedRequest) -> tuple[int, ClassifyResponse | ErrorResponse]:
         started = time.perf_counter()
         top_k = min(parsed.top_k or self.config.default_top_k, self.predictor.num_classes)
+        min_score = effective_min_score(parsed.min_score, self.predictor.min_score)
         decoded = await self.decode_all(parsed.uploads)
         decode_done = time.perf_counter()
         good = [d for d in decoded if d.pixels is not None]
@@ -109,16 +111,18 @@ class ClassifierEngine:
                 return 503, ErrorResponse(error=error_detail("overloaded", str(exc)))
             probabilities, queue_s, inference_s = job.probabilities, job.queue_s, job.inference_s
             self.record_classified(probabilities)
-        results = self._results(decoded, probabilities, top_k)
+        results = self._results(decoded, probabilities, top_k, min_score)
         timing = RequestTiming(decode_ms=_ms(decode_done - started), queue_ms=_ms(queue_s),
                                inference_ms=_ms(inference_s), total_ms=_ms(time.perf_counter() - started))
         if good:
             outcome = "ok" if len(good) == len(decoded) else "partial"
             self.metrics.requests.labels(outcome=outcome, reason="none").inc()
-            return 200, ClassifyResponse(model=self.model_ref, top_k=top_k, results=results, timing=timing)
+            return 200, ClassifyResponse(model=self.model_ref, top_k=top_k, min_score=min_score, results=results,
+                                         timing=timing)
         return self._all_failed(results)
 
-    def _results(self, decoded: list[Decoded], probabilities: np.ndarray | None, top_k: int) -> list[ImageResult]:
+    def _results(self, decoded: list[Decoded], probabilities: np.ndarray | None, top_k: int,
+                 min_score: float | None = None) -> list[ImageResult]:
         results, row = [], 0
         for item in decoded:
             timing = ImageTiming(decode_ms=_ms(item.decode_s))
@@ -128,8 +132,12 @@ class ClassifierEngine:
                 results.append(ImageResult(error=item.error, **base))
                 continue
             assert probabilities is not None
-            results.append(ImageResult(predictions=self.predictor.top_k(probabilities[row], top_k), **base))
+            predictions = self.predictor.top_k(probabilities[row], top_k)
             row += 1
+            abstained = abstains(predictions[0].score, min_score)
+            if abstained:
+                self.metrics.abstained.inc()
+            results.append(ImageResult(predictions=predictions, abstained=abstained, **base))
         return results
 
     def _all_failed(self, results: list[ImageResult]) -> tuple[int, ErrorResponse]:
@@ -179,7 +187,7 @@ class ClassifierEngine:
             class_names=list(card.class_names), num_classes=card.num_classes, preprocess=card.preprocess.to_dict(),
             input=dict(card.export.get("input", {})), precision=predictor.precision, provider=predictor.provider,
             device=config.device, files=dict(card.export.get("files", {})), export=export,
-            metrics=dict(card.metrics), lineage=dict(card.lineage),
+            metrics=dict(card.metrics), lineage=dict(card.lineage), calibration=dict(card.calibration),
             batching={"sizes": list(self.plan.sizes), "pad": self.plan.pad, "wait_ms": config.batch_wait_ms,
                       "max_queue_images": config.max_queue_images, "workers": config.workers},
             limits={"max_body_bytes": config.max_body_bytes, "max_images": config.max_images,

@@ -48,6 +48,7 @@ class ServiceMetrics:
     http_requests: Counter
     http_seconds: Histogram
     oip_requests: Counter
+    abstained: Counter
 
     @classmethod
     def create(cls) -> "ServiceMetrics":
@@ -81,6 +82,8 @@ class ServiceMetrics:
                                    ["route"], buckets=LATENCY_BUCKETS),
             oip_requests=Counter("imgcls_oip_requests", "Open Inference Protocol (/v2) requests by route template, "
                                  "outcome (ok, rejected) and reason code", ["route", "outcome", "reason"]),
+            abstained=Counter("imgcls_abstained", "classified images reported as abstained: top-1 (calibrated) "
+                              "score below min_score (also counted in imgcls_images{outcome=classified})"),
         )
 
     def initialise(self, reasons: Iterable[str]) -> None:

@@ -19,7 +19,7 @@ from imgcls.service.http.schemas import ClassifyJSONRequest, ClassifyResponse, E
 
 REF = "#/components/schemas/{model}"
 ERROR_STATUSES = {
-    400: "bad input: not_an_image, truncated, corrupt, empty, bad_base64, bad_top_k, bad_json, bad_multipart, "
+    400: "bad input: not_an_image, truncated, corrupt, empty, bad_base64, bad_top_k, bad_min_score, bad_json, bad_multipart, "
          "bad_field, no_images, all_images_failed (nothing in the request could be classified)",
     413: "over a limit: body_too_large, too_many_images, too_large (one image's bytes), too_many_pixels",
     415: "unsupported_content_type (the request) or unsupported_format (the image)",
@@ -78,6 +78,12 @@ def augment(spec: dict[str, Any], model: Any | None = None) -> dict[str, Any]:
         classify.setdefault("parameters", []).append({
             "name": "top_k", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1},
             "description": "predictions per image (default 5, clamped to the class count); a body value wins",
+        })
+        classify["parameters"].append({
+            "name": "min_score", "in": "query", "required": False,
+            "schema": {"type": "number", "minimum": 0, "maximum": 1},
+            "description": "abstain (result.abstained = true) when the top-1 calibrated score is below this; "
+                           "default: the card's calibration.min_score; 0: never; a body value wins",
         })
     spec.setdefault("paths", {})["/model"] = {"get": {
         "tags": ["Service APIs"], "operationId": "imgcls__model", "description": "the model card summary",

@@ -3,6 +3,7 @@
     imgcls score BUNDLE INPUTS... --out FILE.csv|.jsonl|.parquet [--top-k 5] [--batch-size 32]
                  [--decode-threads N] [--threads N] [--resume | --overwrite] [--labels imagefolder|FILE.csv]
                  [--shard i/n] [--precision fp32|int8|fp16] [--device auto|cpu|cuda] [--all-files]
+                 [--min-score S]
 
 INPUTS are directories (walked recursively; files with image extensions unless --all-files),
 glob patterns (quote them; ``**`` recurses), image files, or list files named .txt (one path per
@@ -12,14 +13,20 @@ The sorted, deduplicated list is what ``--shard i/n`` (1-based, round robin over
 partitions: run ``--shard 1/4`` .. ``--shard 4/4`` on four machines, each with its own --out.
 
 Output: one row per image, ``path, label_1, score_1, .., label_k, score_k, error, message,
-model_version, precision`` (``error`` is the decode failure's reason: not_found, empty, too_large,
-not_an_image, unsupported_format, truncated, too_many_pixels, corrupt; the last two columns name
-the model file that scored the row). ``--resume`` refuses a file written by another bundle,
-precision or --top-k, naming both. CSV/JSONL are appended and fsync'ed batch by batch, so a
+abstained, uncalibrated_score_1, model_version, precision`` (``error`` is the decode failure's reason:
+not_found, empty, too_large, not_an_image, unsupported_format, truncated, too_many_pixels, corrupt).
+Scores are calibrated by the card's temperature (``uncalibrated_score_1`` is the plain softmax);
+``abstained`` is true when score_1 is below ``--min-score`` (default: the card's
+``calibration.min_score``; 0 turns it off): the labels are still written, the row is counted as
+abstained. The last two columns name the model file that scored the row: ``--resume`` refuses a
+file written by another bundle, precision or --top-k, naming both. CSV/JSONL are appended and
+fsync'ed batch by batch, so a
 killed run loses at most the batch in flight; ``--resume`` cuts a torn last line and skips every
 path already in the file. Parquet is written as part files in ``<out>.parts/`` that a finished run
 merges into ``<out>``; ``--resume`` reads both. ``--labels`` adds ``<out stem>.eval.json`` and
-``<out stem>.confusion.png`` (accuracy, top-5, per-class precision/recall, ECE) and prints them.
+``<out stem>.confusion.png`` (accuracy, top-5, per-class precision/recall, ECE after and before
+calibration, coverage and accuracy at --min-score and a coverage/accuracy curve), plus
+``<out stem>.reliability.png`` and ``<out stem>.coverage.png``, and prints them.
 
 Exit status: 0 every image scored; 3 some images could not be read (each has a row with its
 ``error`` reason); 2 nothing was scored because of a usage, input, bundle, device or output
@@ -37,13 +44,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from imgcls.models.core.calibration import abstains, check_min_score, effective_min_score
 from imgcls.models.core.preprocess import ImageDecodeError
 from imgcls.models.core.progress import track
 from imgcls.models.core.bundle import PRECISIONS, BundleError, load_card
 from imgcls.service.predictor import DEFAULT_BATCH_SIZE, Prediction, Predictor
 from imgcls.service.runtime import DEVICES, DeviceError
 from imgcls.service.scoring.inputs import InputError, list_inputs, parse_shard, shard
-from imgcls.service.scoring.outputs import OutputError, Row, open_output
+from imgcls.service.scoring.outputs import ABSTAINED, UNCALIBRATED, OutputError, Row, open_output
 from imgcls.service.scoring.report import evaluate_output, load_labels
 from imgcls.stage_parser import StageParser
 
@@ -73,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--all-files", action="store_true", help="under directories, score every file, not only image extensions")
+    parser.add_argument("--min-score", type=float, default=None,
+                        help="abstain when the top-1 score is below this (default: the card's min_score; 0: never)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress (default: a bar on a terminal, a log line every 15 s otherwise)")
     return parser
@@ -82,20 +92,23 @@ def build_parser() -> argparse.ArgumentParser:
 class Tally:
     scored: int = 0
     failed: int = 0
+    abstained: int = 0
     reasons: collections.Counter = field(default_factory=collections.Counter)
 
-    def add(self, result: list[Prediction] | ImageDecodeError) -> None:
-        if isinstance(result, ImageDecodeError):
+    def add(self, row: Row) -> None:
+        if row["error"]:
             self.failed += 1
-            self.reasons[result.reason] += 1
+            self.reasons[row["error"]] += 1
         else:
             self.scored += 1
+            self.abstained += bool(row[ABSTAINED])
 
 
-def to_row(path: str, result: list[Prediction] | ImageDecodeError) -> Row:
+def to_row(path: str, result: list[Prediction] | ImageDecodeError, min_score: float | None = None) -> Row:
     if isinstance(result, ImageDecodeError):
         return {"path": path, "error": result.reason, "message": result.message}
-    row: Row = {"path": path, "error": None, "message": None}
+    row: Row = {"path": path, "error": None, "message": None, ABSTAINED: abstains(result[0].score, min_score),
+                UNCALIBRATED: result[0].uncalibrated_score}
     for rank, prediction in enumerate(result, start=1):
         row[f"label_{rank}"] = prediction.label
         row[f"score_{rank}"] = prediction.score
@@ -109,6 +122,11 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.min_score is not None:
+        try:
+            check_min_score(args.min_score, "--min-score")
+        except ValueError as exc:
+            parser.error(str(exc))
 
 
 def _paths(args: argparse.Namespace) -> tuple[str, ...]:
@@ -122,13 +140,20 @@ def _paths(args: argparse.Namespace) -> tuple[str, ...]:
     return paths
 
 
+def min_score_of(args: argparse.Namespace, predictor: Predictor) -> float | None:
+    """--min-score, else the card's default; 0 means never abstain."""
+    return effective_min_score(args.min_score, predictor.min_score)
+
+
 def _run(predictor: Predictor, output, todo: Sequence[str], args: argparse.Namespace, k: int) -> Tally:
     tally = Tally()
+    min_score = min_score_of(args, predictor)
     batches = predictor.predict_batches(todo, top_k=k, batch_size=args.batch_size)
     for batch in track(batches, "scoring", len(todo), enabled=not args.no_progress, count=len, logger=log):
-        output.write([to_row(path, result) for path, result in batch])
-        for _, result in batch:
-            tally.add(result)
+        rows = [to_row(path, result, min_score) for path, result in batch]
+        output.write(rows)
+        for row in rows:
+            tally.add(row)
     return tally
 
 
@@ -137,6 +162,7 @@ def _summary(tally: Tally, skipped: int, seconds: float, out: Path, earlier_fail
     reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(tally.reasons.items()))
     text = f"scored {tally.scored}, failed {tally.failed}"
     text += f" ({reasons})" if reasons else ""
+    text += f", abstained {tally.abstained}" if tally.abstained else ""
     text += f", skipped {skipped} already in the output" if skipped else ""
     text += f" ({earlier_failed} of them failed earlier)" if earlier_failed else ""
     return text + f"; {seconds:.1f} s, {rate:.1f} img/s -> {out}"
@@ -170,7 +196,8 @@ def _score(args: argparse.Namespace) -> int:
         elapsed = time.perf_counter() - started
         sys.stdout.write(_summary(tally, len(paths) - len(todo), elapsed, args.out, earlier_failed) + "\n")
         if labels is not None:
-            sys.stdout.write(evaluate_output(args.out, k, labels, predictor.class_names) + "\n")
+            sys.stdout.write(evaluate_output(args.out, k, labels, predictor.class_names, predictor.temperature,
+                                             min_score_of(args, predictor)) + "\n")
     return EXIT_PARTIAL if tally.failed or earlier_failed else EXIT_OK
 
 

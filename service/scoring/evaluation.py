@@ -10,9 +10,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from imgcls.models.core.calibration import ECE_BINS, expected_calibration_error
 from imgcls.models.core.metrics import confusion_matrix
 
-ECE_BINS = 15
+__all__ = ["ECE_BINS", "Evaluation", "confusion_matrix", "evaluate", "expected_calibration_error",
+           "format_report", "save_confusion_png"]
 
 
 @dataclass(frozen=True)
@@ -69,19 +71,6 @@ class Evaluation:
         }
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
-    """sum over equal-width bins (lo, hi] of |bin| / n * |accuracy(bin) - mean confidence(bin)|."""
-    confidence = np.asarray(confidence, dtype=np.float64)
-    correct = np.asarray(correct, dtype=np.float64)
-    if confidence.size == 0:
-        return 0.0
-    index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        members = index == b
-        if members.any():
-            total += members.mean() * abs(correct[members].mean() - confidence[members].mean())
-    return float(total)
 
 
 def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:

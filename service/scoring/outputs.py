@@ -1,8 +1,10 @@
 """Crash-safe result files for ``imgcls score``: CSV, JSONL, Parquet, with ``--resume``.
 
 One flat row schema in every format: ``path, label_1, score_1, ..., label_k, score_k, error,
-message, model_version, precision`` (``error`` is the ``ImageDecodeError`` reason, empty/null when
-the image was scored; the last two name the model file that produced the row, so a results file
+message, abstained, uncalibrated_score_1, model_version, precision`` (``error`` is the
+``ImageDecodeError`` reason, empty/null when the image was scored; ``abstained`` is true when
+score_1 is below the run's ``min_score``; ``uncalibrated_score_1`` is the top-1 softmax before the
+card's temperature; the last two name the model file that produced the row, so a results file
 always says which model wrote it and ``--resume`` refuses to mix two models in one file).
 
 CSV and JSONL are appended one batch at a time, each batch flushed and fsync'ed, so a kill loses
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 Row = dict[str, Any]
 PROVENANCE = ("model_version", "precision")  # the same in every row of one output file
+ABSTAINED, UNCALIBRATED = "abstained", "uncalibrated_score_1"
 
 
 class OutputError(ValueError):
@@ -37,7 +40,7 @@ class OutputError(ValueError):
 
 def columns(k: int) -> list[str]:
     ranked = [name for j in range(1, k + 1) for name in (f"label_{j}", f"score_{j}")]
-    return ["path", *ranked, "error", "message", *PROVENANCE]
+    return ["path", *ranked, "error", "message", ABSTAINED, UNCALIBRATED, *PROVENANCE]
 
 
 def check_provenance(path: Path, existing: Sequence[Row], provenance: Mapping[str, Any] | None) -> None:
@@ -56,6 +59,10 @@ def check_provenance(path: Path, existing: Sequence[Row], provenance: Mapping[st
 
 def _describe(provenance: Mapping[str, Any]) -> str:
     return " ".join(f"{key} {provenance.get(key)!r}" for key in PROVENANCE)
+
+
+def is_score(name: str) -> bool:
+    return name.startswith("score_") or name == UNCALIBRATED
 
 
 def output_format(path: str | Path) -> str:
@@ -162,18 +169,22 @@ class CsvOutput(_AppendingOutput):
 def _csv_cell(value: Any) -> Any:
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float):
         return format(value, ".7g")
     return value
 
 
 def _typed(row: Row) -> Row:
-    """CSV strings back to None / float."""
+    """CSV strings back to None / float / bool."""
     for name, value in row.items():
         if value == "":
             row[name] = None
-        elif name.startswith("score_"):
+        elif is_score(name):
             row[name] = float(value)
+        elif name == ABSTAINED:
+            row[name] = value == "true"
     return row
 
 
@@ -208,7 +219,8 @@ class ParquetOutput:
         self.path, self.columns, self.provenance = path, names, dict(provenance or {})
         self.parts = path.with_name(path.name + ".parts")
         self.schema = pa.schema([
-            (name, pa.float32() if name.startswith("score_") else pa.string()) for name in names
+            (name, pa.float32() if is_score(name) else pa.bool_() if name == ABSTAINED else pa.string())
+            for name in names
         ])
         if not resume:
             shutil.rmtree(self.parts, ignore_errors=True)
