@@ -149,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("imgcls export: give either RUN or --pretrained ARCH (exactly one)\n")
         return EXIT_USAGE
     try:
+        config = config_from(args)  # flag values first: they are wrong whatever the run
         run = None if args.pretrained else resolve_run(args.run)
         out = args.out or Path("bundles") / (f"{args.pretrained}-imagenet" if run is None else run.resolve().name)
         check_out(out, args.overwrite)
-        config = config_from(args)
     except ValueError as exc:
         sys.stderr.write(f"imgcls export: {_one_line(exc)}\n")
         return EXIT_USAGE
