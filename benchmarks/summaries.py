@@ -77,7 +77,7 @@ def prepare_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
 
 ADAPTERS: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {
     "decode_draft": decode_draft_rows, "predictor_throughput": predictor_rows, "http_load": http_load_rows,
-    "http_load_workers2": http_load_rows,
+    "http_load_workers1": http_load_rows,
     "train_cache": train_cache_rows, "fixtures": prepare_rows,
 }
 

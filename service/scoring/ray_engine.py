@@ -74,6 +74,7 @@ class ActorSpec:
     batch_size: int
     threads: int  # ONNX Runtime intra-op threads
     decode_threads: int
+    min_score: float | None = None  # abstain below this top-1 score (already resolved against the card)
 
 
 class ScoreActor:
@@ -87,6 +88,8 @@ class ScoreActor:
                                         threads=spec.threads, decode_threads=spec.decode_threads)
         self.k = min(spec.top_k, self.predictor.num_classes)
         self.schema = arrow_schema(columns(self.k))
+        # rows written by the actors themselves (dataset directories) name their model like a file's rows
+        self.provenance = {"model_version": self.predictor.model_version, "precision": self.predictor.precision}
 
     def __call__(self, batch: dict[str, Any]) -> Any:
         import pyarrow as pa
@@ -96,7 +99,7 @@ class ScoreActor:
         rows, position = [], 0
         for scored in self.predictor.predict_batches(sources, top_k=self.k, batch_size=self.spec.batch_size):
             for _, result in scored:
-                rows.append(to_row(paths[position], result))
+                rows.append({**to_row(paths[position], result, self.spec.min_score), **self.provenance})
                 position += 1
         names = self.schema.names
         return pa.Table.from_pylist([{n: row.get(n) for n in names} for row in rows], schema=self.schema)
@@ -173,10 +176,12 @@ def scored_dataset(
 
 
 def actor_spec(bundle: Path, precision: str, device: str, top_k: int, batch_size: int,
-               options: RayOptions, threads: int | None, workers: int | None) -> ActorSpec:
+               options: RayOptions, threads: int | None, workers: int | None,
+               min_score: float | None = None) -> ActorSpec:
     """ORT threads = the actor's CPU share unless --threads says otherwise; CUDA when GPUs are asked for."""
     share = max(1, math.floor(options.actor_cpus))
     if options.actor_gpus > 0 and device == "auto":
         device = "cuda"
     return ActorSpec(bundle=str(Path(bundle).resolve()), precision=precision, device=device, top_k=top_k,
-                     batch_size=batch_size, threads=threads or share, decode_threads=workers or share)
+                     batch_size=batch_size, threads=threads or share, decode_threads=workers or share,
+                     min_score=min_score)

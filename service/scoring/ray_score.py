@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from imgcls.models.core import bundle as bundle_checks
 from imgcls.service.scoring.dataset_dir import is_dataset_dir, prepare_dataset_dir, read_dataset_rows
+from imgcls.models.core.calibration import effective_min_score
 from imgcls.service.scoring.inputs import InputError, select_paths
 from imgcls.service.scoring.outputs import Row, open_output
 from imgcls.service.scoring.ray_engine import (
@@ -39,9 +40,9 @@ log = logging.getLogger("imgcls.score")
 
 def _inputs(args: argparse.Namespace) -> tuple[tuple[str, ...], bool]:
     """(paths or URIs, whether they are URIs)."""
-    uris = [item for item in args.inputs if is_uri(item)]
+    uris = [item for item in args.inputs if is_uri(item)]  # --list files hold local paths
     if not uris:
-        return select_paths(args.inputs, all_files=args.all_files, shard_spec=args.shard), False
+        return select_paths(args.inputs, all_files=args.all_files, shard_spec=args.shard, lists=args.lists), False
     if len(uris) != len(args.inputs):
         raise InputError("--engine ray: give either URIs (s3://, gs://, ...) or local inputs, not both")
     unsupported = [flag for flag, given in (("--shard", args.shard), ("--resume", args.resume),
@@ -59,7 +60,7 @@ def _stream_to_file(dataset: Any, output: Any, total: int | None, no_progress: b
             rows = table.to_pylist()
             output.write(rows)
             for row in rows:
-                tally.add_row(row)
+                tally.add(row)
             bar.update(len(rows))
             bar.set_postfix(failed=tally.failed, refresh=False)
     return tally
@@ -71,7 +72,7 @@ def _write_dataset(dataset: Any, out: Path, k: int, done: set[str]) -> Tally:
     tally = Tally()
     for row in read_dataset_rows(out, k, fields=["path", "error"]):
         if row["path"] not in done:
-            tally.add_row(row)
+            tally.add(row)
     return tally
 
 
@@ -80,7 +81,10 @@ def _execute(
 ) -> Tally:
     options = RayOptions(address=args.ray_address, actors=args.actors, actor_cpus=args.actor_cpus or 1.0,
                          actor_gpus=args.actor_gpus or 0.0)
-    spec = actor_spec(args.bundle, args.precision, args.device, k, args.batch_size, options, args.threads, args.workers)
+    card = bundle_checks.load_card(args.bundle)
+    min_score = effective_min_score(args.min_score, card.min_score)
+    spec = actor_spec(args.bundle, args.precision, args.device, k, args.batch_size, options, args.threads,
+                      args.decode_threads, min_score)
     with connected(ray, options):
         to_file = output is not None
         dataset = scored_dataset(ray, todo, spec, options, progress=not (args.no_progress or to_file), uris=uris,
@@ -104,11 +108,20 @@ def _root_cause(exc: Exception) -> str:
     return lines[0] if lines else ""
 
 
+def provenance_of(args: argparse.Namespace) -> dict[str, str]:
+    """What the actors' Predictors will report as model_version/precision, from the card's lineage
+    (each actor verifies the file against that same digest before it scores anything)."""
+    card = bundle_checks.load_card(args.bundle)
+    path = bundle_checks.model_file(args.bundle, card, args.precision)
+    digest = str(card.lineage.get(f"sha256:{path.name}", ""))
+    return {"model_version": bundle_checks.model_version(args.bundle, digest), "precision": args.precision}
+
+
 def _open(args: argparse.Namespace, k: int) -> tuple[Any, list[Row]]:
     """(file writer or None for a dataset directory, rows already in the output)."""
     if is_dataset_dir(args.out):
         return None, prepare_dataset_dir(args.out, k, resume=args.resume, overwrite=args.overwrite)
-    output = open_output(args.out, k, resume=args.resume, overwrite=args.overwrite)
+    output = open_output(args.out, k, resume=args.resume, overwrite=args.overwrite, provenance=provenance_of(args))
     return output, list(output.existing)
 
 
@@ -138,5 +151,6 @@ def score_with_ray(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     sys.stdout.write(summary(tally, len(paths) - len(todo), elapsed, args.out, earlier_failed) + "\n")
     if labels is not None:
-        sys.stdout.write(evaluate_output(args.out, k, labels, card.class_names) + "\n")
+        sys.stdout.write(evaluate_output(args.out, k, labels, card.class_names, card.temperature,
+                                         effective_min_score(args.min_score, card.min_score)) + "\n")
     return exit_status(tally, earlier_failed)
