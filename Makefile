@@ -3,9 +3,9 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 BOOTSTRAP_PYTHON ?= python3
 STAMP := $(VENV)/.imgcls-installed
-EXTRAS ?= train,serve-cpu,dev
+EXTRAS ?= train,serve-cpu,dev,ray
 
-.PHONY: venv test test-fast demo bench bench-peers soak clean
+.PHONY: venv test test-fast demo stock-demo bench bench-peers soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test-fast: venv
 demo: venv
 	$(VENV)/bin/imgcls demo
 
+# A stock ImageNet classifier (efficientnet_lite0, offline weights) exported, served and asked about real photos.
+stock-demo: venv
+	$(PYTHON) -m imgcls.stock_demo
+
 bench: venv
 	$(PYTHON) -m pip install -q -e '.[$(EXTRAS),bench]'
 	$(PYTHON) -m benchmarks.run_all
@@ -38,4 +42,4 @@ soak: venv
 	IMGCLS_SOAK=1 $(PYTHON) -m pytest tests/robustness -m "slow"
 
 clean:
-	rm -rf runs bundles demo-data .pytest_cache
+	rm -rf runs bundles demo-data stock-photos stock-photos.csv .pytest_cache

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Iterator, TypeVar
 
 import numpy as np
 
+from imgcls.models.core.calibration import apply_temperature, uncalibrated
 from imgcls.models.core.card import ModelCard
 from imgcls.models.core.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError
 from imgcls.models.core import bundle as bundle_checks
@@ -39,7 +40,8 @@ DEFAULT_BATCH_SIZE = 32
 class Prediction:
     label: str
     index: int
-    score: float
+    score: float  # calibrated: softmax(logits / card temperature)
+    uncalibrated_score: float | None = None  # softmax(logits), for before/after calibration figures
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "index": self.index, "score": self.score}
@@ -110,7 +112,7 @@ class Predictor:
         log.info("loaded %s (%s, %d classes) on %s", path, precision, card.num_classes, provider)
         return cls(
             card=card, session=session, provider=provider, precision=precision, model_path=path,
-            model_version=f"{bundle_dir.resolve().name}@{digest[:12]}", input_name=input_name,
+            model_version=bundle_checks.model_version(bundle_dir, digest), input_name=input_name,
             output_name=output_name, runtime=runtime, max_bytes=max_bytes, max_pixels=max_pixels,
             decode_threads=decode_threads,
         )
@@ -128,6 +130,16 @@ class Predictor:
     def input_size(self) -> int:
         return self.card.preprocess.crop_size
 
+    @property
+    def temperature(self) -> float:
+        """The card's calibration temperature (1.0 for bundles without one)."""
+        return self.card.temperature
+
+    @property
+    def min_score(self) -> float | None:
+        """The card's default abstention threshold (None: never abstain)."""
+        return self.card.min_score
+
     # ------------------------------------------------------------ steps
     def decode(self, data: bytes | str | Path) -> np.ndarray:
         """uint8 [3, H, W] model input, or ``ImageDecodeError`` (reason in ``.reason``)."""
@@ -143,7 +155,7 @@ class Predictor:
         return pixels, decoded - started, time.perf_counter() - decoded
 
     def infer(self, pixels: np.ndarray, pad_to: int | None = None) -> np.ndarray:
-        """Probabilities float32 [N, C] for uint8 pixels [N, 3, H, W].
+        """Calibrated probabilities float32 [N, C] (softmax of logits / temperature) for uint8 pixels [N, 3, H, W].
 
         ``pad_to``: run the session on exactly that many rows (zero images appended, their rows
         dropped) so a GPU sees one shape per batch size and cuDNN picks its algorithms once.
@@ -160,12 +172,13 @@ class Predictor:
         if pixels.shape[0] == 0:
             return np.zeros((0, self.num_classes), dtype=np.float32)
         (logits,) = self.session.run([self._output_name], {self._input_name: np.ascontiguousarray(pixels)})
-        return softmax(logits)
+        return softmax(apply_temperature(logits, self.temperature))  # the one place calibration is applied
 
     def top_k(self, probabilities_row: np.ndarray, k: int = 5) -> list[Prediction]:
         names = self.class_names
+        raw = uncalibrated(probabilities_row, self.temperature)
         return [
-            Prediction(names[int(i)], int(i), float(probabilities_row[i]))
+            Prediction(names[int(i)], int(i), float(probabilities_row[i]), float(raw[i]))
             for i in top_k_indices(probabilities_row, k)
         ]
 

@@ -31,9 +31,24 @@ class BundleError(ValueError):
     """A bundle that cannot be served as it is: the message names the file and the problem."""
 
 
+def training_run_message(path: Path) -> str | None:
+    """The message for a training run (or its checkpoint) given where a bundle is expected, else None."""
+    path = Path(path)
+    if (path / "checkpoint" / "card.json").is_file() or (path / "train_state.pt").is_file():
+        run = path
+    elif (path / "weights.safetensors").is_file() and not any(path.glob("*.onnx")):
+        run = path.parent if (path.parent / "split.json").is_file() else path
+    else:
+        return None
+    return f"{path} is a training run, not a bundle; export it first: imgcls export {run}"
+
+
 def load_card(bundle_dir: Path) -> ModelCard:
     if not bundle_dir.is_dir():
         raise BundleError(f"bundle {bundle_dir}: not a directory")
+    hint = training_run_message(bundle_dir)
+    if hint:
+        raise BundleError(hint)
     try:
         return ModelCard.load(bundle_dir)
     except CardError as exc:
@@ -52,6 +67,12 @@ def model_file(bundle_dir: Path, card: ModelCard, precision: str) -> Path:
         have = sorted(p.name for p in bundle_dir.glob("*.onnx"))
         raise BundleError(f"bundle {bundle_dir}: no {precision} model file {name} (ONNX files present: {have})")
     return path
+
+
+def model_version(bundle_dir: str | Path, digest: str) -> str:
+    """``<bundle folder name>@<first 12 hex digits of the ONNX file's sha256>``: what a model is called
+    in responses, metrics and score files."""
+    return f"{Path(bundle_dir).resolve().name}@{digest[:12]}"
 
 
 def verify_sha256(card: ModelCard, path: Path) -> str:
@@ -91,6 +112,11 @@ def check_embedded_card(session: ort.InferenceSession, card: ModelCard, path: Pa
                 f"(onnx: {_short(theirs[name])}, card.json: {_short(ours[name])}); "
                 "the model file does not belong to this card"
             )
+    if card.temperature != embedded.temperature:  # it changes every score; min_score may be edited
+        raise BundleError(
+            f"{path}: card.json's calibration temperature {card.temperature:g} differs from the "
+            f"{embedded.temperature:g} embedded in the ONNX metadata; the model file does not belong to this card"
+        )
 
 
 def _short(value: Any) -> str:

@@ -17,6 +17,7 @@ import torch
 
 from imgcls.models.core.errors import ConfigError
 from imgcls.models.training.config import OPTIMIZERS, STRATEGIES, TrainConfig, build_config
+from imgcls.stage_parser import StageParser
 
 log = logging.getLogger("imgcls.train")
 
@@ -25,7 +26,7 @@ RESUME_FIXED = ("data", "arch", "weights", "strategy", "lr", "batch_size", "val_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = StageParser(
         prog="imgcls train",
         description="Fine-tune a backbone from the zoo on DIR/<class>/<image> (or DIR/train + DIR/val). "
         "Image size, normalisation and class count come from the backbone and the data, not from flags. "
@@ -163,6 +164,12 @@ def _print_result(report: dict[str, Any], run_dir: Path) -> None:
     )
     for name, row in report["per_class"].items():
         sys.stdout.write(f"{name:<20} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['support']:>7d}\n")
+    fitted = report.get("calibration")
+    if fitted:
+        sys.stdout.write(
+            f"calibration: temperature {fitted['temperature']:.4f} fitted on {fitted['images']} validation images; "
+            f"ECE {fitted['ece_before']:.4f} -> {fitted['ece_after']:.4f}, "
+            f"NLL {fitted['nll_before']:.4f} -> {fitted['nll_after']:.4f}\n")
     sys.stdout.write(f"checkpoint: {run_dir / 'checkpoint'}\n")
 
 

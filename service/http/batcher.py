@@ -107,6 +107,11 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._loop, name="imgcls-inference", daemon=True)
         self._thread.start()
 
+    @property
+    def queued_images(self) -> int:
+        """Images waiting for inference now (not counting the batch running)."""
+        return self._queued_images
+
     def warm_up(self, example: np.ndarray, rounds: int = 1) -> None:
         """Run every planned batch size ``rounds`` times (synchronously, before readiness)."""
         for size in self._plan.sizes:
