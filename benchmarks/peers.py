@@ -225,7 +225,8 @@ def start_imgcls(bundle: Path, jpegs: list[bytes], scratch: Path, serve_args: tu
     from imgcls.service.http.launcher import http_status, start_server
 
     log_name = "imgcls" + "".join(serve_args).replace("-", "_") + ".log"
-    server = start_server(bundle, scratch / log_name, args=serve_args, ready_timeout=180)
+    # the /v2 model name Triton's request uses, whatever the bundle's folder is called
+    server = start_server(bundle, scratch / log_name, args=[*serve_args, "--model-name", OIP_MODEL], ready_timeout=180)
     running.append(server)
     port = int(server.url.rsplit(":", 1)[1])
     status, _ = post(port, raw_request("/classify", jpegs[0]))
