@@ -40,7 +40,7 @@ def test_logged_progress_for_every_epoch_and_every_image_used(digits, tmp_path):
 def test_feature_caching_shows_progress_and_a_lone_image_is_said(digits, tmp_path):
     out = tmp_path / "head"
     result = run_cli(["--data", str(digits), "--out", str(out), "--arch", "tiny", "--weights", "none",
-                      "--strategy", "head", "--epochs", "1", "--workers", "0", "--threads", "1",
+                      "--strategy", "head", "--epochs", "1", "--loader-workers", "0", "--threads", "1",
                       "--batch-size", "16"], IMGCLS_PROGRESS_INTERVAL_S="0")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stderr.splitlines()
