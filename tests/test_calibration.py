@@ -159,6 +159,20 @@ def test_classify_and_score_apply_the_same_temperature(bundle, client, images, t
     assert not np.allclose(expected.max(1), plain.max(1), atol=1e-3)  # the temperature did change the scores
 
 
+def test_v2_infer_applies_the_same_temperature(bundle, client, images):
+    """The Open Inference Protocol route returns the calibrated probabilities /classify ranks by."""
+    import tritonclient.http as triton
+
+    expected = softmax(raw_logits(bundle, images) / TEMPERATURE)
+    name = client.get("/model").json()["name"]
+    with triton.InferenceServerClient(str(client.base_url).split("://", 1)[1].rstrip("/")) as oip:
+        tensor = triton.InferInput("image", [len(images)], "BYTES")
+        tensor.set_data_from_numpy(np.array([p.read_bytes() for p in images], dtype=object), binary_data=True)
+        probabilities = oip.infer(name, [tensor]).as_numpy("probabilities")
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    assert not np.allclose(probabilities, softmax(raw_logits(bundle, images)), atol=1e-3)
+
+
 def test_classify_abstains_below_min_score(client, images):
     data = images[0].read_bytes()
     default = client.post("/classify", content=data, headers={"Content-Type": "image/png"}).json()
