@@ -3,9 +3,9 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 BOOTSTRAP_PYTHON ?= python3
 STAMP := $(VENV)/.imgcls-installed
-EXTRAS ?= train,serve-cpu,dev
+EXTRAS ?= train,serve-cpu,dev,ray
 
-.PHONY: venv test test-fast demo bench soak clean
+.PHONY: venv test test-fast demo stock-demo bench bench-peers soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
@@ -24,12 +24,22 @@ test-fast: venv
 demo: venv
 	$(VENV)/bin/imgcls demo
 
+# A stock ImageNet classifier (efficientnet_lite0, offline weights) exported, served and asked about real photos.
+stock-demo: venv
+	$(PYTHON) -m imgcls.stock_demo
+
 bench: venv
 	$(PYTHON) -m pip install -q -e '.[$(EXTRAS),bench]'
 	$(PYTHON) -m benchmarks.run_all
+
+# Issue 17: imgcls vs Triton (PyTriton), LitServe and mosec. Builds each peer's own venv under
+# .bench-out/peers on first use (PyPI, 1-3 min each), then about 8 minutes on 2 cores; renders RESULTS.md again.
+bench-peers: venv
+	$(PYTHON) -m benchmarks.peers --out benchmarks/results/peers.json
+	$(PYTHON) -m benchmarks.run_all --render-only
 
 soak: venv
 	IMGCLS_SOAK=1 $(PYTHON) -m pytest tests/robustness -m "slow"
 
 clean:
-	rm -rf runs bundles demo-data .pytest_cache
+	rm -rf runs bundles demo-data stock-photos stock-photos.csv .pytest_cache

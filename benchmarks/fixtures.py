@@ -27,7 +27,7 @@ from PIL import Image
 
 log = logging.getLogger("bench.fixtures")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.report import REPO_ROOT  # noqa: E402,F401 - one definition
 DEFAULT_WORKDIR = REPO_ROOT / ".bench-out" / "work"
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field")
 SPEED_CLASSES = 10  # TorchServe's image_classifier asks for the top 5: at least 5 classes
@@ -166,7 +166,7 @@ def demo_bundle(workdir: Path = DEFAULT_WORKDIR, recipe: DemoRecipe = DemoRecipe
 
     write_digits(folder / "digits", limit_per_class=recipe.per_class)
     _cli("train", "--data", str(folder / "digits"), "--arch", recipe.arch, "--weights", "imagenet",
-         "--strategy", "head", "--epochs", str(recipe.epochs), "--out", str(folder / "run"), "--workers", "0")
+         "--strategy", "head", "--epochs", str(recipe.epochs), "--out", str(folder / "run"), "--loader-workers", "0")
     _cli("export", str(folder / "run"), "--out", str(folder / "bundle"), "--int8", "--no-progress",
          "--calibration-size", str(recipe.calibration_size), ok=(0, 3))  # 3: INT8 refused by its gate
     (folder / "recipe.json").write_text(json.dumps(spec))

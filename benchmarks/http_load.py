@@ -1,6 +1,6 @@
 """``POST /classify`` throughput and latency vs the in-process predictor on the same JPEGs.
 
-    python -m benchmarks.http_load [--bundle DIR | --arch mobilenet_v2] [--workers 1] --out .bench-out/http_load.json
+    python -m benchmarks.http_load [--bundle DIR | --arch mobilenet_v2] [--workers N] --out .bench-out/http_load.json
 
 Starts ``imgcls serve`` on a free loopback port (and stops it), measures the time to ``/readyz``,
 then drives it with the low-CPU keep-alive load generator (``benchmarks.loadgen``) at each
@@ -61,7 +61,8 @@ def start(bundle: Path, workers: int, log_path: Path, extra: list[str]) -> tuple
     from imgcls.service.http.launcher import start_server
 
     started = time.monotonic()
-    server = start_server(bundle, log_path, args=["--workers", str(workers), *extra], ready_timeout=120)
+    workers_flag = ["--workers", str(workers)] if workers else []  # 0: imgcls serve's own default (auto)
+    server = start_server(bundle, log_path, args=[*workers_flag, *extra], ready_timeout=120)
     ready_s = next(t for t, _, ready in server.probes if ready == 200)
     port = int(server.url.rsplit(":", 1)[1])
     log.info("server ready %.2f s after spawn (%.2f s incl. harness)", ready_s, time.monotonic() - started)
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks.http_load", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, help="bundle to serve (default: export a random-weights --arch)")
     parser.add_argument("--arch", default="mobilenet_v2")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=0, help="server worker processes (0: imgcls serve's default)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--seconds", type=float, default=8.0, help="per concurrency level")
     parser.add_argument("--max-requests", type=int, default=3000, help="per concurrency level")
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             for s in levels]
     print(markdown_table(["concurrency", "req/s", "x in-process", "p50 ms", "p99 ms", "statuses"], rows))
     write_result(args.out, "http_load", {
-        "bundle": str(args.bundle or args.arch), "workers": args.workers, "image_size": args.size,
+        "bundle": str(args.bundle or args.arch), "workers": args.workers or "auto", "image_size": args.size,
         "in_process_img_per_s": baseline, "ready_s": ready_s, "server_exit_code": exit_code, "levels": levels,
         "serve_args": args.serve_arg,
     })

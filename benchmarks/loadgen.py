@@ -19,11 +19,13 @@ class Request:
     path: str
     body: bytes
     content_type: str
+    headers: tuple[tuple[str, str], ...] = ()  # extra headers, e.g. Inference-Header-Content-Length
 
     def encode(self, host: str, port: int) -> bytes:
+        extra = "".join(f"{name}: {value}\r\n" for name, value in self.headers)
         head = (
             f"{self.method} {self.path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            f"Content-Type: {self.content_type}\r\nContent-Length: {len(self.body)}\r\n"
+            f"Content-Type: {self.content_type}\r\nContent-Length: {len(self.body)}\r\n{extra}"
             "Connection: keep-alive\r\n\r\n"
         )
         return head.encode() + self.body

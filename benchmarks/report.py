@@ -5,11 +5,14 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine() -> dict[str, Any]:
@@ -64,8 +67,21 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
+def portable(value: Any) -> Any:
+    """``value`` with this machine's absolute paths made relative (repository) or generic (temp, home):
+    committed results must not name the machine's folders."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v) for v in value]
+    if isinstance(value, str):
+        for prefix, name in ((str(REPO_ROOT), "."), (tempfile.gettempdir(), "<tmp>"), (str(Path.home()), "~")):
+            value = value.replace(prefix + "/", name + "/").replace(prefix, name)
+    return value
+
+
 def write_result(out: Path | None, name: str, result: dict[str, Any]) -> None:
-    payload = {"benchmark": name, "machine": machine(), **result}
+    payload = portable({"benchmark": name, "machine": machine(), **result})
     text = json.dumps(payload, indent=2)
     if out is None:
         print(text)

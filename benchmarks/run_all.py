@@ -4,7 +4,8 @@ Each benchmark runs as its own process (``python -m benchmarks.<name> --out DIR/
 one after the other, bounded by a timeout and stopped with its whole process group on timeout or
 Ctrl-C; a failing one is recorded as failed and the others still run. Bundles are prepared once
 (cached in ``--workdir``) before the first benchmark. The table is rendered from the JSON files,
-so ``--render-only`` rebuilds it without measuring.
+so ``--render-only`` rebuilds it without measuring: it prints the table, and writes it only to an
+explicit ``--markdown FILE`` (the tracked RESULTS.md is rewritten by a measuring run alone).
 
     .venv/bin/python -m benchmarks.run_all [--only ceiling scoring] [--skip train_cache]
 """
@@ -25,7 +26,7 @@ from typing import Any
 
 from benchmarks import summaries
 from benchmarks.fixtures import DEFAULT_WORKDIR, REPO_ROOT
-from benchmarks.report import machine, setup_logging
+from benchmarks.report import machine, portable, setup_logging
 
 log = logging.getLogger("bench.run_all")
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
@@ -50,15 +51,21 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("decode_draft", "4", ("--repeats", "5"), timeout_s=180, workdir=False),
     Benchmark("http_load", "5", ("--bundle", "{workdir}/speed-mobilenet_v2/bundle", "--seconds", "6",
                                  "--max-requests", "1500"), workdir=False),
-    # One worker per usable core (each with one ORT thread): the throughput deployment on CPU.
-    Benchmark("http_load_workers2", "5", ("--bundle", "{workdir}/speed-mobilenet_v2/bundle", "--seconds", "6",
-                                          "--max-requests", "1500", "--workers", "2"), workdir=False,
+    # The default above is one worker per usable core; one worker is the low-latency, low-memory choice.
+    Benchmark("http_load_workers1", "5", ("--bundle", "{workdir}/speed-mobilenet_v2/bundle", "--seconds", "6",
+                                          "--max-requests", "1500", "--workers", "1"), workdir=False,
               module="http_load"),
     Benchmark("http_vs_peer", "6", ("--seconds", "8"), timeout_s=420),
     Benchmark("int8", "7"),
     Benchmark("train_cache", "8", ("--per-class", "16", "--epochs", "4"), timeout_s=420, workdir=False),
     Benchmark("scoring", "9"),
     Benchmark("cold_start", "10", timeout_s=180),
+    Benchmark("oip_load", "12", ("--bundle", "{workdir}/speed-mobilenet_v2/bundle", "--seconds", "12",
+                                 "--rounds", "3"), workdir=False),
+    # --engine ray vs the single-process scorer: a batch job (1440 JPEGs) and a short one, where
+    # the engine's fixed start-up shows.
+    Benchmark("ray_scoring", "14", timeout_s=600),
+    Benchmark("ray_scoring_short", "14", ("--images", "480"), module="ray_scoring"),
 )
 
 
@@ -131,34 +138,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=names, help="run just these")
     parser.add_argument("--skip", nargs="+", choices=names, default=[], help="run all but these")
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT, help="JSON per benchmark")
-    parser.add_argument("--markdown", type=Path, default=DEFAULT_MD, help="the combined table")
+    parser.add_argument("--markdown", type=Path, default=None,
+                        help=f"the combined table (default {DEFAULT_MD.relative_to(REPO_ROOT)}; with "
+                        "--render-only: printed, written only to this file if given)")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="cached bundles and images")
     parser.add_argument("--render-only", action="store_true", help="rebuild the table from the JSON files")
     args = parser.parse_args(argv)
     setup_logging()
+    if args.render_only:
+        return _render_only(args.out_dir, args.markdown)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    run: dict[str, Any] | None = None
-    if not args.render_only:
-        log_dir = args.workdir.parent / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        chosen = [b for b in BENCHMARKS if (not args.only or b.name in args.only) and b.name not in args.skip]
-        started = time.perf_counter()
-        statuses = {}
-        for bench in chosen:
-            statuses[bench.name] = run_one(bench, args.out_dir, args.workdir, log_dir)
-        run = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
-               "seconds": round(time.perf_counter() - started, 1), "statuses": statuses, "commit": _commit()}
-        if args.only or args.skip:  # a partial run keeps the statuses of the earlier full run
-            previous = args.out_dir / "run_all.json"
-            if previous.is_file():
-                earlier = json.loads(previous.read_text())
-                run["statuses"] = {**earlier.get("statuses", {}), **statuses}
-        (args.out_dir / "run_all.json").write_text(json.dumps(run, indent=2) + "\n")
-        log.info("all benchmarks: %.0f s", run["seconds"])
-    args.markdown.write_text(render(args.out_dir, run))
-    log.info("wrote %s", args.markdown)
-    failed = [n for n, s in (run or {}).get("statuses", {}).items() if s["status"] not in ("ok", "missing")]
+    log_dir = args.workdir.parent / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    chosen = [b for b in BENCHMARKS if (not args.only or b.name in args.only) and b.name not in args.skip]
+    started = time.perf_counter()
+    statuses = {}
+    for bench in chosen:
+        statuses[bench.name] = run_one(bench, args.out_dir, args.workdir, log_dir)
+    run = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+           "seconds": round(time.perf_counter() - started, 1), "statuses": statuses, "commit": _commit()}
+    if args.only or args.skip:  # a partial run keeps the statuses of the earlier full run
+        previous = args.out_dir / "run_all.json"
+        if previous.is_file():
+            earlier = json.loads(previous.read_text())
+            run["statuses"] = {**earlier.get("statuses", {}), **statuses}
+    (args.out_dir / "run_all.json").write_text(json.dumps(portable(run), indent=2) + "\n")
+    log.info("all benchmarks: %.0f s", run["seconds"])
+    markdown = args.markdown or DEFAULT_MD
+    markdown.write_text(render(args.out_dir, run))
+    log.info("wrote %s", markdown)
+    failed = [n for n, s in run.get("statuses", {}).items() if s["status"] not in ("ok", "missing")]
     return 1 if failed else 0
+
+
+def _render_only(out_dir: Path, markdown: Path | None) -> int:
+    """Print the table from the JSON files; write it only where asked."""
+    if not out_dir.is_dir():
+        sys.stderr.write(f"run_all --render-only: {out_dir} does not exist (run a benchmark first)\n")
+        return 2
+    text = render(out_dir)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    if markdown is not None:
+        markdown.write_text(text)
+        log.info("wrote %s", markdown)
+    return 0
 
 
 def _commit() -> str:

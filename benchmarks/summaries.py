@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterable
 
+from benchmarks import peers_report
 from benchmarks.report import summary_row
 
 HEADERS = ("item", "model", "figure", "value", "baseline (same run)", "ratio", "goal", "goal met")
@@ -77,7 +78,7 @@ def prepare_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
 
 ADAPTERS: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {
     "decode_draft": decode_draft_rows, "predictor_throughput": predictor_rows, "http_load": http_load_rows,
-    "http_load_workers2": http_load_rows,
+    "http_load_workers1": http_load_rows,
     "train_cache": train_cache_rows, "fixtures": prepare_rows,
 }
 
@@ -163,6 +164,7 @@ def render_markdown(results: dict[str, dict[str, Any]], run: dict[str, Any], ben
     if problems:
         text += ["Benchmarks that did not finish:", *problems, ""]
     text += gpu_section(results.get("gpu_check"))
+    text += peers_report.section(results.get("peers"))
     text += [
         "Models: MobileNet-v2 and ResNet-50 are random-init backbones + heads (no ImageNet weights for them",
         "offline) saved as real checkpoints and exported by the real `export_bundle`: their speed, FLOPs and",

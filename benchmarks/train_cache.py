@@ -35,7 +35,7 @@ def _run(data: Path, out: Path, arch: str, weights: str, extra: list[str]) -> tu
 
 
 def measure(data: Path, work: Path, arch: str, weights: str, epochs: int, batch_size: int) -> dict[str, Any]:
-    common = ["--batch-size", str(batch_size), "--workers", "1"]
+    common = ["--batch-size", str(batch_size), "--loader-workers", "1"]
     recompute, recompute_wall = _run(data, work / "recompute", arch, weights,
                                      ["--strategy", "head", "--no-cached-features", "--epochs", "2", *common])
     cached, cached_wall = _run(data, work / "cached", arch, weights,

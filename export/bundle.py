@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -83,19 +84,24 @@ def _finish_files(staging: Path, card: ModelCard, files: dict[str, dict[str, Any
     return card.updated(export={"files": files}, lineage=lineage)
 
 
-def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig = ExportConfig()) -> ModelCard:
+def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig = ExportConfig(),
+                  source: dict[str, Any] | None = None) -> ModelCard:
     """Write ``out_dir/{model.onnx, [model.int8.onnx], card.json, export_report.json}`` or nothing.
 
     Raises ``ExportError`` subclasses (``ParityError``, ``GraphContractError``, ...) without
     touching ``out_dir``. A failed INT8 gate is not an error here: the bundle is written without
     the INT8 file and the refusal is recorded in the card and the report (the CLI exits non-zero).
+    ``source`` replaces the report's ``run`` entry (a pretrained export stages its run in a scratch folder).
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     started = time.perf_counter()
     steps = ["load", "convert", "check", "parity"] + (["int8"] if config.int8 else []) + (["fp16"] if config.fp16 else []) + ["write"]
-    progress = tqdm(total=len(steps), desc="export", unit="step", disable=not config.progress, leave=False)
+    # a bar on a terminal only: in a log file it would leave \r fragments (the steps' timings go to the report)
+    progress = tqdm(total=len(steps), desc="export", unit="step", leave=False,
+                    disable=not config.progress or not sys.stderr.isatty())
     timings: dict[str, float] = {}
-    report: dict[str, Any] = {"run": str(run_dir.resolve()), "config": _config_dict(config), "versions": _versions()}
+    report: dict[str, Any] = {"run": source or str(run_dir.resolve()), "config": _config_dict(config),
+                              "versions": _versions()}
 
     def step(name: str) -> None:
         timings[name] = round(time.perf_counter() - started - sum(timings.values()), 3)
@@ -112,6 +118,8 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig
         pixels = parity_pixels(split, card.preprocess, config.parity_images)
         step("load")
         card = card.updated(export=_io_section(card, config))
+        if config.min_score is not None:
+            card = card.updated(calibration={"min_score": config.min_score})
         with staged_directory(out_dir) as staging:
             owner = staging / OWNER_FILENAME
             owner.write_text(str(os.getpid()))

@@ -1,4 +1,12 @@
-"""``imgcls export RUN --out BUNDLE [--int8] ...``: checkpoint -> validated ONNX bundle."""
+"""``imgcls export RUN --out BUNDLE [--int8] ...``: checkpoint -> validated ONNX bundle.
+
+``imgcls export --pretrained ARCH [--weights imagenet|FILE] [--data DIR] --out BUNDLE``: the same for
+a stock 1000-class ImageNet model (``imgcls.export.pretrained``).
+
+Exit status: 0 written; 1 validation failed (nothing written; the message names the figure);
+2 bad input or usage (no such run, no completed epoch yet, an existing --out without
+--overwrite); 3 written, but a requested INT8/fp16 variant was refused by its gate.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,20 +15,66 @@ import sys
 from pathlib import Path
 
 from imgcls.export.config import CALIBRATION_METHODS, DEFAULT_OPSET, EXPORTERS, INT8_TARGETS, ExportConfig
+from imgcls.stage_parser import StageParser
 
 log = logging.getLogger("imgcls.export")
 
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 EXIT_REFUSED = 3  # the bundle was written, but a requested INT8/fp16 variant failed its gate
 
 
+class RunError(ValueError):
+    """A RUN argument that is not an exportable training run, or an --out that may not be replaced."""
+
+
+def resolve_run(path: Path) -> Path:
+    """The run directory for ``path`` (a run, or its checkpoint directory); ``RunError`` if not exportable."""
+    if not path.exists():
+        raise RunError(f"{path}: no such run directory (expected runs/NAME written by imgcls train)")
+    if not path.is_dir():
+        raise RunError(f"{path}: not a directory (expected runs/NAME written by imgcls train)")
+    if (path / "card.json").is_file() and (path / "weights.safetensors").is_file():
+        return path.parent if (path.parent / "split.json").is_file() else path  # RUN/checkpoint
+    if (path / "checkpoint" / "card.json").is_file():
+        return path
+    if any((path / name).exists() for name in ("split.json", "train_state.pt", "metrics.jsonl")):
+        raise RunError(f"{path}: no epoch has completed yet (no checkpoint/ in the run); "
+                       "export after the first epoch finishes")
+    if (path / "card.json").is_file() and any(path.glob("*.onnx")):
+        raise RunError(f"{path}: this is already an exported bundle; serve or score it")
+    raise RunError(f"{path}: not a training run (no checkpoint/card.json)")
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an existing, non-empty --out unless --overwrite (replacing it drops its variants)."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file, not a bundle directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        held = ", ".join(sorted(p.name for p in out.iterdir())[:6])
+        raise RunError(f"--out {out} already exists ({held}): pass --overwrite to replace it "
+                       "(files not written again, e.g. an fp16 variant, are dropped) or choose another --out")
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="imgcls export", description=__doc__.splitlines()[0].strip("`"))
-    parser.add_argument("run", type=Path, help="run directory (runs/<run>) or its checkpoint directory")
-    parser.add_argument("--out", type=Path, help="bundle directory (default: bundles/<run name>)")
+    parser = StageParser(prog="imgcls export", description=__doc__.splitlines()[0].strip("`"))
+    parser.add_argument("run", type=Path, nargs="?", help="run directory (runs/<run>) or its checkpoint directory")
+    parser.add_argument("--pretrained", metavar="ARCH", help="instead of RUN: the zoo's stock ImageNet model ARCH")
+    parser.add_argument("--weights", default="imagenet",
+                        help="with --pretrained: imagenet (the zoo's weights) or FILE (a local state dict)")
+    parser.add_argument("--out", type=Path, help="bundle directory (default: bundles/<run name> or bundles/<ARCH>-imagenet)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out (by default an existing bundle is refused)")
     parser.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static QDQ), gated")
     parser.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (for GPU serving), gated")
-    parser.add_argument("--data", type=Path, help="image folder root, if the images of split.json moved")
+    parser.add_argument("--data", type=Path, help="image folder root, if the images of split.json moved; with "
+                        "--pretrained: labelled images in folders named by ImageNet class (calibration, gate)")
+    parser.add_argument("--min-score", type=float, default=None,
+                        help="record this default abstention threshold in the card (0..1)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (checked after export)")
     parser.add_argument("--exporter", choices=EXPORTERS, default="dynamo")
     parser.add_argument("--parity-images", type=int, default=16, help="real images checked against PyTorch")
@@ -55,14 +109,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def config_from(args: argparse.Namespace) -> ExportConfig:
     return ExportConfig(
-        opset=args.opset, exporter=args.exporter, parity_images=args.parity_images, data_dir=args.data,
+        opset=args.opset, exporter=args.exporter, parity_images=args.parity_images,
         int8=args.int8, fp16=args.fp16, calibration_method=args.calibration_method,
         calibration_size=args.calibration_size, int8_target=args.int8_target,
         exclude_nodes=tuple(args.exclude_nodes), max_accuracy_drop=args.max_accuracy_drop,
         mixed_precision=args.mixed_precision, max_fp32_nodes=args.max_fp32_nodes,
         mixed_size_budget=args.mixed_size_budget, qat=args.qat, qat_epochs=args.qat_epochs, qat_images=args.qat_images, qat_lr=args.qat_lr,
         edge=args.edge,
-        gate_images=args.gate_images, progress=not args.no_progress,
+        gate_images=args.gate_images, progress=not args.no_progress, min_score=args.min_score,
+        data_dir=None if args.pretrained else args.data,
     )
 
 
@@ -84,10 +139,12 @@ def summary(card, out: Path) -> str:
         rows.append(f"  {name:<18}{info['precision']:>10}{info['bytes'] / 1e6:>9.2f}{cells[0]:>9}{cells[1]:>10}"
                     f"{cells[2]:>8}{cells[3]:>8}")
     rows += int8_rows(export)
-    for precision in ("int8", "fp16"):
-        section = export.get(precision)
-        if section and section["status"] == "refused":
-            rows.append(f"  {precision} REFUSED: {section['reason']}")
+    fitted = card.calibration
+    if "temperature" in fitted:
+        rows.append(f"  calibration: temperature {fitted['temperature']:.4f} on {fitted['fitted_on']}: "
+                    f"ECE {fitted['ece_before']:.4f} -> {fitted['ece_after']:.4f}")
+    if fitted.get("min_score") is not None:
+        rows.append(f"  abstains below a top-1 score of {fitted['min_score']:g} (card default)")
     return "\n".join(rows)
 
 
@@ -115,31 +172,56 @@ def int8_rows(export: dict) -> list[str]:
     return rows
 
 
+def export_pretrained(args: argparse.Namespace, out: Path, config: ExportConfig):
+    """Stage the stock model as a run in a scratch folder, then the one ``export_bundle``."""
+    import tempfile
+
+    from imgcls.export.bundle import export_bundle
+    from imgcls.export.pretrained import describe_source, stage_pretrained
+
+    with tempfile.TemporaryDirectory(prefix="imgcls-pretrained-") as scratch:
+        staged = stage_pretrained(args.pretrained, args.weights, Path(scratch), args.data)
+        return export_bundle(staged.run_dir, out, config, describe_source(staged, args.pretrained, args.weights))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    out = args.out or Path("bundles") / args.run.resolve().name
+    if (args.run is None) == (args.pretrained is None):
+        sys.stderr.write("imgcls export: give either RUN or --pretrained ARCH (exactly one)\n")
+        return EXIT_USAGE
     try:
-        config = config_from(args)
+        config = config_from(args)  # flag values first: they are wrong whatever the run
+        run = None if args.pretrained else resolve_run(args.run)
+        out = args.out or Path("bundles") / (f"{args.pretrained}-imagenet" if run is None else run.resolve().name)
+        check_out(out, args.overwrite)
     except ValueError as exc:
-        sys.stderr.write(f"imgcls export: {exc}\n")
-        return 2
+        sys.stderr.write(f"imgcls export: {_one_line(exc)}\n")
+        return EXIT_USAGE
     from imgcls.export.bundle import export_bundle  # torch is imported only past argument parsing
     from imgcls.export.errors import ExportError
     from imgcls.models.core.card import CardError
     from imgcls.models.training.checkpoint import CheckpointError
 
     try:
-        card = export_bundle(args.run, out, config)
-    except (ExportError, CheckpointError, CardError) as exc:
-        sys.stderr.write(f"imgcls export: {type(exc).__name__}: {exc}\n(no bundle was written to {out})\n")
+        card = export_pretrained(args, out, config) if args.pretrained else export_bundle(run, out, config)
+    except (CheckpointError, CardError) as exc:
+        sys.stderr.write(f"imgcls export: {_one_line(exc)} (no bundle was written to {out})\n")
+        return EXIT_USAGE
+    except ExportError as exc:
+        sys.stderr.write(f"imgcls export: {_one_line(exc)} (no bundle was written to {out})\n")
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        sys.stderr.write(f"imgcls export: interrupted; no bundle was written to {out}\n")
+        return 130
     sys.stdout.write(summary(card, out) + "\n")
     refused = [p for p in ("int8", "fp16") if card.export.get(p, {}).get("status") == "refused"]
+    for precision in refused:  # said once, here, in plain words (exit 3: written, a variant left out)
+        reason = _one_line(card.export[precision]["reason"])
+        sys.stderr.write(f"imgcls export: the {precision.upper()} variant was not written, its accuracy gate "
+                         f"refused it: {reason}\n")
     if refused:
-        sys.stderr.write(f"imgcls export: {', '.join(refused)} refused by the accuracy gate; "
-                         f"{out} holds the fp32 model only for that precision\n")
         return EXIT_REFUSED
     return 0
 

@@ -44,6 +44,7 @@ class ExportConfig:
     gate_images: int | None = None  # None: the whole validation split
     benchmark_batch: int = 8
     progress: bool = True
+    min_score: float | None = None  # recorded as the card's default abstention threshold (calibration.min_score)
 
     def __post_init__(self) -> None:
         if self.exporter not in EXPORTERS:
@@ -62,3 +63,5 @@ class ExportConfig:
             raise ValueError("qat_images must be positive")
         if self.calibration_size < 1 or self.parity_images < 1:
             raise ValueError("calibration_size and parity_images must be positive")
+        if self.min_score is not None and not 0.0 <= self.min_score <= 1.0:
+            raise ValueError(f"min_score must be between 0 and 1, got {self.min_score}")

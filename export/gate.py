@@ -88,7 +88,7 @@ def keep_if_gate_passes(
         files = {**files, variant_path.name: {"precision": precision}}
     except QuantizationRefused as refusal:
         variant_path.unlink()
-        logging.getLogger(__name__).warning("%s refused: %s", precision, refusal)
+        logging.getLogger(__name__).info("%s refused: %s", precision, refusal)  # the CLI says it once
         section = {"status": "refused", "reason": str(refusal), **settings, "gate": refusal.figures}
     report[precision] = section
     return card.updated(export={precision: section}), files

@@ -4,7 +4,10 @@ from __future__ import annotations
 import importlib
 import sys
 
+from imgcls.extras import missing_for
+
 STAGES: dict[str, tuple[str, str]] = {
+    "models": ("imgcls.models.zoo.cli", "choose a backbone: params, GFLOPs, ImageNet accuracy, speed measured here"),
     "digits": ("imgcls.digits", "write the bundled scikit-learn digits as an ImageFolder"),
     "train": ("imgcls.models.training.cli", "fine-tune a zoo backbone on an ImageFolder -> runs/<run>/checkpoint"),
     "export": ("imgcls.export.cli", "checkpoint -> validated ONNX bundle (optionally INT8)"),
@@ -15,8 +18,18 @@ STAGES: dict[str, tuple[str, str]] = {
 
 
 def usage() -> str:
+    """The stage list, each marked when this installation lacks the extra it needs."""
     lines = ["usage: imgcls <stage> [options]   (imgcls <stage> --help for a stage's options)", ""]
-    lines += [f"  {name:<7} {help_text}" for name, (_, help_text) in STAGES.items()]
+    unavailable = []
+    for name, (_, help_text) in STAGES.items():
+        problem = missing_for(name)
+        lines.append(f"  {name:<7} {help_text}" + ("   [not installed]" if problem else ""))
+        if problem:
+            unavailable.append(problem)
+    if unavailable:
+        lines += ["", "Not available in this installation:", *(f"  {text}" for text in unavailable)]
+    lines += ["", "Exit codes: 0 success; 2 bad input or usage; 1 export validation failed; "
+              "3 partial (score: some images failed; export: a variant refused); 130 interrupted."]
     return "\n".join(lines)
 
 
@@ -27,10 +40,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stage, rest = argv[0], argv[1:]
     if stage not in STAGES:
-        sys.stderr.write(f"imgcls: unknown stage {stage!r}\n{usage()}\n")
+        sys.stderr.write(f"imgcls: unknown stage {stage!r} (stages: {', '.join(STAGES)}; see imgcls --help)\n")
+        return 2
+    problem = missing_for(stage)
+    if problem:
+        sys.stderr.write(problem + "\n")
         return 2
     module = importlib.import_module(STAGES[stage][0])
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"imgcls {stage}: interrupted\n")
+        return 130
 
 
 if __name__ == "__main__":

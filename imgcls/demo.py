@@ -6,7 +6,6 @@ Every stage is the same command a user would type; this module only strings them
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from imgcls.models.core.dataset import SplitListing
 from imgcls.service.http.launcher import child_environment, encode_multipart, start_server
+from imgcls.stage_parser import StageParser
 
 log = logging.getLogger("imgcls.demo")
 
@@ -111,11 +111,11 @@ def run_demo(config: DemoConfig) -> None:
         "--strategy", "head", "--epochs", str(config.epochs), "--out", str(run_dir), "--overwrite",
     )
     status = run_stage(
-        "export", str(run_dir), "--out", str(bundle), *(["--int8"] if config.int8 else []),
+        "export", str(run_dir), "--out", str(bundle), "--overwrite", *(["--int8"] if config.int8 else []),
         accepted=(0, EXPORT_VARIANT_REFUSED),
     )
     if status == EXPORT_VARIANT_REFUSED:
-        log.warning("the INT8 variant did not pass its accuracy gate (see the table above); the demo goes on with fp32")
+        log.warning("the demo goes on with the fp32 model (the INT8 variant was refused, see above)")
     scores = run_dir / "val_scores.csv"
     run_stage(
         "score", str(bundle), str(write_val_list(run_dir)), "--out", str(scores), "--labels", "imagefolder",
@@ -125,7 +125,7 @@ def run_demo(config: DemoConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="imgcls demo", description=__doc__.splitlines()[0])
+    parser = StageParser(prog="imgcls demo", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("."), help="where demo-data/, runs/, bundles/ go")
     parser.add_argument("--arch", default="efficientnet_lite0")
     parser.add_argument("--epochs", type=int, default=15, help="head epochs (early stopping may end sooner)")

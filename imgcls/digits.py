@@ -6,7 +6,6 @@ data. Grayscale PNGs are fine: ``load_image`` brings every mode to RGB.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections import Counter
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from imgcls.stage_parser import StageParser
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def write_digits(out: str | Path, limit_per_class: int | None = None, size: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = StageParser(
         prog="imgcls digits", description="Write scikit-learn's handwritten digits as an ImageFolder (OUT/<digit>/*.png)."
     )
     parser.add_argument("out", type=Path, help="output folder (created)")
@@ -57,10 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help=f"side length in pixels (default {DEFAULT_SIZE})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.out.exists() and not args.out.is_dir():
+        log.error("imgcls digits: %s exists and is not a directory; give a folder to write the images into", args.out)
+        return 2
     try:
         counts = write_digits(args.out, args.limit_per_class, args.size)
     except ValueError as exc:
         log.error("imgcls digits: %s", exc)
+        return 2
+    except OSError as exc:
+        log.error("imgcls digits: cannot write under %s: %s", args.out, exc.strerror or exc)
         return 2
     log.info("wrote %d images in %d classes to %s", sum(counts.values()), len(counts), args.out)
     return 0

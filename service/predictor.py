@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Iterable, Iterator, TypeVar
 
 import numpy as np
 
+from imgcls.models.core.calibration import apply_temperature, uncalibrated
 from imgcls.models.core.card import ModelCard
 from imgcls.models.core.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError
 from imgcls.models.core import bundle as bundle_checks
@@ -38,7 +40,8 @@ DEFAULT_BATCH_SIZE = 32
 class Prediction:
     label: str
     index: int
-    score: float
+    score: float  # calibrated: softmax(logits / card temperature)
+    uncalibrated_score: float | None = None  # softmax(logits), for before/after calibration figures
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "index": self.index, "score": self.score}
@@ -109,7 +112,7 @@ class Predictor:
         log.info("loaded %s (%s, %d classes) on %s", path, precision, card.num_classes, provider)
         return cls(
             card=card, session=session, provider=provider, precision=precision, model_path=path,
-            model_version=f"{bundle_dir.resolve().name}@{digest[:12]}", input_name=input_name,
+            model_version=bundle_checks.model_version(bundle_dir, digest), input_name=input_name,
             output_name=output_name, runtime=runtime, max_bytes=max_bytes, max_pixels=max_pixels,
             decode_threads=decode_threads,
         )
@@ -127,15 +130,40 @@ class Predictor:
     def input_size(self) -> int:
         return self.card.preprocess.crop_size
 
+    @property
+    def temperature(self) -> float:
+        """The card's calibration temperature (1.0 for bundles without one)."""
+        return self.card.temperature
+
+    @property
+    def min_score(self) -> float | None:
+        """The card's default abstention threshold (None: never abstain)."""
+        return self.card.min_score
+
     # ------------------------------------------------------------ steps
     def decode(self, data: bytes | str | Path) -> np.ndarray:
         """uint8 [3, H, W] model input, or ``ImageDecodeError`` (reason in ``.reason``)."""
-        preprocess = self.card.preprocess
-        image = preprocess.load(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
-        return preprocess.pixels(image)
+        return self.decode_timed(data)[0]
 
-    def infer(self, pixels: np.ndarray) -> np.ndarray:
-        """Probabilities float32 [N, C] for uint8 pixels [N, 3, H, W]."""
+    def decode_timed(self, data: bytes | str | Path) -> tuple[np.ndarray, float, float]:
+        """``decode`` plus its two timings in seconds: (pixels, decode, resize + crop). The one
+        decoding path of HTTP, scoring and export validation."""
+        preprocess, started = self.card.preprocess, time.perf_counter()
+        image = preprocess.load(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+        decoded = time.perf_counter()
+        pixels = preprocess.pixels(image)
+        return pixels, decoded - started, time.perf_counter() - decoded
+
+    def infer(self, pixels: np.ndarray, pad_to: int | None = None) -> np.ndarray:
+        """Calibrated probabilities float32 [N, C] (softmax of logits / temperature) for uint8 pixels [N, 3, H, W].
+
+        ``pad_to``: run the session on exactly that many rows (zero images appended, their rows
+        dropped) so a GPU sees one shape per batch size and cuDNN picks its algorithms once.
+        """
+        count = pixels.shape[0] if isinstance(pixels, np.ndarray) else 0
+        if pad_to is not None and 0 < count < pad_to:
+            padding = np.zeros((pad_to - count, *pixels.shape[1:]), dtype=pixels.dtype)
+            return self.infer(np.concatenate([pixels, padding]))[:count]
         size = self.input_size
         if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8:
             raise ValueError(f"infer: expected a uint8 numpy array, got {getattr(pixels, 'dtype', type(pixels))}")
@@ -144,28 +172,23 @@ class Predictor:
         if pixels.shape[0] == 0:
             return np.zeros((0, self.num_classes), dtype=np.float32)
         (logits,) = self.session.run([self._output_name], {self._input_name: np.ascontiguousarray(pixels)})
-        return softmax(logits)
+        return softmax(apply_temperature(logits, self.temperature))  # the one place calibration is applied
 
     def top_k(self, probabilities_row: np.ndarray, k: int = 5) -> list[Prediction]:
         names = self.class_names
+        raw = uncalibrated(probabilities_row, self.temperature)
         return [
-            Prediction(names[int(i)], int(i), float(probabilities_row[i]))
+            Prediction(names[int(i)], int(i), float(probabilities_row[i]), float(raw[i]))
             for i in top_k_indices(probabilities_row, k)
         ]
 
     # ------------------------------------------------------------ many images
-    def _decode_pool(self) -> ThreadPoolExecutor:
+    def decode_pool(self) -> ThreadPoolExecutor:
+        """The process's decode threads (created on first use, ``decode_threads`` of them)."""
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="imgcls-decode")
             return self._pool
-
-    def _infer_batch(self, pixels: np.ndarray, batch_size: int) -> np.ndarray:
-        count = pixels.shape[0]
-        if self.provider == CUDA and count < batch_size:  # one shape: cuDNN picks algorithms once
-            padding = np.zeros((batch_size - count, *pixels.shape[1:]), dtype=np.uint8)
-            return self.infer(np.concatenate([pixels, padding]))[:count]
-        return self.infer(pixels)
 
     def predict_batches(
         self, sources: Iterable[Source], top_k: int = 5, batch_size: int = DEFAULT_BATCH_SIZE
@@ -173,11 +196,12 @@ class Predictor:
         """Per batch, in input order: (source, top-k predictions or the decode error)."""
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        for batch in decoded_batches(sources, self.decode, batch_size, self._decode_pool()):
+        pad_to = batch_size if self.provider == CUDA else None
+        for batch in decoded_batches(sources, self.decode, batch_size, self.decode_pool()):
             pixels, positions = stack_decoded(batch)
             results: list[Any] = [item for _, item in batch]
             if pixels is not None:
-                for row, position in zip(self._infer_batch(pixels, batch_size), positions):
+                for row, position in zip(self.infer(pixels, pad_to), positions):
                     results[position] = self.top_k(row, top_k)
             yield [(source, result) for (source, _), result in zip(batch, results)]
 

@@ -186,11 +186,8 @@ def cuda_in_build() -> bool:
 
 
 def _preload_cuda_libraries() -> None:
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is None:  # pragma: no cover - ORT < 1.21
-        return
     try:
-        preload()
+        ort.preload_dlls()  # ORT is pinned (1.31); it has existed since 1.21
     except Exception as exc:  # noqa: BLE001 - a failed preload shows up as no CUDA provider below
         log.debug("onnxruntime.preload_dlls() failed: %s", exc)
 

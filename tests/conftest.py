@@ -11,6 +11,16 @@ from PIL import Image
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory):
+    """imgcls's cache (verified digests, benchmark figures) in a temporary folder, for every process the
+    tests start too: tests never read or write the user's ~/.cache/imgcls."""
+    import os
+
+    os.environ["IMGCLS_CACHE_DIR"] = str(tmp_path_factory.mktemp("imgcls-cache"))
+    yield
+
+
 def make_image(width: int = 64, height: int = 48, mode: str = "RGB", seed: int = 0) -> Image.Image:
     """A smooth, structured random image (gradients + blobs), so resizing has something to do."""
     rng = np.random.default_rng(seed)

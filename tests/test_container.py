@@ -20,7 +20,7 @@ from tests.factories import make_tiny_bundle
 from imgcls.service.http.launcher import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
-MAKE_BASE = REPO_ROOT.parent / "shared" / "docker" / "make-base-image.sh"
+BASE_SCRIPT = REPO_ROOT / "docker" / "base-image.sh"  # builds the base image from Debian packages
 BASE_IMAGE = os.environ.get("IMGCLS_BASE_IMAGE", "local/python:3.11-bookworm")
 TAG = "imgcls:test-cpu"
 
@@ -39,7 +39,7 @@ def docker_daemon():
     started_pid = None
     if run("docker", "info", check=False, timeout=30).returncode != 0 or \
             run("docker", "image", "inspect", BASE_IMAGE, check=False, timeout=30).returncode != 0:
-        out = run("bash", str(MAKE_BASE), BASE_IMAGE, timeout=900).stdout
+        out = run("bash", str(BASE_SCRIPT), BASE_IMAGE, timeout=900).stdout
         found = re.search(r"DOCKERD_PID=(\d+)", out)
         started_pid = int(found.group(1)) if found else None
     yield
@@ -104,5 +104,62 @@ def test_cpu_image_serves_a_mounted_bundle(image, bundle):
         run("docker", "stop", "--time", "20", name, timeout=60)
         assert time.monotonic() - stopped < 20  # SIGTERM handled, not the 20 s kill
         assert run("docker", "inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip() == "0"
+    finally:
+        run("docker", "rm", "-f", name, check=False)
+
+
+def test_cpu_image_runs_as_the_kserve_manifest_says(image, bundle):
+    """deploy/kserve/inferenceservice.yaml: its IMGCLS_* variables, the bundle at its IMGCLS_BUNDLE, its port
+    and probe paths; a tritonclient infer on the v2 route KServe forwards to."""
+    import numpy as np
+    import tritonclient.http as triton
+    import yaml
+
+    manifest = yaml.safe_load((REPO_ROOT / "deploy" / "kserve" / "inferenceservice.yaml").read_text())
+    container = manifest["spec"]["predictor"]["containers"][0]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    port, name, host_port = container["ports"][0]["containerPort"], f"imgcls-kserve-{os.getpid()}", free_port()
+    env_args = [arg for key, value in env.items() if key.startswith("IMGCLS_") for arg in ("-e", f"{key}={value}")]
+    run("docker", "run", "-d", "--init", "--name", name, "-p", f"127.0.0.1:{host_port}:{port}",
+        "-v", f"{bundle}:{env['IMGCLS_BUNDLE']}:ro", *env_args, image)
+    try:
+        url = f"http://127.0.0.1:{host_port}"
+        wait_ready(url, name)
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert httpx.get(url + container[probe]["httpGet"]["path"], timeout=5).status_code == 200, probe
+        client = triton.InferenceServerClient(f"127.0.0.1:{host_port}")
+        model = env["IMGCLS_MODEL_NAME"]
+        assert client.is_server_ready() and client.is_model_ready(model)
+        tensor = triton.InferInput("image", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([encode(make_image(64, 48))], dtype=object))
+        probabilities = client.infer(model, [tensor]).as_numpy("probabilities")
+        assert probabilities.shape == (1, 3) and abs(float(probabilities.sum()) - 1.0) < 1e-4
+    finally:
+        run("docker", "rm", "-f", name, check=False)
+
+
+def test_docker_stop_under_load_answers_every_accepted_request(image, bundle):
+    """``docker stop`` while 16 clients send requests: every request sent before the stop is answered
+    (none lost, no 5xx), the container exits 0 within ``docker stop``'s 10 s."""
+    from benchmarks.reliability import Fleet, payload, tally
+
+    name, port = f"imgcls-stop-{os.getpid()}", free_port()
+    run("docker", "run", "-d", "--init", "--name", name, "-p", f"127.0.0.1:{port}:3000",
+        "-v", f"{bundle}:/bundle:ro", image, "--workers", "2")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, name)
+        body, content_type = payload()
+        with Fleet(url, body, content_type, clients=16) as fleet:
+            time.sleep(2.0)
+            signalled = time.monotonic()
+            run("docker", "stop", "--time", "10", name, timeout=60)
+            stop_s = time.monotonic() - signalled
+            time.sleep(0.3)
+        before = tally([a for a in fleet.attempts if a.started < signalled])
+        assert run("docker", "inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip() == "0"
+        assert stop_s < 10, stop_s  # drained, not killed by docker after its 10 s
+        assert before["sent"] > 16 and before["lost"] == 0 and before["answered_5xx"] == 0, before
+        assert before["answered"] == before["sent"], before
     finally:
         run("docker", "rm", "-f", name, check=False)

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from imgcls.export.cli import EXIT_FAILED, EXIT_REFUSED, main
+from imgcls.export.cli import EXIT_REFUSED, EXIT_USAGE, main
 from imgcls.export.quantize import TARGET_TYPES
 from imgcls.models.core.atomic import sha256_file
 from imgcls.models.core.card import ModelCard
@@ -76,7 +76,9 @@ def test_too_strict_gate_refuses_int8_and_keeps_fp32(fitted_run, tmp_path, capsy
     assert card.export["int8"]["status"] == "refused" and "exceeds the allowed -1" in card.export["int8"]["reason"]
     assert card.export["int8"]["activation_type"] == "QInt8"  # arm64: S8S8
     assert list(card.export["files"]) == ["model.onnx"]
-    assert "refused" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    said = [line for line in (printed.out + printed.err).splitlines() if "exceeds the allowed -1" in line]
+    assert len(said) == 1 and said[0].startswith("imgcls export: the INT8 variant was not written")  # once
 
 
 def test_legacy_exporter_and_bad_run_give_clear_errors(fitted_run, tmp_path, capsys):
@@ -87,10 +89,35 @@ def test_legacy_exporter_and_bad_run_give_clear_errors(fitted_run, tmp_path, cap
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     assert sess.run(["logits"], {"pixels": np.zeros((3, 3, 32, 32), np.uint8)})[0].shape == (3, 4)
     capsys.readouterr()
-    assert main([str(tmp_path / "missing"), "--out", str(tmp_path / "x"), "--no-progress"]) == EXIT_FAILED
+    assert main([str(tmp_path / "missing"), "--out", str(tmp_path / "x"), "--no-progress"]) == EXIT_USAGE
     err = capsys.readouterr().err
-    assert "CheckpointError" in err and "does not exist" in err and not (tmp_path / "x").exists()
+    assert "no such run directory" in err and "Error" not in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
     assert main([str(fitted_run), "--out", str(tmp_path / "y"), "--opset", "11"]) == 2
+
+
+def test_existing_bundle_is_refused_and_a_checkpoint_directory_is_accepted(fitted_run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    assert main([str(fitted_run / "checkpoint"), "--fp16", "--no-progress"]) == 0  # as --help promises
+    out = tmp_path / "bundles" / fitted_run.name  # named after the run, not "checkpoint"
+    names = sorted(p.name for p in out.iterdir())
+    assert "model.fp16.onnx" in names
+    capsys.readouterr()
+    assert main([str(fitted_run), "--out", str(out), "--no-progress"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--overwrite" in err and err.count("\n") == 1
+    assert sorted(p.name for p in out.iterdir()) == names  # the fp16 variant is still there
+    assert main([str(fitted_run), "--out", str(out), "--no-progress", "--overwrite"]) == 0
+    assert not (out / "model.fp16.onnx").exists()  # replaced on request only
+    early = tmp_path / "runs" / "early"
+    early.mkdir(parents=True)
+    shutil.copy(fitted_run / "split.json", early / "split.json")  # a run whose first epoch has not finished
+    capsys.readouterr()
+    assert main([str(early), "--out", str(tmp_path / "z"), "--no-progress"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "no epoch has completed yet" in err and "Traceback" not in err and not (tmp_path / "z").exists()
 
 
 def _offline_env(tmp_path: Path) -> dict[str, str]:

@@ -134,7 +134,8 @@ def test_failures_have_reason_codes(tmp_path, rgb_png_bytes):
     expect_reason(b"%PDF-1.4\n%...", "unsupported_format")
     expect_reason(b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>', "unsupported_format")
     expect_reason(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "unsupported_format")
-    expect_reason(tmp_path / "missing.png", "not_an_image")
+    expect_reason(tmp_path / "missing.png", "not_found")  # a path that names nothing is not "not an image"
+    expect_reason(tmp_path, "unreadable")  # a directory given as an image path
     big = tmp_path / "big.png"
     big.write_bytes(rgb_png_bytes)
     expect_reason(big, "too_large", max_bytes=100)

@@ -63,6 +63,14 @@ def test_batch_of_one_equals_the_matching_row_of_a_batch(predictor, images):
         assert [p.index for p in predictor.top_k(single, 3)] == [p.index for p in predictor.top_k(batch[i], 3)]
 
 
+def test_padding_to_a_run_size_returns_only_the_real_rows(predictor, images):
+    pixels = np.stack([predictor.decode(path) for path in images[:3]])
+    padded = predictor.infer(pixels, pad_to=8)
+    assert padded.shape == (3, 3)
+    np.testing.assert_allclose(padded, predictor.infer(pixels), atol=1e-6)
+    assert predictor.infer(pixels, pad_to=2).shape == (3, 3)  # never truncates
+
+
 def test_top_k_is_clamped_sorted_and_sums_to_at_most_one(predictor, images):
     for result in predictor.predict(images, top_k=50):
         assert len(result) == 3 and all(isinstance(p, Prediction) for p in result)

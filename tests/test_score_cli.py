@@ -67,7 +67,7 @@ def test_resume_after_sigkill_scores_each_path_exactly_once(bundle, tmp_path):
     expected = sorted(str(p) for p in folder.rglob("*.*"))
     out = tmp_path / "scores.csv"
     command = [sys.executable, "-m", "imgcls.cli", "score", str(bundle), str(folder), "--out", str(out),
-               "--batch-size", "2", "--workers", "1", "--threads", "1", "--no-progress"]
+               "--batch-size", "2", "--decode-threads", "1", "--threads", "1", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
@@ -151,3 +151,41 @@ def test_usage_errors_exit_2(bundle, data, tmp_path, caplog):
     assert run_score(bundle, data, "--out", tmp_path / "d.txt") == score.EXIT_ERROR
     assert "does not exist" in caplog.text and "unknown format" in caplog.text
     assert not (tmp_path / "a.csv").exists()
+
+
+def test_resume_with_another_bundle_is_refused_naming_both_models(bundle, data, tmp_path, caplog):
+    out = tmp_path / "scores.csv"
+    assert run_score(bundle, data, "--out", out) == score.EXIT_OK
+    versions = {row["model_version"] for row in read_rows(out, 3)}
+    assert len(versions) == 1 and versions.pop().startswith(f"{bundle.name}@")
+    other = tmp_path / "other-model"
+    shutil.copytree(bundle, other)
+    before = out.read_bytes()
+    assert run_score(other, data, "--out", out, "--resume") == score.EXIT_ERROR
+    assert out.read_bytes() == before  # nothing appended by the other model
+    assert f"'{bundle.name}@" in caplog.text and "'other-model@" in caplog.text
+
+
+def test_missing_listed_file_is_not_found_and_a_run_is_not_a_bundle(bundle, data, tmp_path, caplog):
+    image = sorted(data.rglob("*.png"))[0]
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{image}\n{tmp_path / 'gone.png'}\n")
+    out = tmp_path / "scores.jsonl"
+    assert run_score(bundle, listing, "--out", out) == score.EXIT_PARTIAL
+    rows = {row["path"]: row for row in read_rows(out, 3)}
+    assert rows[str(tmp_path / "gone.png")]["error"] == "not_found" and rows[str(image)]["error"] is None
+    run_dir = bundle.parents[1] / "runs" / "tiny"
+    assert run_score(run_dir, data, "--out", tmp_path / "x.csv") == score.EXIT_ERROR
+    assert f"export it first: imgcls export {run_dir}" in caplog.text
+
+
+def test_progress_in_a_log_is_periodic_lines_not_bar_fragments(bundle, data, tmp_path):
+    command = [sys.executable, "-m", "imgcls", "score", str(bundle), str(data), "--out", str(tmp_path / "s.csv"),
+               "--batch-size", "4", "--decode-threads", "1", "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "IMGCLS_PROGRESS_INTERVAL_S": "0"}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "\r" not in result.stderr  # stderr is a pipe here, as in a log file: no bar
+    lines = [line for line in result.stderr.splitlines() if "scoring: " in line]
+    assert any("/24 images (" in line and "img/s" in line and "ETA" in line for line in lines), result.stderr[-2000:]
+    assert lines[-1].split("scoring: ")[1].startswith("24 images in")

@@ -123,7 +123,29 @@ def test_parquet_unfinished_parts_are_resumed(tmp_path):
 
 
 def test_columns():
-    assert columns(2) == ["path", "label_1", "score_1", "label_2", "score_2", "error", "message"]
+    assert columns(2) == ["path", "label_1", "score_1", "label_2", "score_2", "error", "message", "abstained",
+                          "uncalibrated_score_1", "model_version", "precision"]
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl", "parquet"])
+def test_every_row_names_its_model_and_resume_refuses_another_model(tmp_path, suffix):
+    out = tmp_path / f"scores.{suffix}"
+    first = {"model_version": "a@111111111111", "precision": "fp32"}
+    writer = open_output(out, 1, resume=False, overwrite=False, provenance=first)
+    writer.write([{"path": "x.jpg", "label_1": "cat", "score_1": 0.9}])
+    writer.finish()
+    assert [{k: r[k] for k in first} for r in read_rows(out, 1)] == [first]
+    for other in ({"model_version": "b@222222222222", "precision": "fp32"},
+                  {"model_version": "a@111111111111", "precision": "int8"}):
+        with pytest.raises(OutputError) as refused:
+            open_output(out, 1, resume=True, overwrite=False, provenance=other)
+        message = str(refused.value)
+        assert all(str(v) in message for v in (*first.values(), *other.values()))  # names both
+    resumed = open_output(out, 1, resume=True, overwrite=False, provenance=first)  # the same model resumes
+    assert [r["path"] for r in resumed.existing] == ["x.jpg"]
+    resumed.write([{"path": "y.jpg", "label_1": "dog", "score_1": 0.8}])
+    resumed.finish()
+    assert [r["model_version"] for r in read_rows(out, 1)] == ["a@111111111111"] * 2
 
 
 def test_evaluation_against_a_hand_computed_case(tmp_path):
@@ -149,6 +171,22 @@ def test_evaluation_against_a_hand_computed_case(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_macro_averages_only_classes_present_in_the_labels():
+    names = tuple("abcdefghij")  # a 10-class model, 3 classes in the labels, every image right
+    true = [0, 0, 1, 2]
+    ranked = [[0, 1], [0, 2], [1, 0], [2, 0]]
+    result = evaluate(true, ranked, [0.9] * 4, names)
+    assert result.accuracy == 1.0
+    assert result.macro_precision == 1.0 and result.macro_recall == 1.0  # not 0.3 (3 of 10 classes)
+    assert result.absent == tuple("defghij") and result.precision[3] is None and result.recall[9] is None
+    data = result.to_dict()
+    assert data["absent_classes"] == list("defghij") and sorted(data["per_class"]) == ["a", "b", "c"]
+    assert data["macro_over"] == "classes present in the labels"
+    from imgcls.service.scoring.evaluation import format_report
+
+    assert "absent from the labels" in format_report(result) and "over the 3 classes" in format_report(result)
+
+
 def test_top5_accuracy_counts_hits_in_the_first_five():
     names = tuple("abcdefg")
     ranked = [[1, 2, 3, 4, 0, 5, 6], [1, 2, 3, 4, 5, 0, 6]]
@@ -160,3 +198,13 @@ def test_ece_is_zero_when_confidence_matches_accuracy():
     confidence = np.array([0.75] * 4)
     assert expected_calibration_error(confidence, np.array([1, 1, 1, 0])) == pytest.approx(0.0)
     assert expected_calibration_error(np.array([1.0]), np.array([0])) == pytest.approx(1.0)
+
+
+def test_only_txt_and_csv_are_lists_by_name_and_list_reads_any_name(tmp_path):
+    image = _touch(tmp_path / "a.png")
+    notes = tmp_path / "notes.lst"
+    notes.write_text("a.png\n")
+    assert list_inputs([str(notes)]).paths == (str(notes),)  # scored as a file (not_an_image), not read as paths
+    assert list_inputs([], lists=[str(notes)]).paths == (image,)
+    with pytest.raises(InputError, match="--list"):
+        list_inputs([], lists=[str(tmp_path / "none.lst")])

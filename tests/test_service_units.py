@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from imgcls.service.http.batcher import BatchPlan, MicroBatcher, Overloaded
-from imgcls.service.http.config import ConfigError, ServiceConfig
+from imgcls.models.core.errors import ConfigError
+from imgcls.service.http.config import ServiceConfig
 from imgcls.service.http.serve import build_parser, check_bundle, config_from
 from imgcls.service.http.uploads import RequestRejected, decode_base64, parse_top_k
 
@@ -26,8 +27,9 @@ def test_cpu_plan_splits_into_warmed_sizes_and_gpu_plan_pads():
 def test_plan_run_only_feeds_planned_sizes_and_keeps_order():
     seen = []
 
-    def infer(batch):
-        seen.append(len(batch))
+    def infer(batch, size):
+        seen.append(size)
+        assert len(batch) <= size
         return batch.reshape(len(batch), -1)[:, :1].astype(np.float32)
 
     pixels = np.arange(11, dtype=np.uint8).reshape(11, 1, 1, 1)
@@ -36,12 +38,13 @@ def test_plan_run_only_feeds_planned_sizes_and_keeps_order():
         out = plan.run(infer, pixels)
         assert out[:, 0].tolist() == list(range(11))
         assert set(seen) <= set(plan.sizes)
+    assert seen == [8, 4]  # the GPU plan asks for 3 images to be run padded as a batch of 4
 
 
 def test_batcher_merges_concurrent_requests_and_refuses_when_full():
     gate, batches = threading.Event(), []
 
-    def infer(batch):
+    def infer(batch, size):
         gate.wait(5)
         batches.append(len(batch))
         return np.repeat(batch.reshape(len(batch), -1)[:, :1], 2, axis=1).astype(np.float32)
@@ -68,7 +71,7 @@ def test_batcher_merges_concurrent_requests_and_refuses_when_full():
 
 
 def test_batcher_delivers_inference_failures_to_the_waiting_requests():
-    def infer(batch):
+    def infer(batch, size):
         raise RuntimeError("boom")
 
     batcher = MicroBatcher(infer, BatchPlan.for_device(4, on_gpu=False), max_queue_images=8)

@@ -77,3 +77,27 @@ def test_finetune_trains_backbone_at_the_lower_rate(run):
     assert groups["backbone"]["initial_lr"] == pytest.approx(0.05 * 0.1)
     assert len(groups["head"]["params"]) == 2  # the new Linear's weight and bias
     assert len(groups["backbone"]["params"]) == 6  # two convs, two BatchNorms (weight, bias)
+
+
+def test_temperature_is_fitted_on_the_best_epoch_and_recorded(run):
+    """The checkpoint's card carries the temperature fitted on the validation logits of its own epoch:
+    recomputing those logits reproduces the recorded NLL before and after, and the fit lowered it."""
+    from imgcls.models.core.calibration import fit_temperature, negative_log_likelihood
+
+    model, card = load_checkpoint(run)
+    fitted = card.calibration
+    assert set(fitted) >= {"temperature", "method", "fitted_on", "images", "ece_before", "ece_after",
+                           "nll_before", "nll_after"}
+    split = SplitListing.load(run)
+    assert fitted["images"] == len(split.val) and "validation" in fitted["fitted_on"]
+    pixels = np.stack([card.preprocess(card.preprocess.load(split.absolute(s))) for s in split.val])
+    labels = np.array([s.label for s in split.val])
+    with torch.no_grad():
+        logits = model(torch.from_numpy(pixels)).numpy().astype(np.float64)
+    assert fit_temperature(logits, labels) == pytest.approx(card.temperature, rel=1e-3)
+    assert negative_log_likelihood(logits, labels) == pytest.approx(fitted["nll_before"], abs=1e-4)
+    assert fitted["nll_after"] <= fitted["nll_before"] + 1e-9
+    report = json.loads((run / "val_report.json").read_text())
+    assert report["calibration"] == fitted and report["reliability"]["after"]
+    with Image.open(run / "reliability.png") as image:
+        assert image.format == "PNG" and min(image.size) > 200

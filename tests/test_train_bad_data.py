@@ -7,7 +7,7 @@ import torch
 from imgcls.models.training.cli import main
 from tests.factories import make_image_folder
 
-TINY = ["--arch", "tiny", "--weights", "none", "--strategy", "head", "--epochs", "1", "--workers", "0"]
+TINY = ["--arch", "tiny", "--weights", "none", "--strategy", "head", "--epochs", "1", "--loader-workers", "0"]
 
 
 def _layout(root, kind):

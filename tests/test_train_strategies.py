@@ -36,7 +36,7 @@ def test_head_leaves_every_backbone_tensor_unchanged(tmp_path, start_weights, ca
     data = make_image_folder(tmp_path / "data", per_class=8, size=(36, 36))
     out = tmp_path / "run"
     assert main(["--data", str(data), "--out", str(out), "--arch", "tiny", "--weights", str(start_weights),
-                 "--strategy", "head", "--epochs", "2", "--workers", "0", cache]) == 0
+                 "--strategy", "head", "--epochs", "2", "--loader-workers", "0", cache]) == 0
     start, trained = load_file(str(start_weights)), load_file(str(out / "checkpoint" / "weights.safetensors"))
     backbone = [k for k in trained if not k.startswith("head.")]
     assert any("running_var" in k for k in backbone) and any("num_batches_tracked" in k for k in backbone)

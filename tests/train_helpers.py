@@ -10,7 +10,7 @@ from tests.conftest import REPO_ROOT
 
 # TinyNet learns digits best un-augmented at a high rate (measured: 0.54 val accuracy after 12 epochs).
 TINY_FINETUNE = ["--arch", "tiny", "--weights", "none", "--strategy", "finetune", "--lr", "0.05",
-                 "--batch-size", "16", "--no-augment", "--workers", "0", "--no-hflip", "--threads", "1"]
+                 "--batch-size", "16", "--no-augment", "--loader-workers", "0", "--no-hflip", "--threads", "1"]
 
 
 def cli_env(**extra: str) -> dict[str, str]:

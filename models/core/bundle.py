@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from imgcls.models.core.atomic import sha256_file
+from imgcls.models.core.verified import cached_sha256
 from imgcls.models.core.card import CardError, ModelCard
 
 PRECISIONS = ("fp32", "int8", "fp16")
@@ -21,10 +21,9 @@ DEFAULT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model
 BINDING_FIELDS = ("format_version", "arch", "base_weights", "class_names", "preprocess")
 
 
-_ORT_LOAD_ERRORS = tuple(
-    getattr(ort_state, name)
-    for name in ("InvalidProtobuf", "InvalidGraph", "Fail", "NoSuchFile", "NoModel", "InvalidArgument", "NotImplemented")
-    if hasattr(ort_state, name)
+_ORT_LOAD_ERRORS = (  # what the pinned ONNX Runtime raises for a file it cannot load
+    ort_state.InvalidProtobuf, ort_state.InvalidGraph, ort_state.Fail, ort_state.NoSuchFile, ort_state.NoModel,
+    ort_state.InvalidArgument, ort_state.NotImplemented,
 )
 
 
@@ -32,9 +31,24 @@ class BundleError(ValueError):
     """A bundle that cannot be served as it is: the message names the file and the problem."""
 
 
+def training_run_message(path: Path) -> str | None:
+    """The message for a training run (or its checkpoint) given where a bundle is expected, else None."""
+    path = Path(path)
+    if (path / "checkpoint" / "card.json").is_file() or (path / "train_state.pt").is_file():
+        run = path
+    elif (path / "weights.safetensors").is_file() and not any(path.glob("*.onnx")):
+        run = path.parent if (path.parent / "split.json").is_file() else path
+    else:
+        return None
+    return f"{path} is a training run, not a bundle; export it first: imgcls export {run}"
+
+
 def load_card(bundle_dir: Path) -> ModelCard:
     if not bundle_dir.is_dir():
         raise BundleError(f"bundle {bundle_dir}: not a directory")
+    hint = training_run_message(bundle_dir)
+    if hint:
+        raise BundleError(hint)
     try:
         return ModelCard.load(bundle_dir)
     except CardError as exc:
@@ -55,13 +69,19 @@ def model_file(bundle_dir: Path, card: ModelCard, precision: str) -> Path:
     return path
 
 
+def model_version(bundle_dir: str | Path, digest: str) -> str:
+    """``<bundle folder name>@<first 12 hex digits of the ONNX file's sha256>``: what a model is called
+    in responses, metrics and score files."""
+    return f"{Path(bundle_dir).resolve().name}@{digest[:12]}"
+
+
 def verify_sha256(card: ModelCard, path: Path) -> str:
     """The file's sha256, refused unless it matches card.lineage["sha256:<file>"]."""
     key = f"sha256:{path.name}"
     expected = card.lineage.get(key)
     if not expected:
         raise BundleError(f"{path.parent / 'card.json'}: lineage has no {key!r}; cannot verify {path.name} (re-export the bundle)")
-    actual = sha256_file(path)
+    actual = cached_sha256(path)
     if actual != expected:
         raise BundleError(
             f"{path}: sha256 {actual[:16]}... does not match card.json lineage {key} {str(expected)[:16]}...; "
@@ -92,6 +112,11 @@ def check_embedded_card(session: ort.InferenceSession, card: ModelCard, path: Pa
                 f"(onnx: {_short(theirs[name])}, card.json: {_short(ours[name])}); "
                 "the model file does not belong to this card"
             )
+    if card.temperature != embedded.temperature:  # it changes every score; min_score may be edited
+        raise BundleError(
+            f"{path}: card.json's calibration temperature {card.temperature:g} differs from the "
+            f"{embedded.temperature:g} embedded in the ONNX metadata; the model file does not belong to this card"
+        )
 
 
 def _short(value: Any) -> str:

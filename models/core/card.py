@@ -34,6 +34,9 @@ class ModelCard:
     export: Mapping[str, Any] = field(default_factory=dict)
     lineage: Mapping[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # {temperature, method, fitted_on, images, ece/nll before/after} and/or {min_score}; empty for
+    # cards written before calibration existed: temperature 1.0, no abstention.
+    calibration: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.arch:
@@ -46,6 +49,17 @@ class ModelCard:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def temperature(self) -> float:
+        """Logits are divided by this before the softmax (1.0 when the card has no calibration)."""
+        return float(self.calibration.get("temperature", 1.0))
+
+    @property
+    def min_score(self) -> float | None:
+        """The default abstention threshold on the top-1 (calibrated) score; None: never abstain."""
+        value = self.calibration.get("min_score")
+        return None if value is None else float(value)
 
     def updated(self, **changes: Any) -> "ModelCard":
         """A copy with some fields replaced (mappings are merged one level deep)."""
@@ -69,6 +83,7 @@ class ModelCard:
             "metrics": dict(self.metrics),
             "export": dict(self.export),
             "lineage": dict(self.lineage),
+            **({"calibration": dict(self.calibration)} if self.calibration else {}),
         }
 
     def to_json(self) -> str:
@@ -94,12 +109,13 @@ class ModelCard:
             preprocess = Preprocess.from_dict(data["preprocess"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CardError(f"card.preprocess: {exc}") from exc
-        for name in ("train", "metrics", "export", "lineage"):
+        for name in ("train", "metrics", "export", "lineage", "calibration"):
             if name in data:
                 _require(data, name, Mapping)
+        _check_calibration(data.get("calibration", {}))
         unknown = set(data) - {
             "format_version", "arch", "base_weights", "class_names", "preprocess",
-            "train", "metrics", "export", "lineage",
+            "train", "metrics", "export", "lineage", "calibration",
         }
         if unknown:
             raise CardError(f"card: unknown field(s) {sorted(unknown)}")
@@ -113,6 +129,7 @@ class ModelCard:
             export=dict(data.get("export", {})),
             lineage=dict(data.get("lineage", {})),
             format_version=version,
+            calibration=dict(data.get("calibration", {})),
         )
 
     @classmethod
@@ -164,3 +181,13 @@ def _require(data: Mapping[str, Any], name: str, kind: type) -> None:
         raise CardError(f"card.{name}: missing")
     if not isinstance(data[name], kind):
         raise CardError(f"card.{name}: expected {kind.__name__}, got {type(data[name]).__name__}")
+
+
+def _check_calibration(section: Mapping[str, Any]) -> None:
+    temperature = section.get("temperature", 1.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0.0 < temperature < 1e6:
+        raise CardError(f"card.calibration.temperature: expected a positive number, got {temperature!r}")
+    min_score = section.get("min_score")
+    if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
+                                  or not 0.0 <= min_score <= 1.0):
+        raise CardError(f"card.calibration.min_score: expected a number in [0, 1] or null, got {min_score!r}")

@@ -14,9 +14,11 @@ from typing import Any, Mapping
 
 from imgcls.models.core.atomic import write_atomically
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".avif", ".heic", ".heif", ".ppm", ".pgm"}
-)
+# File names taken as images when folders are scanned (training data and scoring inputs alike).
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".heic", ".heif", ".avif", ".jp2", ".j2k",
+})
 SPLIT_FILENAME = "split.json"
 
 

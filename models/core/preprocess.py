@@ -43,6 +43,8 @@ INTERPOLATIONS: dict[str, Image.Resampling] = {
 }
 
 REASONS = (
+    "not_found",  # a path that names no file (batch scoring; HTTP never reads paths)
+    "unreadable",  # a path the process may not read (permissions, a directory, an I/O error)
     "empty",
     "too_large",
     "not_an_image",
@@ -70,11 +72,13 @@ def _read_source(source: bytes | bytearray | memoryview | str | Path, max_bytes:
         path = Path(source)
         try:
             size = path.stat().st_size
+            if size > max_bytes:
+                raise ImageDecodeError("too_large", f"{size} bytes exceeds the limit of {max_bytes}")
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise ImageDecodeError("not_found", f"no such file: {path}") from exc
         except OSError as exc:
-            raise ImageDecodeError("not_an_image", f"cannot read {path}: {exc.strerror}") from exc
-        if size > max_bytes:
-            raise ImageDecodeError("too_large", f"{size} bytes exceeds the limit of {max_bytes}")
-        data = path.read_bytes()
+            raise ImageDecodeError("unreadable", f"cannot read {path}: {exc.strerror or exc}") from exc
     if not data:
         raise ImageDecodeError("empty", "zero bytes")
     if len(data) > max_bytes:

@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 
-from imgcls.models.training.config import OPTIMIZERS, STRATEGIES, ConfigError, TrainConfig, build_config
+from imgcls.models.core.errors import ConfigError
+from imgcls.models.training.config import OPTIMIZERS, STRATEGIES, TrainConfig, build_config
+from imgcls.stage_parser import StageParser
 
 log = logging.getLogger("imgcls.train")
 
@@ -24,7 +26,7 @@ RESUME_FIXED = ("data", "arch", "weights", "strategy", "lr", "batch_size", "val_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = StageParser(
         prog="imgcls train",
         description="Fine-tune a backbone from the zoo on DIR/<class>/<image> (or DIR/train + DIR/val). "
         "Image size, normalisation and class count come from the backbone and the data, not from flags. "
@@ -47,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch-size", type=int, help="per process [32]")
     add("--val-fraction", type=float, help="stratified split when DIR has no train/val folders [0.2]")
     add("--seed", type=int, help="split, head init, shuffling and augmentation [0]")
-    add("--workers", type=int, help="data-loading processes [half the CPU cores, at most 8]")
+    add("--loader-workers", dest="workers", type=int, help="data-loading processes (torch DataLoader workers) "
+        "[half the CPU cores, at most 8]")
     add("--threads", type=int, help="torch CPU threads per process; a resumed run keeps its own for "
         "bit-identical results [cores / processes]")
     add("--warmup-epochs", type=float, help="linear warm-up before the cosine decay [finetune 1, otherwise 0]")
@@ -161,6 +164,12 @@ def _print_result(report: dict[str, Any], run_dir: Path) -> None:
     )
     for name, row in report["per_class"].items():
         sys.stdout.write(f"{name:<20} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['support']:>7d}\n")
+    fitted = report.get("calibration")
+    if fitted:
+        sys.stdout.write(
+            f"calibration: temperature {fitted['temperature']:.4f} fitted on {fitted['images']} validation images; "
+            f"ECE {fitted['ece_before']:.4f} -> {fitted['ece_after']:.4f}, "
+            f"NLL {fitted['nll_before']:.4f} -> {fitted['nll_after']:.4f}\n")
     sys.stdout.write(f"checkpoint: {run_dir / 'checkpoint'}\n")
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
+from imgcls.models.core.errors import ConfigError
+
 STRATEGIES = ("head", "finetune", "gradual")
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -17,10 +19,6 @@ STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
     "finetune": {"lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1.0, "epochs": 10, "patience": 4},
     "gradual": {"lr": 3e-3, "weight_decay": 0.05, "warmup_epochs": 0.0, "epochs": 12, "patience": 4},
 }
-
-
-class ConfigError(ValueError):
-    """An option value that cannot work; the message names the option."""
 
 
 @dataclass(frozen=True)

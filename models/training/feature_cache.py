@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from imgcls.models.training.loop import to_device
 from imgcls.models.zoo.registry import get_submodule_parent, head_parameter_names
@@ -76,6 +76,3 @@ def gather_rows(local: torch.Tensor, indices: list[int], total: int, world_size:
             result[torch.tensor(part_indices)] = rows
     return result
 
-
-def feature_dataset(features: torch.Tensor, labels: torch.Tensor) -> TensorDataset:
-    return TensorDataset(features, labels)

@@ -6,12 +6,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-
-def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[list[int]]:
-    """``matrix[true][predicted]`` counts, as plain ints."""
-    flat = labels.long() * num_classes + predictions.long()
-    counts = torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-    return [[int(v) for v in row] for row in counts.tolist()]
+from imgcls.models.core.metrics import confusion_matrix
 
 
 def per_class_report(matrix: list[list[int]], class_names: Sequence[str]) -> dict[str, dict[str, float | int]]:
@@ -28,13 +23,11 @@ def per_class_report(matrix: list[list[int]], class_names: Sequence[str]) -> dic
     return report
 
 
-def evaluate_logits(
-    logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], criterion: nn.Module | None = None
-) -> dict[str, Any]:
+def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> dict[str, Any]:
     """Plain-JSON metrics of one validation pass."""
     predictions = logits.argmax(dim=1)
-    loss = nn.functional.cross_entropy(logits, labels) if criterion is None else criterion(logits, labels)
-    matrix = confusion_matrix(predictions, labels, len(class_names))
+    loss = nn.functional.cross_entropy(logits, labels)
+    matrix = confusion_matrix(labels.cpu().numpy(), predictions.cpu().numpy(), len(class_names)).tolist()
     per_class = per_class_report(matrix, class_names)
     recalls = [v["recall"] for v in per_class.values()]
     return {

@@ -10,13 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
-from tqdm import tqdm
 
 from imgcls.models.training.feature_cache import compute_features, feature_extractor, gather_rows, main_head
 from imgcls.models.training.strategies import Freezer, backbone_trainable
 from imgcls.models.training.config import TrainConfig
 from imgcls.models.training.data import ImageListDataset
 from imgcls.models.training.loop import predict_logits
+from imgcls.models.core.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,24 @@ def _generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
-def _bar(iterable: Any, dist: DistContext, desc: str) -> Any:
-    return tqdm(iterable, desc=desc, disable=None if dist.is_main else True, leave=False, unit="batch", dynamic_ncols=True)
+def images_in(loader: Any) -> int | None:
+    """Images a DataLoader yields in one pass (None for other iterables)."""
+    if not isinstance(loader, DataLoader):
+        return None
+    n = len(loader.sampler)
+    if loader.drop_last and loader.batch_size:
+        n -= n % loader.batch_size
+    return n
+
+
+def _bar(iterable: Any, dist: DistContext, desc: str, total: int | None = None, per_item: bool = False) -> Any:
+    """Progress in images on rank 0: a bar on a terminal, periodic log lines otherwise.
+
+    Items are ``(inputs, labels)`` batches unless ``per_item`` (then each item is one image)."""
+    total = total if total is not None else images_in(iterable)
+    if per_item:
+        return track(iterable, desc, total, enabled=dist.is_main, count=lambda _item: 1, logger=log)
+    return track(iterable, desc, total, enabled=dist.is_main, logger=log)
 
 
 class ImageMode:
@@ -66,7 +82,13 @@ class ImageMode:
         self.freezer = Freezer(model, arch)
         self.sampler = DistributedSampler(train_set, num_replicas=dist.world_size, rank=dist.rank,
                                           shuffle=True, seed=config.seed)
-        self.drop_last = len(self.sampler) > config.batch_size  # no lone 1-image batch through BatchNorm
+        # Every image trains each epoch, the last partial batch included; only a lone last image is
+        # left out (a batch of one cannot train BatchNorm), a different one each epoch (shuffled).
+        self.drop_last = len(self.sampler) > config.batch_size and len(self.sampler) % config.batch_size == 1
+        if self.drop_last and dist.is_main:
+            log.info("%d training images per process in batches of %d: 1 image sits out each epoch "
+                     "(a batch of one cannot train BatchNorm; which one changes every epoch)",
+                     len(self.sampler), config.batch_size)
         self.module: nn.Module = model
         self._frozen: bool | None = None
 
@@ -144,7 +166,6 @@ class CachedFeatureMode:
         images = len(self.train_set) * max(1, passes) + len(self.val_set)
         log.info("cached %d x %d backbone features in %.1f s (%.1f images/s)", images,
                  self.val_features.shape[1], seconds, images / max(seconds, 1e-9))
-        self.cache_seconds = seconds
         del extractor
         # A linear head on cached features is a few tiny ops per step: more threads only add
         # synchronisation (10x slower on a busy 2-core machine, measured).

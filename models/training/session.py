@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from imgcls.models.core.card import ModelCard
+from imgcls.models.training.calibrate import RELIABILITY_FILENAME, calibrate_validation, plot_reliability
 from imgcls.models.training.checkpoint import save_checkpoint
 from imgcls.models.core.dataset import DatasetError, SplitListing, make_split, without_files
 from imgcls.models.training.plots import plot_confusion, plot_curves
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 METRICS_FILENAME = "metrics.jsonl"
 VAL_REPORT_FILENAME = "val_report.json"
-RUN_FILES = ("split.json", METRICS_FILENAME, VAL_REPORT_FILENAME, "curves.png", "confusion.png")
+RUN_FILES = ("split.json", METRICS_FILENAME, VAL_REPORT_FILENAME, "curves.png", "confusion.png", RELIABILITY_FILENAME)
 
 
 def prepare_split(config: TrainConfig, dist: DistContext, preprocess: Preprocess) -> tuple[SplitListing, int]:
@@ -40,7 +41,7 @@ def prepare_split(config: TrainConfig, dist: DistContext, preprocess: Preprocess
     samples = listing.train + listing.val
     mine = samples[dist.rank::dist.world_size]  # each rank checks its share; the lists are gathered
     bad = find_unreadable(listing, preprocess.load, mine, threads=max(2, config.workers),
-                          progress=lambda it: _bar(it, dist, "checking images"))
+                          progress=lambda it: _bar(it, dist, "checking images", total=len(mine), per_item=True))
     if dist.world_size > 1:
         import torch.distributed as torch_dist
 
@@ -109,12 +110,12 @@ class TrainingSession:
         return EpochContext(self.mode.module, optimizer, scheduler, criterion, scaler, device, c.grad_clip, amp,
                             self.dist.world_size)
 
-    def _card(self, metrics: dict[str, Any]) -> ModelCard:
+    def _card(self, metrics: dict[str, Any], calibration: dict[str, Any] | None = None) -> ModelCard:
         train = {**self.config.to_dict(), "world_size": self.dist.world_size, "torch": torch.__version__}
         return ModelCard(
             arch=self.config.arch, base_weights=describe_weights(self.config.arch, self.config.weights),
             class_names=self.class_names, preprocess=self.preprocess, train=train, metrics=metrics,
-            lineage={"dataset_sha256": self.listing.sha256()},
+            lineage={"dataset_sha256": self.listing.sha256()}, calibration=calibration or {},
         )
 
     def run(self) -> dict[str, Any]:
@@ -146,7 +147,8 @@ class TrainingSession:
         ctx.module = self.mode.module
         train = train_epoch(ctx, _bar(loader, self.dist, f"epoch {epoch + 1}/{c.epochs}"), epoch)
         train_seconds = time.perf_counter() - started
-        metrics = evaluate_logits(self.mode.val_logits(ctx.amp), self.mode.val_set.labels(), self.class_names)
+        logits, labels = self.mode.val_logits(ctx.amp), self.mode.val_set.labels()
+        metrics = evaluate_logits(logits, labels, self.class_names)
         p = self.progress
         if c.strategy == "gradual" and epoch == c.unfreeze_epoch:
             p.epochs_without_improvement = 0  # early stopping counts from the unfreezing on
@@ -163,7 +165,9 @@ class TrainingSession:
                   "train_images_per_s": round(train["train_images"] / max(train_seconds, 1e-9), 2),
                   "best": improved}
         if self.dist.is_main:
-            self._write_epoch(ctx, record, metrics, improved)
+            # the checkpoint is the best epoch's model, so its temperature is fitted on its logits
+            fitted = calibrate_validation(logits, labels, epoch + 1) if improved else None
+            self._write_epoch(ctx, record, metrics, improved, fitted)
         self.dist.barrier()
         log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.2e  %.1f s (%.0f img/s)%s",
                  epoch + 1, c.epochs, train["train_loss"], train["train_accuracy"], metrics["val_loss"],
@@ -172,15 +176,17 @@ class TrainingSession:
         if p.stopped_early:
             log.info("early stopping: no val accuracy gain for %d epochs", c.patience)
 
-    def _write_epoch(self, ctx: EpochContext, record: dict[str, Any], metrics: dict[str, Any], improved: bool) -> None:
+    def _write_epoch(self, ctx: EpochContext, record: dict[str, Any], metrics: dict[str, Any], improved: bool,
+                     fitted: dict[str, Any] | None = None) -> None:
         with open(self.run_dir / METRICS_FILENAME, "a", encoding="utf-8") as stream:
             stream.write(json.dumps(record) + "\n")
         if improved:
             card_metrics = {k: v for k, v in metrics.items() if k != "confusion"}
             card_metrics.update(best_epoch=record["epoch"], train_images=len(self.listing.train),
                                 skipped_unreadable=self.skipped)
-            save_checkpoint(self.run_dir / "checkpoint", self.model, self._card(card_metrics))
-            report = {"epoch": record["epoch"], "class_names": list(self.class_names), **metrics}
+            calibration = fitted["calibration"] if fitted else None
+            save_checkpoint(self.run_dir / "checkpoint", self.model, self._card(card_metrics, calibration))
+            report = {"epoch": record["epoch"], "class_names": list(self.class_names), **metrics, **(fitted or {})}
             (self.run_dir / VAL_REPORT_FILENAME).write_text(json.dumps(report, indent=1))
         self.progress.skipped_unreadable = self.skipped
         save_train_state(self.run_dir, config=self.config.to_dict(), progress=self.progress, model=self.model,
@@ -194,6 +200,7 @@ class TrainingSession:
             plot_curves(records, self.run_dir / "curves.png", self.progress.best_epoch)
             plot_confusion(report["confusion"], self.class_names, self.run_dir / "confusion.png",
                            f"validation, epoch {report['epoch']} (accuracy {report['val_accuracy']:.3f})")
+            plot_reliability(report, self.run_dir / RELIABILITY_FILENAME)
         self.dist.barrier()
         return report
 

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-InferFn = Callable[[np.ndarray], np.ndarray]
+InferFn = Callable[[np.ndarray, int], np.ndarray]  # (pixels, run size) -> probabilities (Predictor.infer)
 
 
 class Overloaded(RuntimeError):
@@ -58,13 +58,10 @@ class BatchPlan:
         return out
 
     def run(self, infer: InferFn, pixels: np.ndarray) -> np.ndarray:
+        """Run ``pixels`` as the planned chunks; ``infer`` pads a chunk up to its run size."""
         results, start = [], 0
         for images, size in self.chunks(len(pixels)):
-            chunk = pixels[start : start + images]
-            if size > images:
-                pad = np.zeros((size - images, *chunk.shape[1:]), dtype=chunk.dtype)
-                chunk = np.concatenate([chunk, pad])
-            results.append(infer(chunk)[:images])
+            results.append(infer(pixels[start : start + images], size))
             start += images
         return np.concatenate(results)
 
@@ -110,12 +107,17 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._loop, name="imgcls-inference", daemon=True)
         self._thread.start()
 
+    @property
+    def queued_images(self) -> int:
+        """Images waiting for inference now (not counting the batch running)."""
+        return self._queued_images
+
     def warm_up(self, example: np.ndarray, rounds: int = 1) -> None:
         """Run every planned batch size ``rounds`` times (synchronously, before readiness)."""
         for size in self._plan.sizes:
             batch = np.repeat(example[None], size, axis=0)
             for _ in range(rounds):
-                self._infer(batch)
+                self._infer(batch, size)
 
     async def submit(self, pixels: np.ndarray) -> JobResult:
         loop = asyncio.get_running_loop()

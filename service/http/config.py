@@ -7,16 +7,16 @@ variables by hand and running ``bentoml serve imgcls.service.http.service:ImageC
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+import re
+from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
+
+from imgcls.models.core.errors import ConfigError
 
 PREFIX = "IMGCLS_"
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "int8", "fp16")
-
-
-class ConfigError(ValueError):
-    """An environment variable or flag with a value the service cannot use."""
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -24,9 +24,10 @@ class ServiceConfig:
     """Everything the HTTP service needs besides the bundle's own card."""
 
     bundle: str = ""  # IMGCLS_BUNDLE: the bundle directory (model.onnx + card.json)
+    model_name: str = ""  # name served by GET /model and /v2/models/{name}; default: the bundle directory name
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | int8 | fp16 (the bundle must contain that file)
-    workers: int = 1  # BentoML worker processes
+    workers: int = 0  # BentoML worker processes; 0 = auto: one per CPU we may use (cgroup quota, affinity), 1 on a GPU
     threads: int = 0  # ONNX Runtime intra-op threads per worker; 0 = the CPUs we may use / workers
     decode_threads: int = 2  # threads per worker decoding and resizing uploads
     max_batch_size: int = 16  # images per inference call (concurrent requests are merged)
@@ -37,28 +38,32 @@ class ServiceConfig:
     max_image_bytes: int = 20 * 1024 * 1024  # one encoded image
     max_pixels: int = 40_000_000  # one decoded image (width x height): decompression bombs
     default_top_k: int = 5
-    timeout_s: float = 60.0  # BentoML traffic timeout per request (answers 504)
+    timeout: float = 60.0  # seconds: BentoML traffic timeout per request (answers 504)
     max_concurrency: int = 0  # BentoML traffic.max_concurrency (answers 429); 0 = unlimited
     access_log: bool = False  # BentoML's per-request access log lines
+    grace: float = 8.0  # after SIGTERM: seconds to answer accepted requests (fits docker stop's 10 s)
     state_dir: str = ""  # shared by the workers of one server: readiness markers
     warmup_delay_s: float = 0.0  # test knob: sleep before the warm-up (to observe /readyz 503)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
-            raise ConfigError(f"{PREFIX}DEVICE must be one of {DEVICES}, got {self.device!r}")
+            raise ConfigError(f"{setting_name('device')} must be one of {DEVICES}, got {self.device!r}")
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"{PREFIX}PRECISION must be one of {PRECISIONS}, got {self.precision!r}")
-        positive = ("workers", "decode_threads", "max_batch_size", "max_queue_images", "max_body_bytes",
-                    "max_images", "max_image_bytes", "max_pixels", "default_top_k", "timeout_s")
+            raise ConfigError(f"{setting_name('precision')} must be one of {PRECISIONS}, got {self.precision!r}")
+        positive = ("decode_threads", "max_batch_size", "max_queue_images", "max_body_bytes",
+                    "max_images", "max_image_bytes", "max_pixels", "default_top_k", "timeout", "grace")
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{env_name(name)} must be > 0, got {getattr(self, name)}")
+                raise ConfigError(f"{setting_name(name)} must be > 0, got {getattr(self, name)}")
         if self.max_queue_images < self.max_images:
-            raise ConfigError(f"{PREFIX}MAX_QUEUE_IMAGES ({self.max_queue_images}) must be >= "
-                              f"{PREFIX}MAX_IMAGES ({self.max_images}): a full request must fit the queue")
-        for name in ("threads", "batch_wait_ms", "max_concurrency", "warmup_delay_s"):
+            raise ConfigError(f"{setting_name('max_queue_images')} ({self.max_queue_images}) must be >= "
+                              f"{setting_name('max_images')} ({self.max_images}): a full request must fit the queue")
+        if self.model_name and not MODEL_NAME.fullmatch(self.model_name):
+            raise ConfigError(f"{setting_name('model_name')} must be letters, digits, '.', '_' or '-' (a URL path "
+                              f"segment), got {self.model_name!r}")
+        for name in ("workers", "threads", "batch_wait_ms", "max_concurrency", "warmup_delay_s"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{env_name(name)} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{setting_name(name)} must be >= 0, got {getattr(self, name)}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServiceConfig":
@@ -71,17 +76,31 @@ class ServiceConfig:
             values[spec.name] = _parse(spec.name, spec.type, raw)
         return cls(**values)
 
+    def with_workers_resolved(self, on_gpu: bool | None = None) -> "ServiceConfig":
+        """``workers`` = 0 made concrete: 1 on a GPU (one process owns the device), else one per
+        usable CPU. ``on_gpu`` is the provider actually obtained when known, else read from ``device``."""
+        if self.workers:
+            return self
+        on_gpu = self.device == "cuda" if on_gpu is None else on_gpu
+        from imgcls.service.runtime import available_cpus
+
+        return replace(self, workers=1 if on_gpu else max(1, int(available_cpus())))
+
     def to_env(self) -> dict[str, str]:
         """The variables that make ``from_env`` return this config (what ``imgcls serve`` sets)."""
         return {env_name(spec.name): str(getattr(self, spec.name)) for spec in fields(self)}
 
-    def ort_threads(self, available_cpus: int) -> int:
-        """ONNX Runtime threads per worker: as configured, else the CPUs shared among the workers."""
-        return self.threads or max(1, available_cpus // self.workers)
-
 
 def env_name(field_name: str) -> str:
+    """``IMGCLS_<FIELD>``: for every flag of ``imgcls serve`` this is ``IMGCLS_<FLAG>`` exactly."""
     return PREFIX + field_name.upper()
+
+
+def setting_name(field_name: str) -> str:
+    """How messages name a setting: its ``imgcls serve`` flag and its environment variable."""
+    if field_name in ("state_dir", "warmup_delay_s", "bundle"):
+        return env_name(field_name)
+    return f"--{field_name.replace('_', '-')} / {env_name(field_name)}"
 
 
 def _parse(name: str, type_name: Any, raw: str) -> Any:

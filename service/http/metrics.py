@@ -10,6 +10,7 @@ the service's known routes plus ``"unmatched"``.
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -43,8 +44,11 @@ class ServiceMetrics:
     predictions: Counter
     confidence: Histogram
     model_info: Gauge
+    queue_images: Gauge
     http_requests: Counter
     http_seconds: Histogram
+    oip_requests: Counter
+    abstained: Counter
 
     @classmethod
     def create(cls) -> "ServiceMetrics":
@@ -70,11 +74,25 @@ class ServiceMetrics:
                                  buckets=CONFIDENCE_BUCKETS),
             model_info=Gauge("imgcls_model_info", "the model being served (value 1)",
                              ["name", "version", "arch", "provider", "precision"], multiprocess_mode="max"),
+            queue_images=Gauge("imgcls_queue_images", "images waiting for inference (sampled after each batch), "
+                               "summed over live workers", multiprocess_mode="livesum"),
             http_requests=Counter("imgcls_http_requests", "HTTP requests by route (known routes or 'unmatched'), "
                                   "method and status", ["route", "method", "status"]),
             http_seconds=Histogram("imgcls_http_request_duration_seconds", "HTTP request duration by route",
                                    ["route"], buckets=LATENCY_BUCKETS),
+            oip_requests=Counter("imgcls_oip_requests", "Open Inference Protocol (/v2) requests by route template, "
+                                 "outcome (ok, rejected) and reason code", ["route", "outcome", "reason"]),
+            abstained=Counter("imgcls_abstained", "classified images reported as abstained: top-1 (calibrated) "
+                              "score below min_score (also counted in imgcls_images{outcome=classified})"),
         )
+
+    def initialise(self, reasons: Iterable[str]) -> None:
+        """Every outcome and rejection reason appears (at 0) from the start: rates and ratios work at once."""
+        for outcome in ("ok", "partial"):
+            self.requests.labels(outcome=outcome, reason="none")
+        for reason in reasons:
+            self.requests.labels(outcome="rejected", reason=reason)
+        self.images.labels(outcome="classified", reason="none")
 
     def set_model(self, *, name: str, version: str, arch: str, provider: str, precision: str,
                   class_names: Iterable[str]) -> None:
@@ -86,14 +104,20 @@ class ServiceMetrics:
 class HTTPMetricsMiddleware:
     """ASGI middleware: request count and duration per route, with a bounded route label."""
 
-    def __init__(self, app: Any, routes: Iterable[str], prefixes: Iterable[str] = ()) -> None:
+    def __init__(self, app: Any, routes: Iterable[str], prefixes: Iterable[str] = (),
+                 templates: Iterable[str] = ()) -> None:
         self.app = app
         self.routes = frozenset(routes)
         self.prefixes = tuple(prefixes)
+        # path templates ("/v2/models/{name}/infer"): the label is the template, never the raw path
+        self.templates = tuple((_template_pattern(t), t) for t in templates)
 
     def route_label(self, path: str) -> str:
         if path in self.routes:
             return path
+        template = next((label for pattern, label in self.templates if pattern.match(path)), None)
+        if template is not None:
+            return template
         return next((p + "*" for p in self.prefixes if path.startswith(p)), UNMATCHED)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -115,6 +139,11 @@ class HTTPMetricsMiddleware:
             metrics.http_seconds.labels(route=route).observe(time.perf_counter() - started)
 
 
+def _template_pattern(template: str) -> re.Pattern[str]:
+    """A regex for a path template such as "/v2/models/{name}": one path segment per placeholder."""
+    return re.compile(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$")
+
+
 _KNOWN_METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"})
 _CURRENT: dict[str, ServiceMetrics] = {}  # the worker's metrics, once the service has created them
 
@@ -124,20 +153,34 @@ def _method(scope: dict) -> str:
     return method if method in _KNOWN_METHODS else "other"
 
 
-def install(metrics: ServiceMetrics) -> None:
-    """Make ``metrics`` the ones the middleware records into (one service per worker process)."""
+def install(metrics: ServiceMetrics, collectors: Iterable[Any] = ()) -> None:
+    """Make ``metrics`` the ones the middleware records into (one service per worker process).
+
+    ``collectors``: extra prometheus-client collectors evaluated at each scrape (server state).
+    """
     _CURRENT["metrics"] = metrics
+    _COLLECTORS[:] = list(collectors)
+
+
+_COLLECTORS: list[Any] = []
 
 
 def render() -> bytes:
-    """Exposition text of every worker (multiprocess mode) or of this process."""
+    """Exposition text of every worker (multiprocess mode) or of this process, plus the extra collectors."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry)
-    from prometheus_client import REGISTRY
+    else:
+        from prometheus_client import REGISTRY
 
-    return generate_latest(REGISTRY)
+        registry = REGISTRY
+    text = generate_latest(registry)
+    if _COLLECTORS:
+        extra = CollectorRegistry()
+        for collector in _COLLECTORS:
+            extra.register(collector)
+        text += generate_latest(extra)
+    return text
 
 
 async def metrics_endpoint(_request: Any) -> Any:

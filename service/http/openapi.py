@@ -3,7 +3,8 @@
 BentoML documents one request media type per route and generic error bodies, and knows nothing
 about routes served by mounted apps. ``augment(spec)`` adds to ``POST /classify`` the JSON
 (base64) and raw-image request forms and our error responses (``ErrorResponse`` for 400, 413, 415,
-503), and adds ``GET /model`` (``ModelSummary``), with every schema in ``components``.
+503), and adds ``GET /model`` (``ModelSummary``), with every schema in ``components``; its ``info`` is
+imgcls's title, version and description (with a link to the ``/ui`` upload page).
 """
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+import imgcls
+from imgcls.service.http import oip_openapi
 from imgcls.service.http.schemas import ClassifyJSONRequest, ClassifyResponse, ErrorResponse, ModelSummary
 
 REF = "#/components/schemas/{model}"
 ERROR_STATUSES = {
-    400: "bad input: not_an_image, truncated, corrupt, empty, bad_base64, bad_top_k, bad_json, bad_multipart, "
+    400: "bad input: not_an_image, truncated, corrupt, empty, bad_base64, bad_top_k, bad_min_score, bad_json, bad_multipart, "
          "bad_field, no_images, all_images_failed (nothing in the request could be classified)",
     413: "over a limit: body_too_large, too_many_images, too_large (one image's bytes), too_many_pixels",
     415: "unsupported_content_type (the request) or unsupported_format (the image)",
@@ -37,8 +40,26 @@ def _json(model: str) -> dict[str, Any]:
     return {"application/json": {"schema": {"$ref": REF.format(model=model)}}}
 
 
-def augment(spec: dict[str, Any]) -> dict[str, Any]:
+def describe(model: Any | None) -> dict[str, Any]:
+    """imgcls's own ``info`` (BentoML's says "a Machine Learning Service created with BentoML", version None)."""
+    served = (f"\n\nServing **{model.name}** version `{model.version}` ({model.arch}, {model.precision}, "
+              f"{model.num_classes} classes)." if model is not None else "")
+    return {
+        "title": "imgcls image classification",
+        "version": imgcls.__version__,
+        "description": (
+            "Classify images with a fine-tuned CNN/ViT exported to ONNX. **Try it in the browser: "
+            "[the upload page](/ui).**\n\n`POST /classify` takes one or several images (multipart, JSON "
+            "base64 or a raw image body) and answers top-k labels per image; `GET /model` describes the model; "
+            "`/livez`, `/readyz` and `/metrics` are for orchestrators and Prometheus." + served
+        ),
+    }
+
+
+def augment(spec: dict[str, Any], model: Any | None = None) -> dict[str, Any]:
+    """``model``: the served ``ModelSummary`` (named in the description), or None before it is loaded."""
     spec = copy.deepcopy(spec)
+    spec["info"] = describe(model)  # not BentoML's boilerplate, contact and badges
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(_schemas())
     classify = spec.get("paths", {}).get("/classify", {}).get("post")
@@ -58,9 +79,15 @@ def augment(spec: dict[str, Any]) -> dict[str, Any]:
             "name": "top_k", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1},
             "description": "predictions per image (default 5, clamped to the class count); a body value wins",
         })
+        classify["parameters"].append({
+            "name": "min_score", "in": "query", "required": False,
+            "schema": {"type": "number", "minimum": 0, "maximum": 1},
+            "description": "abstain (result.abstained = true) when the top-1 calibrated score is below this; "
+                           "default: the card's calibration.min_score; 0: never; a body value wins",
+        })
     spec.setdefault("paths", {})["/model"] = {"get": {
         "tags": ["Service APIs"], "operationId": "imgcls__model", "description": "the model card summary",
         "responses": {"200": {"description": "what is being served", "content": _json("ModelSummary")},
                       "503": {"description": "not_ready", "content": _json("ErrorResponse")}},
     }}
-    return spec
+    return oip_openapi.add_paths(spec)

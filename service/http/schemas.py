@@ -10,10 +10,13 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from imgcls.service.predictor import Prediction  # the one prediction type, shared with scoring
+
 # reason code -> HTTP status. Image reasons come from imgcls.models.core.preprocess.REASONS.
 REASON_STATUS: dict[str, int] = {
     # the request as a whole
     "bad_top_k": 400,
+    "bad_min_score": 400,
     "bad_json": 400,
     "bad_multipart": 400,
     "bad_base64": 400,
@@ -22,10 +25,13 @@ REASON_STATUS: dict[str, int] = {
     "body_too_large": 413,
     "too_many_images": 413,
     "unsupported_content_type": 415,
+    "method_not_allowed": 405,
     "overloaded": 503,
     "not_ready": 503,
     "internal": 500,
     # one image (imgcls.models.core.preprocess.REASONS)
+    "not_found": 400,  # paths: batch scoring only
+    "unreadable": 400,
     "empty": 400,
     "not_an_image": 400,
     "truncated": 400,
@@ -46,12 +52,6 @@ class ErrorDetail(BaseModel):
     message: str = Field(description="what went wrong, for humans")
 
 
-class Prediction(BaseModel):
-    label: str = Field(description="class name (card.class_names[index])")
-    index: int = Field(description="class index (logit position)")
-    score: float = Field(description="softmax probability", ge=0.0, le=1.0)
-
-
 class ImageTiming(BaseModel):
     decode_ms: float = Field(description="decode + resize + crop of this image")
 
@@ -59,8 +59,14 @@ class ImageTiming(BaseModel):
 class ImageResult(BaseModel):
     position: int = Field(description="0-based position of the image in the request")
     filename: Optional[str] = Field(default=None, description="multipart filename or JSON 'name', if given")
-    predictions: Optional[list[Prediction]] = Field(default=None, description="top-k, best first; null on error")
+    predictions: Optional[list[Prediction]] = Field(
+        default=None, description="top-k, best first (label = class name, index = logit position, score = "
+                                  "calibrated probability softmax(logits / card temperature), uncalibrated_score = "
+                                  "softmax(logits)); null on error")
     error: Optional[ErrorDetail] = Field(default=None, description="why this image was not classified")
+    abstained: Optional[bool] = Field(
+        default=None, description="true when the top-1 score is below min_score: the model declines to answer "
+        "(predictions are still listed); null on error")
     timing: Optional[ImageTiming] = None
 
 
@@ -82,6 +88,7 @@ class RequestTiming(BaseModel):
 class ClassifyResponse(BaseModel):
     model: ModelRef
     top_k: int = Field(description="k actually used (the request's top_k clamped to the class count)")
+    min_score: Optional[float] = Field(default=None, description="abstention threshold applied (null: none)")
     results: list[ImageResult]
     timing: RequestTiming
 
@@ -105,6 +112,7 @@ class ClassifyJSONRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     images: list[Base64Image | str] = Field(description="base64 images: strings or {data, name} objects")
     top_k: Optional[int] = Field(default=None, description="predictions per image (default 5, clamped)")
+    min_score: Optional[float] = Field(default=None, description="abstain below this top-1 score (default: the card's)")
 
 
 class ModelSummary(BaseModel):
@@ -125,6 +133,8 @@ class ModelSummary(BaseModel):
     export: dict[str, Any] = Field(description="card.export figures: opset, exporter, parity, int8")
     metrics: dict[str, Any] = Field(description="card.metrics: validation results at training time")
     lineage: dict[str, Any]
+    calibration: dict[str, Any] = Field(default_factory=dict, description="card.calibration: temperature applied "
+                                        "to the logits, how it was fitted, ECE/NLL before and after, min_score")
     batching: dict[str, Any] = Field(description="batch sizes the server runs (each warmed up at start)")
     limits: dict[str, Any] = Field(description="request limits: body bytes, images, image bytes, pixels")
 

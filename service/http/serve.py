@@ -2,8 +2,12 @@
 
 A thin wrapper: the flags become ``IMGCLS_*`` environment variables (``imgcls.service.http.config``) and
 ``bentoml serve imgcls.service.http.service:ImageClassifier`` runs as a child process. SIGTERM/SIGINT are
-passed on to it, so ``docker stop`` / Ctrl+C drain requests and exit 0. Every flag defaults to
-its environment variable, then to the built-in default.
+passed on to it, so ``docker stop`` / Ctrl+C drain requests: the workers stop listening at once (new
+connections are refused), answer every request they had accepted, and get ``--grace`` seconds for it
+(uvicorn's ``--timeout-graceful-shutdown``) before they cancel what is left; a server still running
+``KILL_MARGIN_S`` after that is killed. SIGTERM exits 0, Ctrl+C (SIGINT) 130 like every other stage.
+Every flag --some-flag defaults to its environment variable IMGCLS_SOME_FLAG, then to the built-in
+default. Exit status 2 (one line, no traceback) for a bad bundle, flag, variable or a port already in use.
 """
 from __future__ import annotations
 
@@ -13,14 +17,20 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import imgcls
+from imgcls.models.core.bundle import training_run_message
 from imgcls.models.core.card import CardError, ModelCard
-from imgcls.service.http.config import ConfigError, ServiceConfig, env_name
+from imgcls.models.core.errors import ConfigError
+from imgcls.service.http.config import ServiceConfig, env_name
+from imgcls.service.runtime import CUDA
+from imgcls.stage_parser import StageParser
 
 log = logging.getLogger("imgcls.serve")
 SERVICE = "imgcls.service.http.service:ImageClassifier"
@@ -30,27 +40,76 @@ FLAG_FIELDS = {  # flag -> ServiceConfig field (help text comes from the field c
     "decode_threads": "decode_threads", "max_batch_size": "max_batch_size", "batch_wait_ms": "batch_wait_ms",
     "max_queue_images": "max_queue_images", "max_body_bytes": "max_body_bytes", "max_images": "max_images",
     "max_image_bytes": "max_image_bytes", "max_pixels": "max_pixels", "default_top_k": "default_top_k",
-    "timeout": "timeout_s", "max_concurrency": "max_concurrency",
+    "timeout": "timeout", "max_concurrency": "max_concurrency", "model_name": "model_name", "grace": "grace",
 }
+FLAG_HELP = {  # what each flag does; the variable and default are appended
+    "device": "auto: CUDA when the CUDAExecutionProvider is usable, else CPU; cuda without it is an error",
+    "precision": "which model file of the bundle to serve (the bundle must contain it)",
+    "workers": "server processes, each with its own model copy; 0 = auto: one per usable CPU (cgroup quota, "
+               "affinity), one on a GPU; 1 = lowest memory and single-request latency",
+    "threads": "ONNX Runtime intra-op threads per worker; 0 = auto (usable CPUs / workers)",
+    "decode_threads": "threads per worker decoding and resizing uploaded images",
+    "max_batch_size": "most images per inference call (concurrent requests are merged up to this)",
+    "batch_wait_ms": "extra milliseconds to wait for more images before a batch runs; 0 = no wait",
+    "max_queue_images": "images waiting for inference per worker before answering 503 overloaded",
+    "max_body_bytes": "largest request body in bytes (413 body_too_large)",
+    "max_images": "most images in one request (413 too_many_images)",
+    "max_image_bytes": "largest encoded image in bytes (413 too_large)",
+    "max_pixels": "largest decoded image, width x height (413 too_many_pixels; decompression bombs)",
+    "default_top_k": "predictions per image when the request gives no top_k",
+    "timeout": "seconds a request may take before BentoML answers 504",
+    "max_concurrency": "requests handled at once before answering 429; 0 = unlimited",
+    "model_name": "the name GET /model and /v2/models/{name} answer to; default: the bundle's folder name",
+    "grace": "after SIGTERM, seconds to answer the requests already accepted (fits docker stop's 10 s)",
+}
+KILL_MARGIN_S = 1.5  # after the grace period, how long the workers get to exit before SIGKILL
+
+
+def port_number(text: str) -> int:
+    """argparse type for --port / IMGCLS_PORT: an integer 1..65535 (argparse names the flag)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 1-65535 (--port or IMGCLS_PORT), got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1-65535 (--port or IMGCLS_PORT), got {port}")
+    return port
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imgcls serve", description=__doc__.split("\n\n")[0])
+    parser = StageParser(
+        prog="imgcls serve", description=__doc__.split("\n\n")[0],
+        epilog="Every flag --some-flag also reads $IMGCLS_SOME_FLAG (the flag wins). In a request, a top_k "
+        "in the body (JSON field or multipart field) wins over ?top_k= in the query; without either, "
+        "--default-top-k applies.")
     parser.add_argument("bundle", nargs="?", default=os.environ.get(env_name("bundle")),
                         help="bundle directory (model.onnx + card.json); default $IMGCLS_BUNDLE")
     parser.add_argument("--host", default=os.environ.get("IMGCLS_HOST", "127.0.0.1"),
-                        help="address to listen on (0.0.0.0 in a container); default 127.0.0.1")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("IMGCLS_PORT", "3000")))
+                        help="address to listen on (0.0.0.0 in a container); $IMGCLS_HOST (default 127.0.0.1)")
+    parser.add_argument("--port", type=port_number, default=os.environ.get("IMGCLS_PORT", "3000"),
+                        help="TCP port; $IMGCLS_PORT (default 3000)")
     kinds = {f.name: f for f in dataclasses.fields(ServiceConfig)}
     for flag, field_name in FLAG_FIELDS.items():
         spec = kinds[field_name]
         kind = {"int": int, "float": float}.get(str(spec.type), str)
         choices = {"device": ("auto", "cpu", "cuda"), "precision": ("fp32", "int8", "fp16")}.get(flag)
         parser.add_argument("--" + flag.replace("_", "-"), dest=field_name, type=kind, choices=choices,
-                            default=None, help=f"${env_name(field_name)} (default {spec.default})")
+                            default=None, help=f"{FLAG_HELP[flag]}; ${env_name(field_name)} (default {spec.default})")
     parser.add_argument("--access-log", dest="access_log", action="store_true", default=None,
-                        help="log every request (BentoML access log)")
+                        help="log every request (BentoML access log); $IMGCLS_ACCESS_LOG (default off)")
     return parser
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (in use, unknown host), else None; checked before starting."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+            probe.bind(address)
+    except OSError as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server on that port? choose --port)"
+    return None
 
 
 def config_from(args: argparse.Namespace, environ: dict[str, str]) -> ServiceConfig:
@@ -64,6 +123,9 @@ def check_bundle(bundle: Path) -> str | None:
     """A quick look before starting workers (they verify hashes and the graph themselves)."""
     if not bundle.is_dir():
         return f"bundle {bundle}: not a directory"
+    hint = training_run_message(bundle)
+    if hint:
+        return hint
     try:
         ModelCard.load(bundle)
     except (CardError, OSError, ValueError) as exc:
@@ -73,22 +135,23 @@ def check_bundle(bundle: Path) -> str | None:
     return None
 
 
-def verify_bundle(config: ServiceConfig) -> str | None:
+def verify_bundle(config: ServiceConfig) -> tuple[str | None, str]:
     """Load the bundle once as a worker would (hashes, embedded card, graph, device) before starting.
 
     A worker that fails in ``__init__`` is restarted by BentoML forever, so ``imgcls serve`` would
     never exit; refusing here ends it with exit status 2 and the message naming the problem.
+    Returns (problem or None, the execution provider obtained).
     """
     from imgcls.service.predictor import BundleError, DeviceError, Predictor
 
     try:
-        Predictor.load(config.bundle, precision=config.precision, device=config.device, threads=1).close()
+        with Predictor.load(config.bundle, precision=config.precision, device=config.device, threads=1) as loaded:
+            return None, loaded.provider
     except (BundleError, DeviceError) as exc:
-        return str(exc)
-    return None
+        return str(exc), ""
 
 
-def run_server(command: list[str], env: dict[str, str]) -> int:
+def run_server(command: list[str], env: dict[str, str], grace_s: float = 8.0) -> int:
     child = subprocess.Popen(command, env=env, cwd=APP_ROOT, start_new_session=True)
     stopping: list[int] = []
 
@@ -99,14 +162,31 @@ def run_server(command: list[str], env: dict[str, str]) -> int:
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        code = child.wait()
+        code = _wait(child, stopping, grace_s + KILL_MARGIN_S)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if stopping and code in (0, -signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM):
+    if stopping and code in (0, -signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT):
         log.info("server stopped")
-        return 0
+        return 128 + signal.SIGINT if signal.SIGINT in stopping else 0
     return code if code >= 0 else 128 - code
+
+
+def _wait(child: subprocess.Popen, stopping: list[int], limit_s: float) -> int:
+    """Wait for the server; once a stop signal came, at most ``limit_s`` more, then kill its group."""
+    deadline: float | None = None
+    while True:
+        try:
+            return child.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            if not stopping:
+                continue
+            deadline = deadline or time.monotonic() + limit_s
+            if time.monotonic() > deadline:
+                log.error("the server did not stop %.0f s after the signal; killing it", limit_s)
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+                return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,19 +200,27 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    problem = check_bundle(Path(config.bundle)) or verify_bundle(config)
+    problem = port_problem(args.host, args.port) or check_bundle(Path(config.bundle))
+    provider = ""
+    if not problem:
+        problem, provider = verify_bundle(config)
     if problem:
         log.error("%s", problem)
         return 2
+    config = config.with_workers_resolved(on_gpu=provider == CUDA)
     state_dir = tempfile.mkdtemp(prefix="imgcls-serve-")
     env = {**os.environ, **dataclasses.replace(config, state_dir=state_dir).to_env()}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APP_ROOT), env.get("PYTHONPATH")]))
+    # BentoML keeps the workers' Prometheus files in $BENTOML_HOME/prometheus_multiproc_dir and wipes
+    # it when a server starts: with a shared home, every server on the host would mix (and reset)
+    # the others' metrics. Serving an import path needs nothing else from the home.
+    env["BENTOML_HOME"] = str(Path(state_dir) / "bentoml")
     command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", args.host, "--port", str(args.port),
-               "--working-dir", str(APP_ROOT)]
+               "--working-dir", str(APP_ROOT), "--timeout-graceful-shutdown", str(max(1, round(config.grace)))]
     log.info("serving %s on http://%s:%d (%d worker(s), %s, %s)", config.bundle, args.host, args.port,
              config.workers, config.device, config.precision)
     try:
-        return run_server(command, env)
+        return run_server(command, env, config.grace)
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
 

@@ -1,9 +1,12 @@
-"""The BentoML 1.4 service: ``POST /classify``, ``GET /model``, health and ``/metrics``.
+"""The BentoML 1.4 service: ``POST /classify``, ``GET /model``, health and ``/metrics``, plus the
+Open Inference Protocol (KServe v2) routes ``/v2/...`` (``imgcls.service.http.oip_routes``).
 
 Run it with ``imgcls serve BUNDLE`` (or ``IMGCLS_BUNDLE=... bentoml serve imgcls.service.http.service:ImageClassifier``).
 Configuration comes from ``IMGCLS_*`` variables (``imgcls.service.http.config``). Each worker loads the bundle
 in ``__init__`` and warms every batch size in a background thread; ``/livez`` answers as soon as
-the worker serves, ``/readyz`` only once every worker of the server has warmed up.
+the worker serves, ``/readyz`` only once every worker of the server has warmed up and is alive (a
+worker killed by a crash no longer counts; its restarted successor warms up before it accepts).
+On SIGTERM the workers stop listening at once and answer what they had accepted (``drain``).
 
 The request body of ``/classify`` is parsed by ``imgcls.service.http.uploads`` (not by BentoML's input
 validation), so that every failure is our JSON error with a reason code instead of BentoML's
@@ -25,17 +28,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from imgcls.service.http import openapi
-from imgcls.service.http.schemas import MODEL_HEADER, VERSION_HEADER, ClassifyResponse, error_body
+from imgcls.service.http import drain, openapi, pages, readiness
+from imgcls.service.http.schemas import MODEL_HEADER, REASON_STATUS, VERSION_HEADER, ClassifyResponse, error_body
 from imgcls.service.http.config import ServiceConfig
 from imgcls.service.http.engine import ClassifierEngine
 from imgcls.service.http.metrics import HTTPMetricsMiddleware, ServiceMetrics, install, metrics_endpoint
+from imgcls.service.http.oip_routes import FIXED_ROUTES as OIP_ROUTES, MODEL_ROUTES as OIP_MODEL_ROUTES, build_routes
+from imgcls.service.http.server_metrics import ServerCollector
 from imgcls.service.http.uploads import ParsedRequest, RequestRejected, parse_request
 
 log = logging.getLogger("imgcls.service")
-CONFIG = ServiceConfig.from_env()
+CONFIG = ServiceConfig.from_env().with_workers_resolved()  # imgcls serve has resolved it already
 KNOWN_ROUTES = ("/classify", "/model", "/livez", "/healthz", "/readyz", "/metrics", "/docs.json",
-                "/schema.json", "/")
+                "/schema.json", "/", "/ui", *pages.ASSETS, *OIP_ROUTES)
 _CURRENT: dict[str, "ImageClassifier"] = {}  # this worker's service instance, for the mounted apps
 
 
@@ -73,7 +78,9 @@ async def model_endpoint(_: Request) -> Response:
 
 async def openapi_endpoint(_: Request) -> Response:
     """``/docs.json``: BentoML's document completed by ``imgcls.service.http.openapi``."""
-    return JSONResponse(openapi.augment(ImageClassifier.openapi_spec.asdict()))
+    service = _CURRENT.get("service")
+    model = service.engine.summary() if service is not None else None
+    return JSONResponse(openapi.augment(ImageClassifier.openapi_spec.asdict(), model))
 
 
 # Mounted at "/" as a passive mount: only these paths are taken, and they take precedence over
@@ -82,6 +89,8 @@ EXTRA_ROUTES = Starlette(routes=[
     Route("/model", model_endpoint, methods=["GET"]),
     Route("/metrics", metrics_endpoint, methods=["GET"]),
     Route("/docs.json", openapi_endpoint, methods=["GET"]),
+    *build_routes(lambda: _CURRENT.get("service")),  # the Open Inference Protocol (/v2), imgcls.service.http.oip_routes
+    *pages.routes(),
 ])
 
 
@@ -89,7 +98,7 @@ EXTRA_ROUTES = Starlette(routes=[
 @bentoml.service(
     name="imgcls",
     workers=CONFIG.workers,
-    traffic={"timeout": CONFIG.timeout_s, **({"max_concurrency": CONFIG.max_concurrency} if CONFIG.max_concurrency else {})},
+    traffic={"timeout": CONFIG.timeout, **({"max_concurrency": CONFIG.max_concurrency} if CONFIG.max_concurrency else {})},
     metrics={"enabled": False},  # replaced by imgcls.service.http.metrics (bounded labels, see there)
     logging={"access": {"enabled": CONFIG.access_log}},
 )
@@ -98,14 +107,22 @@ class ImageClassifier:
 
     def __init__(self) -> None:
         self.metrics = ServiceMetrics.create()
-        install(self.metrics)
+        self.metrics.initialise(REASON_STATUS)
+        install(self.metrics, [ServerCollector(CONFIG.workers, CONFIG.state_dir)])
         self.engine = ClassifierEngine(CONFIG, self.metrics)
         self.model_headers = {VERSION_HEADER: self.engine.predictor.model_version, MODEL_HEADER: self.engine.name}
         self._warm = threading.Event()
         self._marker = self._marker_path()
         if self._marker is not None:
             self._marker.unlink(missing_ok=True)
-        threading.Thread(target=self._warm_up, name="imgcls-warmup", daemon=True).start()
+        if self._marker is not None and readiness.live_markers(self._marker.parent):
+            # A worker restarted (crashed) while the others serve: warm up BEFORE uvicorn starts
+            # accepting (it accepts once __init__ returns), so it never answers 503 not_ready.
+            log.info("other workers are serving: warming up before accepting connections")
+            self._warm_up()
+        else:  # the server is starting: answer /livez at once, /readyz 503 until warm
+            threading.Thread(target=self._warm_up, name="imgcls-warmup", daemon=True).start()
+        drain.install()
         _CURRENT["service"] = self
 
     @staticmethod
@@ -128,12 +145,16 @@ class ImageClassifier:
             self._marker.write_text(str(os.getpid()))
         self._warm.set()
 
+    def warmed(self) -> bool:
+        """This worker has warmed up (``/classify`` and ``/v2`` infer answer 503 before)."""
+        return self._warm.is_set()
+
     def __is_ready__(self) -> bool:
         if not self._warm.is_set():
             return False
         if self._marker is None:
             return True
-        return len(list(self._marker.parent.glob("ready-*"))) >= CONFIG.workers
+        return len(readiness.live_markers(self._marker.parent)) >= CONFIG.workers
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
@@ -166,4 +187,20 @@ class ImageClassifier:
         return json_response(status, body, headers)
 
 
-ImageClassifier.add_asgi_middleware(HTTPMetricsMiddleware, routes=KNOWN_ROUTES, prefixes=("/static_content/",))
+class ClassifyMethodGuard:
+    """ASGI middleware: any method but POST (and OPTIONS) on /classify answers JSON 405 like other errors."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/classify" and scope["method"] not in ("POST", "OPTIONS"):
+            body = error_body("method_not_allowed", f"{scope['method']} /classify: send the images with POST")
+            await json_response(405, body, {"Allow": "POST"})(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+ImageClassifier.add_asgi_middleware(ClassifyMethodGuard)
+ImageClassifier.add_asgi_middleware(HTTPMetricsMiddleware, routes=KNOWN_ROUTES, prefixes=("/static_content/",),
+                                    templates=OIP_MODEL_ROUTES)

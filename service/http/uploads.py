@@ -5,7 +5,8 @@ Accepted bodies (all on the same route, chosen by ``Content-Type``):
   is what clients and ``bentoml.SyncHTTPClient`` use); an optional ``top_k`` text field.
 - ``application/json``: ``{"images": ["<base64>" | {"data": "<base64>", "name": "x.jpg"}], "top_k": 3}``.
 - ``image/*`` or ``application/octet-stream``: the body is one image.
-``?top_k=N`` in the query string works with every form (a body value wins).
+``?top_k=N`` in the query string works with every form (a body value wins); so does
+``min_score`` (0..1: abstain below that top-1 score; a multipart text field or a JSON member too).
 The body is read with a byte limit before anything is parsed; nothing here decodes pixels.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, AsyncIterator
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
+from imgcls.models.core.calibration import check_min_score
 from imgcls.service.http.schemas import REASON_STATUS
 
 RAW_IMAGE_TYPES = ("application/octet-stream",)
@@ -54,6 +56,21 @@ class Upload:
 class ParsedRequest:
     uploads: tuple[Upload, ...]
     top_k: int | None  # None: the server default
+    min_score: float | None = None  # None: the card's default
+
+
+def parse_min_score(raw: Any) -> float:
+    """A number in [0, 1] (JSON number or decimal text)."""
+    value = raw
+    if isinstance(raw, str):
+        text = raw.strip().strip('"')
+        if len(text) > 40 or not re.fullmatch(r"[+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?", text):
+            raise RequestRejected("bad_min_score", f"min_score must be a number between 0 and 1, got {raw[:40]!r}")
+        value = float(text)
+    try:
+        return check_min_score(value)
+    except ValueError as exc:
+        raise RequestRejected("bad_min_score", str(exc)) from None
 
 
 def parse_top_k(raw: Any) -> int:
@@ -91,6 +108,8 @@ async def parse_request(request: Request, *, max_body_bytes: int, max_images: in
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     query_top_k = request.query_params.get("top_k")
     top_k = parse_top_k(query_top_k) if query_top_k is not None else None
+    query_min_score = request.query_params.get("min_score")
+    min_score = parse_min_score(query_min_score) if query_min_score is not None else None
     if not (media_type in ("multipart/form-data", "application/json") or _is_raw_image(media_type)):
         shown = media_type or "none"
         raise RequestRejected(
@@ -98,22 +117,28 @@ async def parse_request(request: Request, *, max_body_bytes: int, max_images: in
             f"Content-Type {shown!r}: send multipart/form-data, application/json or image/*",
         )
     body = await read_body(request, max_body_bytes)
+    fields: dict[str, Any] = {}
     if media_type == "multipart/form-data":
-        uploads, body_top_k = await _parse_multipart(request, body, max_images)
+        uploads, body_top_k = await _parse_multipart(request, body, max_images, fields)
     elif media_type == "application/json":
-        uploads, body_top_k = _parse_json(body, max_images)
+        uploads, body_top_k = _parse_json(body, max_images, fields)
     else:
         uploads, body_top_k = (Upload(0, None, body),), None
     if not uploads:
         raise RequestRejected("no_images", "the request holds no images")
-    return ParsedRequest(uploads, body_top_k if body_top_k is not None else top_k)
+    if fields.get("min_score") is not None:
+        min_score = parse_min_score(fields["min_score"])
+    return ParsedRequest(uploads, body_top_k if body_top_k is not None else top_k, min_score)
 
 
 def _is_raw_image(media_type: str) -> bool:
     return media_type.startswith("image/") or media_type in RAW_IMAGE_TYPES
 
 
-async def _parse_multipart(request: Request, body: bytes, max_images: int) -> tuple[tuple[Upload, ...], int | None]:
+async def _parse_multipart(
+    request: Request, body: bytes, max_images: int, fields: dict[str, Any]
+) -> tuple[tuple[Upload, ...], int | None]:
+    """Files in order and top_k; ``fields`` receives the other known text fields (min_score)."""
     async def stream() -> AsyncIterator[bytes]:
         yield body
 
@@ -131,8 +156,11 @@ async def _parse_multipart(request: Request, body: bytes, max_images: int) -> tu
         top_k: int | None = None
         for name, value in form.multi_items():
             if isinstance(value, str):
+                if name == "min_score":
+                    fields[name] = value
+                    continue
                 if name != "top_k":
-                    raise RequestRejected("bad_field", f"unknown form field {name[:40]!r} (files and top_k only)")
+                    raise RequestRejected("bad_field", f"unknown form field {name[:40]!r} (files, top_k and min_score only)")
                 top_k = parse_top_k(value)
                 continue
             data = await value.read()
@@ -142,16 +170,22 @@ async def _parse_multipart(request: Request, body: bytes, max_images: int) -> tu
         await form.close()
 
 
-def _parse_json(body: bytes, max_images: int) -> tuple[tuple[Upload, ...], int | None]:
+def _parse_json(body: bytes, max_images: int, fields: dict[str, Any]) -> tuple[tuple[Upload, ...], int | None]:
     try:
         document = json.loads(body or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestRejected("bad_json", f"body is not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise RequestRejected("bad_json", "JSON nested too deeply") from None
     if not isinstance(document, dict):
         raise RequestRejected("bad_json", 'expected a JSON object {"images": [...], "top_k": k}')
-    unknown = set(document) - {"images", "top_k"}
+    unknown = set(document) - {"images", "top_k", "min_score"}
     if unknown:
-        raise RequestRejected("bad_field", f"unknown field(s) {sorted(unknown)[:5]} (images and top_k only)")
+        raise RequestRejected("bad_field", f"unknown field(s) {sorted(unknown)[:5]} (images, top_k and min_score only)")
+    if document.get("min_score") is not None:
+        if isinstance(document["min_score"], str):
+            raise RequestRejected("bad_min_score", f"min_score must be a JSON number, got {document['min_score'][:40]!r}")
+        fields["min_score"] = document["min_score"]
     top_k = parse_top_k(document["top_k"]) if document.get("top_k") is not None else None
     images = document.get("images")
     if not isinstance(images, list):

@@ -10,7 +10,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-ECE_BINS = 15
+from imgcls.models.core.calibration import ECE_BINS, expected_calibration_error
+from imgcls.models.core.metrics import confusion_matrix
+
+__all__ = ["ECE_BINS", "Evaluation", "confusion_matrix", "evaluate", "expected_calibration_error",
+           "format_report", "save_confusion_png"]
 
 
 @dataclass(frozen=True)
@@ -20,20 +24,30 @@ class Evaluation:
     accuracy: float
     top5_accuracy: float | None  # None when fewer than 5 (and fewer than all) labels were ranked
     ranked: int  # how many ranked labels per image were available for top-k accuracy
-    precision: tuple[float, ...]  # per class, 0.0 where the class was never predicted
-    recall: tuple[float, ...]  # per class, 0.0 where the class has no images
+    precision: tuple[float | None, ...]  # per class: 0.0 never predicted, None absent from the labels
+    recall: tuple[float | None, ...]  # per class: None where the class has no labelled images
     support: tuple[int, ...]
     confusion: tuple[tuple[int, ...], ...]  # rows: true class, columns: predicted class
     ece: float
     ece_bins: int = ECE_BINS
 
     @property
+    def present(self) -> tuple[str, ...]:
+        """Classes with at least one labelled image: the ones macro averages are taken over."""
+        return tuple(name for name, support in zip(self.class_names, self.support) if support)
+
+    @property
+    def absent(self) -> tuple[str, ...]:
+        """Classes of the model with no labelled image: no precision or recall, not 0."""
+        return tuple(name for name, support in zip(self.class_names, self.support) if not support)
+
+    @property
     def macro_precision(self) -> float:
-        return float(np.mean(self.precision))
+        return float(np.mean([p for p in self.precision if p is not None]))
 
     @property
     def macro_recall(self) -> float:
-        return float(np.mean(self.recall))
+        return float(np.mean([r for r in self.recall if r is not None]))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -43,40 +57,28 @@ class Evaluation:
             "ranked_labels_per_image": self.ranked,
             "macro_precision": self.macro_precision,
             "macro_recall": self.macro_recall,
+            "macro_over": "classes present in the labels",
+            "classes_present": len(self.present),
+            "absent_classes": list(self.absent),
             "expected_calibration_error": self.ece,
             "ece_bins": self.ece_bins,
             "per_class": {
                 name: {"precision": p, "recall": r, "support": s}
-                for name, p, r, s in zip(self.class_names, self.precision, self.recall, self.support)
+                for name, p, r, s in zip(self.class_names, self.precision, self.recall, self.support) if s
             },
             "class_names": list(self.class_names),
             "confusion_matrix": [list(row) for row in self.confusion],
         }
 
 
-def confusion_matrix(true: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (true, predicted), 1)
-    return matrix
-
-
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
-    """sum over equal-width bins (lo, hi] of |bin| / n * |accuracy(bin) - mean confidence(bin)|."""
-    confidence = np.asarray(confidence, dtype=np.float64)
-    correct = np.asarray(correct, dtype=np.float64)
-    if confidence.size == 0:
-        return 0.0
-    index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        members = index == b
-        if members.any():
-            total += members.mean() * abs(correct[members].mean() - confidence[members].mean())
-    return float(total)
 
 
 def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return np.divide(numerator, denominator, out=np.zeros(len(numerator)), where=denominator > 0)
+
+
+def _present_only(values: np.ndarray, support: np.ndarray) -> tuple[float | None, ...]:
+    return tuple(float(v) if n else None for v, n in zip(values, support))
 
 
 def evaluate(
@@ -103,8 +105,8 @@ def evaluate(
         accuracy=float(correct.mean()),
         top5_accuracy=top5,
         ranked=int(k),
-        precision=tuple(float(v) for v in _safe_ratio(diagonal, matrix.sum(axis=0))),
-        recall=tuple(float(v) for v in _safe_ratio(diagonal, matrix.sum(axis=1))),
+        precision=_present_only(_safe_ratio(diagonal, matrix.sum(axis=0)), matrix.sum(axis=1)),
+        recall=_present_only(_safe_ratio(diagonal, matrix.sum(axis=1)), matrix.sum(axis=1)),
         support=tuple(int(v) for v in matrix.sum(axis=1)),
         confusion=tuple(tuple(int(v) for v in row) for row in matrix),
         ece=expected_calibration_error(np.asarray(confidence), correct, bins),
@@ -152,9 +154,14 @@ def format_report(evaluation: Evaluation) -> str:
     lines = [
         f"images {evaluation.count}  accuracy {evaluation.accuracy:.4f}  top-5 {top5}  "
         f"ECE {evaluation.ece:.4f}  macro precision {evaluation.macro_precision:.4f}  "
-        f"macro recall {evaluation.macro_recall:.4f}",
+        f"macro recall {evaluation.macro_recall:.4f} (over the {len(evaluation.present)} classes "
+        "present in the labels)",
         f"{'class':<24} {'precision':>9} {'recall':>9} {'support':>8}",
     ]
     for name, p, r, s in zip(evaluation.class_names, evaluation.precision, evaluation.recall, evaluation.support):
-        lines.append(f"{name[:24]:<24} {p:>9.4f} {r:>9.4f} {s:>8d}")
+        if s:
+            lines.append(f"{name[:24]:<24} {p:>9.4f} {r:>9.4f} {s:>8d}")
+    if evaluation.absent:
+        shown = ", ".join(evaluation.absent[:20]) + (" ..." if len(evaluation.absent) > 20 else "")
+        lines.append(f"absent from the labels (no precision/recall): {len(evaluation.absent)} class(es): {shown}")
     return "\n".join(lines)

@@ -14,13 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from imgcls.models.core.dataset import IMAGE_EXTENSIONS
+
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp",
-    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".heic", ".heif", ".avif", ".jp2", ".j2k",
-})
-LIST_EXTENSIONS = frozenset({".txt", ".csv", ".lst", ".list"})
+LIST_EXTENSIONS = frozenset({".txt", ".csv"})  # other list files only through --list
 GLOB_CHARACTERS = frozenset("*?[")
 
 
@@ -82,13 +80,26 @@ def _read_list(list_file: str) -> list[str]:
                 entries = [line.strip() for line in handle if line.strip() and not line.lstrip().startswith("#")]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"cannot read the list file {list_file}: {exc}") from exc
-    return [_resolve_listed(list_file, entry) for entry in entries if entry.strip()]
+    paths = [_resolve_listed(list_file, entry) for entry in entries if entry.strip()]
+    missing = sum(1 for path in paths if not os.path.exists(path))
+    if missing:
+        log.warning("list file %s: %d of %d entries name no file (they become not_found rows)",
+                    list_file, missing, len(paths))
+    return paths
 
 
-def list_inputs(inputs: Sequence[str], all_files: bool = False) -> InputListing:
-    """Every image named by ``inputs``; raises ``InputError`` for an input that names nothing."""
+def list_inputs(inputs: Sequence[str], all_files: bool = False, lists: Sequence[str] = ()) -> InputListing:
+    """Every image named by ``inputs`` and the list files ``lists``; ``InputError`` for one naming nothing.
+
+    A file among ``inputs`` is read as a list of paths only when it is named ``.txt``/``.csv``;
+    any other file is an image to score. ``lists`` are list files whatever their names.
+    """
     paths: set[str] = set()
     skipped = 0
+    for list_file in lists:
+        if not os.path.isfile(list_file):
+            raise InputError(f"--list {list_file!r}: no such file")
+        paths.update(_read_list(list_file))
     for item in inputs:
         if os.path.isdir(item):
             found, left_out = _walk(item, all_files)
@@ -142,3 +153,17 @@ def labels_from_csv(csv_file: str) -> dict[str, str]:
     if rows and "label" not in rows[0]:
         raise InputError(f"{csv_file}: no 'label' column (need columns path,label)")
     return {_resolve_listed(csv_file, row["path"]): row["label"].strip() for row in rows if row.get("path", "").strip()}
+
+
+def select_paths(inputs: Sequence[str], all_files: bool = False, shard_spec: str | None = None,
+                 lists: Sequence[str] = ()) -> tuple[str, ...]:
+    """The paths one ``imgcls score`` run scores: the listing (inputs and --list files), cut to
+    ``--shard i/n`` when given."""
+    paths = list_inputs(inputs, all_files=all_files, lists=lists).paths
+    if shard_spec:
+        index, count = parse_shard(shard_spec)
+        paths = shard(paths, index, count)
+        log.info("shard %d/%d: %d image(s)", index, count, len(paths))
+    if not paths:
+        raise InputError("no images to score")
+    return paths

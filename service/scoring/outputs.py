@@ -1,7 +1,11 @@
 """Crash-safe result files for ``imgcls score``: CSV, JSONL, Parquet, with ``--resume``.
 
 One flat row schema in every format: ``path, label_1, score_1, ..., label_k, score_k, error,
-message`` (``error`` is the ``ImageDecodeError`` reason, empty/null when the image was scored).
+message, abstained, uncalibrated_score_1, model_version, precision`` (``error`` is the
+``ImageDecodeError`` reason, empty/null when the image was scored; ``abstained`` is true when
+score_1 is below the run's ``min_score``; ``uncalibrated_score_1`` is the top-1 softmax before the
+card's temperature; the last two name the model file that produced the row, so a results file
+always says which model wrote it and ``--resume`` refuses to mix two models in one file).
 
 CSV and JSONL are appended one batch at a time, each batch flushed and fsync'ed, so a kill loses
 at most the batch in flight. A torn last line (a kill in the middle of a write) is cut off when
@@ -18,7 +22,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from imgcls.models.core.atomic import write_atomically
 
@@ -26,6 +30,8 @@ log = logging.getLogger(__name__)
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 Row = dict[str, Any]
+PROVENANCE = ("model_version", "precision")  # the same in every row of one output file
+ABSTAINED, UNCALIBRATED = "abstained", "uncalibrated_score_1"
 
 
 class OutputError(ValueError):
@@ -34,7 +40,40 @@ class OutputError(ValueError):
 
 def columns(k: int) -> list[str]:
     ranked = [name for j in range(1, k + 1) for name in (f"label_{j}", f"score_{j}")]
-    return ["path", *ranked, "error", "message"]
+    return ["path", *ranked, "error", "message", ABSTAINED, UNCALIBRATED, *PROVENANCE]
+
+
+def check_provenance(path: Path, existing: Sequence[Row], provenance: Mapping[str, Any] | None) -> None:
+    """Refuse to resume a file that another model (or precision) wrote: rows would be mixed."""
+    if provenance is None:
+        return
+    ours = {key: provenance.get(key) for key in PROVENANCE}
+    for row in existing:
+        theirs = {key: row.get(key) for key in PROVENANCE}
+        if theirs != ours:
+            raise OutputError(
+                f"--resume {path}: its rows were written by {_describe(theirs)}, this run uses {_describe(ours)}; "
+                "resume with the same bundle and --precision, or write to a new --out"
+            )
+
+
+def _describe(provenance: Mapping[str, Any]) -> str:
+    return " ".join(f"{key} {provenance.get(key)!r}" for key in PROVENANCE)
+
+
+def is_score(name: str) -> bool:
+    return name.startswith("score_") or name == UNCALIBRATED
+
+
+def arrow_schema(names: Sequence[str]):
+    """The Arrow schema of the rows (Parquet files and the Ray engine's batches): float32 scores, a bool
+    ``abstained``, strings."""
+    import pyarrow as pa  # lazily: only Parquet output needs it
+
+    return pa.schema([
+        (name, pa.float32() if is_score(name) else pa.bool_() if name == ABSTAINED else pa.string())
+        for name in names
+    ])
 
 
 def output_format(path: str | Path) -> str:
@@ -68,8 +107,8 @@ def _repair_tail(path: Path) -> bytes:
 class _AppendingOutput:
     """Common part of CSV and JSONL: open (new / resume / overwrite), append batches durably."""
 
-    def __init__(self, path: Path, names: list[str], resume: bool) -> None:
-        self.path, self.columns = path, names
+    def __init__(self, path: Path, names: list[str], resume: bool, provenance: Mapping[str, Any] | None = None) -> None:
+        self.path, self.columns, self.provenance = path, names, dict(provenance or {})
         rows: list[Row] = []
         if resume and path.exists():
             data = _repair_tail(path)
@@ -97,7 +136,7 @@ class _AppendingOutput:
             os.fsync(self._handle.fileno())
 
     def write(self, rows: Sequence[Row]) -> None:
-        self._append(self._format(rows))
+        self._append(self._format([{**row, **self.provenance} for row in rows]))
 
     def finish(self) -> None:
         self.close()
@@ -128,7 +167,7 @@ class CsvOutput(_AppendingOutput):
         if records[0] != self.columns:
             raise OutputError(
                 f"{self.path}: its columns {records[0]} differ from this run's {self.columns} "
-                "(resume with the same --top-k, or write to a new file)"
+                "(another --top-k, or an older imgcls: resume with the same --top-k, or write to a new file)"
             )
         rows = []
         for number, record in enumerate(records[1:], start=2):
@@ -141,18 +180,22 @@ class CsvOutput(_AppendingOutput):
 def _csv_cell(value: Any) -> Any:
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float):
         return format(value, ".7g")
     return value
 
 
 def _typed(row: Row) -> Row:
-    """CSV strings back to None / float."""
+    """CSV strings back to None / float / bool."""
     for name, value in row.items():
         if value == "":
             row[name] = None
-        elif name.startswith("score_"):
+        elif is_score(name):
             row[name] = float(value)
+        elif name == ABSTAINED:
+            row[name] = value == "true"
     return row
 
 
@@ -172,7 +215,7 @@ class JsonlOutput(_AppendingOutput):
             if not isinstance(row, dict) or list(row) != self.columns:
                 raise OutputError(
                     f"{self.path}: line {number} has keys {list(row) if isinstance(row, dict) else row!r}, "
-                    f"expected {self.columns} (resume with the same --top-k, or write to a new file)"
+                    f"expected {self.columns} (another --top-k, or an older imgcls: resume with the same --top-k, or write to a new file)"
                 )
             rows.append(row)
         return rows
@@ -181,14 +224,10 @@ class JsonlOutput(_AppendingOutput):
 class ParquetOutput:
     """Part files per batch in ``<out>.parts/``, merged into ``<out>`` by ``finish()``."""
 
-    def __init__(self, path: Path, names: list[str], resume: bool) -> None:
-        import pyarrow as pa  # lazily: only Parquet output needs it
-
-        self.path, self.columns = path, names
+    def __init__(self, path: Path, names: list[str], resume: bool, provenance: Mapping[str, Any] | None = None) -> None:
+        self.path, self.columns, self.provenance = path, names, dict(provenance or {})
         self.parts = path.with_name(path.name + ".parts")
-        self.schema = pa.schema([
-            (name, pa.float32() if name.startswith("score_") else pa.string()) for name in names
-        ])
+        self.schema = arrow_schema(names)
         if not resume:
             shutil.rmtree(self.parts, ignore_errors=True)
             path.unlink(missing_ok=True)
@@ -205,7 +244,7 @@ class ParquetOutput:
         if table.schema.names != self.columns:
             raise OutputError(
                 f"{file}: its columns {table.schema.names} differ from this run's {self.columns} "
-                "(resume with the same --top-k, or write to a new file)"
+                "(another --top-k, or an older imgcls: resume with the same --top-k, or write to a new file)"
             )
         return table
 
@@ -217,7 +256,8 @@ class ParquetOutput:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pylist([{n: row.get(n) for n in self.columns} for row in rows], schema=self.schema)
+        records = [{**row, **self.provenance} for row in rows]
+        table = pa.Table.from_pylist([{n: row.get(n) for n in self.columns} for row in records], schema=self.schema)
         self.parts.mkdir(parents=True, exist_ok=True)
         target = self.parts / f"part-{self._next:06d}.parquet"
         temporary = self.parts / f".{target.name}.tmp"
@@ -244,19 +284,26 @@ class ParquetOutput:
         """Leave the parts in place: an unfinished run resumes from them."""
 
 
-def open_output(path: str | Path, k: int, resume: bool, overwrite: bool):
-    """A CsvOutput / JsonlOutput / ParquetOutput whose ``existing`` rows are the ones to skip."""
+def open_output(path: str | Path, k: int, resume: bool, overwrite: bool, provenance: Mapping[str, Any] | None = None):
+    """A CsvOutput / JsonlOutput / ParquetOutput whose ``existing`` rows are the ones to skip.
+
+    ``provenance`` (model_version, precision) is written into every row; resuming a file whose
+    rows carry another provenance raises ``OutputError`` naming both.
+    """
     path = Path(path)
     kind = output_format(path)
     parts = path.with_name(path.name + ".parts")
     if not resume and not overwrite and (path.exists() or (kind == "parquet" and parts.exists())):
         raise OutputError(f"--out {path} already exists: pass --resume to continue it or --overwrite to replace it")
     names = columns(k)
-    if kind == "csv":
-        return CsvOutput(path, names, resume)
-    if kind == "jsonl":
-        return JsonlOutput(path, names, resume)
-    return ParquetOutput(path, names, resume)
+    kinds = {"csv": CsvOutput, "jsonl": JsonlOutput, "parquet": ParquetOutput}
+    output = kinds[kind](path, names, resume, provenance)
+    try:
+        check_provenance(path, output.existing, provenance)
+    except OutputError:
+        output.close()
+        raise
+    return output
 
 
 def read_rows(path: str | Path, k: int) -> list[Row]:

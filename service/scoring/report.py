@@ -1,7 +1,8 @@
 """``imgcls score --labels``: evaluate the exported model on scored rows, through the server's path.
 
-Writes ``<out>.eval.json`` and ``<out>.confusion.png`` beside the output and returns the text
-report for stdout.
+Writes ``<out>.eval.json``, ``<out>.confusion.png``, ``<out>.reliability.png`` (calibration
+before/after the card's temperature) and ``<out>.coverage.png`` (accuracy vs coverage over
+abstention thresholds) beside the output and returns the text report for stdout.
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from typing import Mapping, Sequence
 from imgcls.models.core.atomic import write_atomically
 from imgcls.service.scoring.evaluation import Evaluation, evaluate, format_report, save_confusion_png
 from imgcls.service.scoring.inputs import labels_from_csv, labels_from_folders
-from imgcls.service.scoring.outputs import Row, read_rows
+from imgcls.service.scoring.dataset_dir import read_scored_rows
+from imgcls.service.scoring.outputs import UNCALIBRATED, Row
+from imgcls.service.scoring.trust import evaluate_trust, format_trust, save_trust_pngs
 
 log = logging.getLogger("imgcls.score")
 
@@ -34,10 +37,20 @@ def report_paths(out: str | Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".eval.json"), stem.with_name(stem.name + ".confusion.png")
 
 
+def trust_paths(out: str | Path) -> tuple[Path, Path]:
+    """``<stem>.reliability.png`` and ``<stem>.coverage.png`` beside the confusion matrix."""
+    stem = Path(out).with_suffix("")
+    return stem.with_name(stem.name + ".reliability.png"), stem.with_name(stem.name + ".coverage.png")
+
+
 def labelled_arrays(
-    rows: Sequence[Row], k: int, labels: Mapping[str, str], class_names: Sequence[str]
+    rows: Sequence[Row], k: int, labels: Mapping[str, str], class_names: Sequence[str],
+    uncalibrated: list[float | None] | None = None,
 ) -> tuple[list[int], list[list[int]], list[float], dict[str, int]]:
-    """(true indices, ranked predicted indices, top-1 scores, counts of rows left out and why)."""
+    """(true indices, ranked predicted indices, top-1 scores, counts of rows left out and why).
+
+    ``uncalibrated``, when given, receives each kept row's uncalibrated top-1 score (or None).
+    """
     index = {name: i for i, name in enumerate(class_names)}
     true, ranked, confidence = [], [], []
     left_out = {"failed": 0, "unlabelled": 0, "unknown_label": 0}
@@ -53,21 +66,29 @@ def labelled_arrays(
             true.append(index[label])
             ranked.append([index[row[f"label_{j}"]] for j in range(1, k + 1)])
             confidence.append(float(row["score_1"]))
+            if uncalibrated is not None:
+                uncalibrated.append(row.get(UNCALIBRATED))
     return true, ranked, confidence, left_out
 
 
-def evaluate_output(out: str | Path, k: int, labels: Mapping[str, str], class_names: Sequence[str]) -> str:
-    rows = read_rows(out, k)
-    true, ranked, confidence, left_out = labelled_arrays(rows, k, labels, class_names)
+def evaluate_output(out: str | Path, k: int, labels: Mapping[str, str], class_names: Sequence[str],
+                    temperature: float = 1.0, min_score: float | None = None) -> str:
+    rows = read_scored_rows(out, k)
+    raw: list[float | None] = []
+    true, ranked, confidence, left_out = labelled_arrays(rows, k, labels, class_names, raw)
     if left_out["unknown_label"]:
         log.warning("%d image(s) have labels that are not classes of this model; left out", left_out["unknown_label"])
     if not true:
         log.warning("no labelled, scored images to evaluate (%s)", left_out)
         return "evaluation: no labelled, scored images"
     evaluation: Evaluation = evaluate(true, ranked, confidence, class_names)
+    correct = [r[0] == t for r, t in zip(ranked, true)]
+    trust = evaluate_trust(correct, confidence, raw, temperature, min_score)
     json_path, png_path = report_paths(out)
-    payload = {**evaluation.to_dict(), "left_out": left_out, "output": str(out)}
+    reliability_png, coverage_png = trust_paths(out)
+    payload = {**evaluation.to_dict(), **trust.to_dict(), "left_out": left_out, "output": str(out)}
     write_atomically(json_path, (json.dumps(payload, indent=2) + "\n").encode("utf-8"))
     save_confusion_png(evaluation, png_path, title=f"Confusion matrix: {Path(out).name}")
-    log.info("evaluation written to %s and %s", json_path, png_path)
-    return format_report(evaluation)
+    save_trust_pngs(trust, reliability_png, coverage_png, Path(out).name)
+    log.info("evaluation written to %s, %s, %s and %s", json_path, png_path, reliability_png, coverage_png)
+    return format_report(evaluation) + "\n" + format_trust(trust)

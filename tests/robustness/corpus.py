@@ -223,6 +223,8 @@ def _request_cases(limits: Limits) -> list[Case]:
         Case("invalid base64", "request", {"json": {"images": ["@@not*base64@@"]}}, 400, "bad_base64"),
         Case("base64 of text", "request", {"json": {"images": [b64(b"just text")]}}, 400, "not_an_image"),
         Case("json list instead of object", "request", {"json": [b64(png)]}, 400, "bad_json"),
+        Case("deeply nested json", "request", {"content": b'{"images": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                                               "headers": {"content-type": "application/json"}}, 400, "bad_json"),
         Case("json images is an object", "request", {"json": {"images": {"data": b64(png)}}}, 400, "bad_json"),
         Case("json image is a number", "request", {"json": {"images": [42]}}, 400, "bad_base64"),
         Case("json image object with extra key", "request",

@@ -57,7 +57,7 @@ def test_train_weights_pickle_is_refused(maker, suffix, data_dir, tmp_path, capl
     assert not marker.exists()
     with caplog.at_level(logging.ERROR):
         code = train_main(["--data", str(data_dir), "--arch", "tiny", "--weights", str(evil), "--epochs", "1",
-                           "--out", str(tmp_path / "run"), "--workers", "0", "--threads", "1"])
+                           "--out", str(tmp_path / "run"), "--loader-workers", "0", "--threads", "1"])
     assert code == 2
     assert not marker.exists(), "the pickle was executed"
     assert re.search(r"refused|not a readable safetensors|expected a mapping", caplog.text), caplog.text

@@ -1,0 +1,78 @@
+"""Item 17's verdict from ``results/peers.json``: imgcls against the strongest peer at 16 clients
+(req/s ratio, p99 no worse), start-to-ready against the fastest peer, memory against the smallest."""
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.report import summary_row
+
+GOAL = 1.0
+
+
+def best_levels(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Per server, its levels (imgcls /classify and /v2 as two rows; peers their best configuration)."""
+    rows = {"imgcls /classify": results["imgcls"]["classify"]}
+    if results["imgcls"].get("v2"):
+        rows["imgcls /v2"] = results["imgcls"]["v2"]
+    for name, peer in results["peers"].items():
+        if "best" in peer:
+            rows[name] = peer["best"]["levels"]
+    return rows
+
+
+def at(levels: list[dict[str, Any]], clients: int) -> dict[str, Any] | None:
+    return next((level for level in levels if level["concurrency"] == clients), None)
+
+
+def compare(results: dict[str, Any], clients: int = 16) -> list[dict[str, Any]]:
+    """imgcls (each route) against each peer's best at ``clients``: req/s ratio, p99s, goal vs the best peer."""
+    rows = best_levels(results)
+    peers = {n: at(v, clients) for n, v in rows.items() if not n.startswith("imgcls") and at(v, clients)}
+    if not peers:
+        return []
+    strongest = max(peers, key=lambda n: peers[n]["throughput_rps"])
+    out = []
+    for route in ("imgcls /classify", "imgcls /v2"):
+        ours = at(rows.get(route, []), clients)
+        for name, theirs in peers.items():
+            if ours is None:
+                out.append({"route": route, "peer": name, "available": False, "strongest": name == strongest})
+                continue
+            ratio = ours["throughput_rps"] / theirs["throughput_rps"] if theirs["throughput_rps"] else float("inf")
+            out.append({"route": route, "peer": name, "clients": clients, "throughput_ratio": ratio,
+                        "imgcls_rps": ours["throughput_rps"], "peer_rps": theirs["throughput_rps"],
+                        "p99_imgcls_ms": ours["p99_ms"], "p99_peer_ms": theirs["p99_ms"],
+                        "strongest": name == strongest,
+                        "goal_met": ratio >= GOAL and ours["p99_ms"] <= theirs["p99_ms"]})
+    return out
+
+
+def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for c in results["comparison"]:
+        if not c.get("available", True):
+            if c["strongest"]:  # one row for the missing route, not one per peer
+                rows.append(summary_row("17 peers", results["arch"], f"{c['route']}: not in this build "
+                                        "(GET /v2/health/ready is not 200)", "-", goal=">= 1.0x strongest peer at c=16"))
+            continue
+        goal = c["strongest"]
+        rows.append(summary_row(
+            "17 peers", results["arch"], f"{c['route']} req/s, c={c['clients']} (p99 {c['p99_imgcls_ms']:.0f} ms)",
+            c["imgcls_rps"], f"{c['peer']} best config {c['peer_rps']:.3g} req/s (p99 {c['p99_peer_ms']:.0f} ms)",
+            c["throughput_ratio"], ">= 1.0x strongest peer at <= p99" if goal else "", c["goal_met"] if goal else None))
+    ours = results["imgcls"]
+    peers = {n: p["best"] for n, p in results["peers"].items() if "best" in p}
+    if peers:
+        fastest = min(peers, key=lambda n: peers[n]["ready_s"])
+        smallest = min(peers, key=lambda n: peers[n]["peak_rss_mb"])
+        rows.append(summary_row("17 peers", results["arch"], "start-to-ready s (first classification)", ours["ready_s"],
+                                f"{fastest} {peers[fastest]['ready_s']:.3g} s (fastest peer)",
+                                peers[fastest]["ready_s"] / ours["ready_s"], "<= fastest peer",
+                                ours["ready_s"] <= peers[fastest]["ready_s"]))
+        rows.append(summary_row("17 peers", results["arch"],
+                                f"peak RSS MiB, server process tree ({ours['processes']} processes)",
+                                ours["peak_rss_mb"], f"{smallest} {peers[smallest]['peak_rss_mb']:.0f} MiB "
+                                f"({peers[smallest]['processes']} processes, smallest peer)",
+                                peers[smallest]["peak_rss_mb"] / ours["peak_rss_mb"], "<= smallest peer",
+                                ours["peak_rss_mb"] <= peers[smallest]["peak_rss_mb"]))
+    return rows

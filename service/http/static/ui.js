@@ -1,0 +1,102 @@
+// The imgcls upload page: POST /classify with the chosen images, show top-k bars or each image's error.
+"use strict";
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const form = $("form"), files = $("files"), drop = $("drop"), topk = $("topk"), statusLine = $("status");
+  const results = $("results"), curl = $("curl"), submit = $("submit");
+  let chosen = [];
+
+  function el(tag, attrs, children) {
+    const node = document.createElement(tag);
+    Object.entries(attrs || {}).forEach(([k, v]) => (k === "text" ? (node.textContent = v) : node.setAttribute(k, v)));
+    (children || []).forEach((c) => node.appendChild(c));
+    return node;
+  }
+
+  function quote(name) { return "'" + String(name).replace(/'/g, "'\\''") + "'"; }
+
+  function updateCurl() {
+    const names = chosen.length ? chosen.map((f) => f.name) : ["image.jpg"];
+    const parts = names.map((n) => "-F " + quote("images=@" + n));
+    curl.value = ["curl", "-s", ...parts, "-F", "top_k=" + topk.value, location.origin + "/classify"].join(" ");
+  }
+
+  async function loadModel() {
+    try {
+      const response = await fetch("/model");
+      const model = await response.json();
+      if (!response.ok) throw new Error(model.error ? model.error.message : response.statusText);
+      $("model").textContent = `Model ${model.name} · version ${model.version} · ${model.precision} on ` +
+        `${model.provider} · ${model.num_classes} classes (${model.arch})`;
+    } catch (error) {
+      $("model").textContent = "Model description unavailable: " + error.message;
+    }
+  }
+
+  function bars(predictions) {
+    return el("ol", { class: "bars" }, predictions.map((p) => {
+      const pct = (p.score * 100).toFixed(1) + "%";
+      return el("li", { class: "bar", "data-label": p.label, "data-score": String(p.score) }, [
+        el("div", { class: "text" }, [el("span", { class: "label", text: p.label }), el("span", { class: "pct", text: pct })]),
+        el("div", { class: "track", role: "progressbar", "aria-label": p.label, "aria-valuemin": "0",
+                    "aria-valuemax": "100", "aria-valuenow": (p.score * 100).toFixed(1) },
+           [el("div", { class: "fill", style: "width:" + pct })]),
+      ]);
+    }));
+  }
+
+  function render(file, result, requestError) {
+    const thumb = el("img", { src: URL.createObjectURL(file), alt: "" });
+    thumb.addEventListener("error", () => thumb.replaceWith(el("div", { class: "thumb none", text: "no preview" })));
+    const body = el("div", { class: "body" }, [el("p", { class: "name", text: file.name })]);
+    if (result && result.predictions) body.appendChild(bars(result.predictions));
+    const error = (result && result.error) || requestError;
+    if (error) body.appendChild(el("p", { class: "error", role: "alert", text: "Not classified: " + error.message + " (" + error.reason + ")" }));
+    return el("li", { class: "result" + (error ? " failed" : " ok"), "data-name": file.name }, [thumb, body]);
+  }
+
+  async function classify(event) {
+    event.preventDefault();
+    if (!chosen.length) { statusLine.textContent = "Choose at least one image first."; files.focus(); return; }
+    const data = new FormData();
+    chosen.forEach((f) => data.append("images", f, f.name));
+    data.append("top_k", topk.value);
+    submit.disabled = true;
+    statusLine.textContent = `Classifying ${chosen.length} image(s)…`;
+    results.replaceChildren();
+    try {
+      const response = await fetch("/classify", { method: "POST", body: data });
+      const answer = await response.json();
+      const list = answer.results || [];
+      const requestError = list.length ? null : answer.error;
+      chosen.forEach((file, i) => results.appendChild(render(file, list.find((r) => r.position === i), requestError)));
+      const failed = list.filter((r) => r.error).length + (requestError ? chosen.length : 0);
+      statusLine.textContent = `Done: ${chosen.length - failed} classified, ${failed} not classified` +
+        (answer.timing ? ` in ${Math.round(answer.timing.total_ms)} ms.` : ".");
+    } catch (error) {
+      statusLine.textContent = "The request failed: " + error.message;
+    } finally {
+      submit.disabled = false;
+      results.setAttribute("aria-busy", "false");
+    }
+  }
+
+  function choose(list) {
+    chosen = Array.from(list || []);
+    statusLine.textContent = chosen.length ? `${chosen.length} image(s) chosen: ${chosen.map((f) => f.name).join(", ")}` : "";
+    updateCurl();
+  }
+
+  files.addEventListener("change", () => { choose(files.files); if (chosen.length) form.requestSubmit(); });
+  ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
+  ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, () => drop.classList.remove("over")));
+  drop.addEventListener("drop", (e) => { e.preventDefault(); choose(e.dataTransfer.files); if (chosen.length) form.requestSubmit(); });
+  topk.addEventListener("change", updateCurl);
+  form.addEventListener("submit", classify);
+  $("copy").addEventListener("click", async () => {
+    try { await navigator.clipboard.writeText(curl.value); statusLine.textContent = "curl command copied."; }
+    catch (_) { curl.select(); statusLine.textContent = "Press Ctrl+C to copy the selected command."; }
+  });
+  updateCurl();
+  loadModel();
+})();

@@ -1,0 +1,154 @@
+"""The upload page (GET /ui) and the API docs page (GET /), driven in headless Chromium.
+
+Debian's chromium (installed when missing) is launched by Playwright by its path, against the real
+`imgcls serve`. Every request that does not go to the loopback server is aborted and recorded: the
+pages must work offline. The page's labels and percentages must equal the API's own answer for the
+same files; a non-image shows its error in words. The test saves docs/ui.png (the README shows it).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgcls.service.http.launcher import start_server
+from tests.conftest import REPO_ROOT, encode
+from tests.factories import class_image, make_tiny_bundle
+from tests.system_tools import require
+
+pytestmark = pytest.mark.slow
+SCREENSHOT = REPO_ROOT / "docs" / "ui.png"
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    bundle = make_tiny_bundle(tmp_path_factory.mktemp("ui-bundle"))
+    handle = start_server(bundle, tmp_path_factory.mktemp("ui-log") / "serve.log", env={"IMGCLS_WORKERS": "1"})
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def uploads(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("ui-images")
+    rng = np.random.default_rng(3)
+    paths = []
+    for index, name in enumerate(["red-ish.png", "green-ish.jpg"]):
+        image: Image.Image = class_image(index, (160, 120), rng)
+        path = folder / name
+        path.write_bytes(encode(image, "PNG" if name.endswith(".png") else "JPEG"))
+        paths.append(path)
+    notes = folder / "notes.txt"
+    notes.write_text("this is not an image\n")
+    return [*paths, notes]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    executable = require("chromium", "chromium")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, headless=True,
+                                              args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A page whose every non-loopback request is aborted; ``page.blocked`` lists them."""
+    context = browser.new_context(viewport={"width": 980, "height": 760}, device_scale_factor=1)
+    page = context.new_page()
+    page.blocked = []
+
+    def guard(route):
+        if urlsplit(route.request.url).hostname in LOCAL_HOSTS:
+            route.continue_()
+        else:
+            page.blocked.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", guard)
+    yield page
+    context.close()
+
+
+def api_answer(server, uploads: list[Path], top_k: int) -> dict:
+    files = [("images", (p.name, p.read_bytes(), "application/octet-stream")) for p in uploads]
+    response = httpx.post(server.url + "/classify", files=files, data={"top_k": str(top_k)}, timeout=30,
+                          trust_env=False)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def shown(page) -> dict[str, list[tuple[str, str]]]:
+    """filename -> [(label, percentage text)] as the page shows them."""
+    result = {}
+    for item in page.locator(".result").all():
+        bars = item.locator(".bar").all()
+        result[item.get_attribute("data-name")] = [(b.locator(".label").inner_text(), b.locator(".pct").inner_text())
+                                                   for b in bars]
+    return result
+
+
+def test_upload_page_shows_the_apis_answer_and_errors(server, uploads, page):
+    page.goto(server.url + "/ui")
+    model = httpx.get(server.url + "/model", trust_env=False).json()
+    page.locator("#model").filter(has_text=model["version"]).wait_for(timeout=15_000)
+    assert model["precision"] in page.locator("#model").inner_text()
+
+    page.locator("#files").set_input_files([str(p) for p in uploads])  # choosing files submits them
+    page.locator("#status").filter(has_text="Done").wait_for(timeout=30_000)
+
+    answer = api_answer(server, uploads, top_k=3)
+    on_page = shown(page)
+    assert len(on_page) == 3
+    for result in answer["results"]:
+        name = result["filename"]
+        if result.get("error"):
+            assert on_page[name] == []
+            error = page.locator(f'.result[data-name="{name}"] .error').inner_text()
+            assert result["error"]["message"] in error and result["error"]["reason"] in error
+        else:
+            assert on_page[name] == [(p["label"], f"{p['score'] * 100:.1f}%") for p in result["predictions"]]
+    assert sum(1 for r in answer["results"] if r.get("error")) == 1  # the text file, and only it
+    assert "Done: 2 classified, 1 not classified" in page.locator("#status").inner_text()
+
+    curl = page.locator("#curl").input_value()
+    assert "-F 'images=@red-ish.png'" in curl and "top_k=3" in curl and curl.endswith(server.url + "/classify")
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    assert SCREENSHOT.stat().st_size > 10_000
+    assert page.blocked == []
+
+
+def test_upload_page_is_keyboard_usable_and_fits_a_phone(server, page):
+    page.set_viewport_size({"width": 375, "height": 740})
+    page.goto(server.url + "/ui")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "files"  # the first stop: choose files
+    for control in ("Labels per image", "curl command"):
+        assert page.get_by_label(control).count() == 1
+    assert page.locator("#files").evaluate("e => e.labels.length") == 1
+    page.locator("#submit").click()  # nothing chosen: said in words, focus back on the file picker
+    assert "Choose at least one image" in page.locator("#status").inner_text()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    assert page.blocked == []
+
+
+def test_docs_page_is_imgcls_swagger_offline(server, page):
+    page.goto(server.url + "/")
+    title = page.locator(".info .title")
+    title.wait_for(timeout=20_000)
+    assert "imgcls image classification" in title.inner_text()
+    assert page.title() == "imgcls API"
+    assert page.locator('a[href="/ui"]').count() >= 1
+    page.locator(".opblock-summary-path", has_text="/classify").first.wait_for()
+    assert "BentoML" not in page.locator(".info").inner_text()
+    assert page.blocked == []
