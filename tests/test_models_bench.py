@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from imgcls.models.zoo.bench import BenchConfig, load_results, measure, results_path
-from imgcls.models.zoo.bench_export import int8_target
+from imgcls.export.cpu import local_target
 from imgcls.models.zoo.cli import main
 from tests.conftest import REPO_ROOT
 
@@ -42,7 +42,7 @@ def test_fp32_and_int8_are_timed_at_each_batch(benched, arch):
             assert figures["images_per_s"] > 0 and 0 < figures["cpu_share"] and figures["latency_ms_min"] > 0
     assert rows[arch]["latency_ms"] == entry["fp32"]["1"]["latency_ms_p50"]
     assert rows[arch]["images_per_s"] == entry["fp32"]["2"]["images_per_s"]
-    assert entry["int8_settings"]["mode"] == "static" and entry["int8_settings"]["target"] == int8_target()
+    assert entry["int8_settings"]["mode"] == "static" and entry["int8_settings"]["target"] == local_target()
     assert 0.0 <= entry["int8_top1_agreement"] <= 1.0 and entry["agreement_images"] == 32
     # random init: INT8's speed is real, whether it keeps accuracy is not known
     assert rows[arch]["int8_friendly"] is None and "random init" in rows[arch]["edge"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,16 +38,11 @@ class BenchModels:
     prepare_seconds: float  # spent exporting now (0.0 when reused from the cache)
 
 
-def int8_target() -> str:
-    """The export's INT8 target for this CPU: ``vnni`` with VNNI, ``arm64`` on ARM, else ``x86``."""
-    if platform.machine().lower() in ("aarch64", "arm64"):
-        return "arm64"
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    return "vnni" if {"avx512_vnni", "avx_vnni"} & set(flags) else "x86"
+def _target() -> str:
+    """The export's INT8 target for this CPU (``imgcls.export.cpu``: vnni, arm64 or x86)."""
+    from imgcls.export.cpu import local_target
+
+    return local_target()
 
 
 def _photo_crops(rng: np.random.Generator, photo: np.ndarray, count: int, size: int = 256) -> list[Image.Image]:
@@ -88,7 +82,7 @@ def _recipe(arch: str, weights: str, int8: bool) -> dict[str, Any]:
     from imgcls.export.config import DEFAULT_OPSET
 
     return {"version": RECIPE_VERSION, "arch": arch, "weights": weights, "int8": int8, "opset": DEFAULT_OPSET,
-            "int8_target": int8_target() if int8 else None, "torch": torch.__version__,
+            "int8_target": _target() if int8 else None, "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__}
 
 
@@ -111,17 +105,18 @@ def _model(arch: str, weights: str):
 
 
 def _export(folder: Path, arch: str, weights: str, int8: bool, split: SplitListing) -> dict[str, Any]:
-    from imgcls.export.config import DEFAULT_OPSET, INT8_FILENAME, ExportConfig
+    from imgcls.export.config import DEFAULT_OPSET, INT8_FILENAME
     from imgcls.export.convert import save_onnx, to_onnx
 
     card = _card(arch, weights)
     save_onnx(to_onnx(_model(arch, weights), card.preprocess, opset=DEFAULT_OPSET), folder / "model.onnx")
     if not int8:
         return {}
-    from imgcls.export.quantize import quantize_file
+    from imgcls.export.quantize import calibration_pixels, quantize_file, recipe_for
 
-    config = ExportConfig(int8=True, int8_target=int8_target(), calibration_size=len(split.train), progress=False)
-    return quantize_file(folder / "model.onnx", folder / INT8_FILENAME, card, split, config)
+    recipe = recipe_for(_target(), arch)  # the export's own recipe for this CPU (imgcls.export.cpu)
+    pixels = calibration_pixels(split, card, len(split.train))
+    return quantize_file(folder / "model.onnx", folder / INT8_FILENAME, recipe, pixels)
 
 
 def prepare(arch: str, cache: Path, int8: bool = True) -> BenchModels:
