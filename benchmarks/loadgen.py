@@ -71,6 +71,22 @@ class LoadResult:
         }
 
 
+def merge_results(parts: list[LoadResult]) -> LoadResult:
+    """Several runs at one concurrency as one result (latencies, statuses, errors and time added up)."""
+    total = LoadResult(parts[0].concurrency, sum(p.duration_s for p in parts))
+    for part in parts:
+        total.latencies_s += part.latencies_s
+        total.errors += part.errors
+        for status, count in part.statuses.items():
+            total.statuses[status] = total.statuses.get(status, 0) + count
+    return total
+
+
+def rounds_summary(parts: list[LoadResult]) -> dict[str, object]:
+    """The summary of interleaved rounds at one concurrency, with each round's own rate."""
+    return {**merge_results(parts).summary(), "rounds_rps": [round(p.summary()["throughput_rps"], 2) for p in parts]}
+
+
 async def _read_response(reader: asyncio.StreamReader) -> int:
     status_line = await reader.readline()
     if not status_line:

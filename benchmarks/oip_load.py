@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.http_load import HOST, drive, start
-from benchmarks.loadgen import LoadResult, Request, multipart_request
+from benchmarks.loadgen import LoadResult, Request, multipart_request, rounds_summary
 from benchmarks.predictor_throughput import export_random_bundle, write_jpegs
 from benchmarks.report import markdown_table, summary_row, write_result
 from benchmarks.summaries import bundle_arch
@@ -56,16 +56,6 @@ def payloads(jpegs: list[bytes], name: str, port: int) -> dict[str, list[bytes]]
     return {form: [r.encode(HOST, port) for r in items] for form, items in requests.items()}
 
 
-def merge(parts: list[LoadResult]) -> dict[str, Any]:
-    total = LoadResult(parts[0].concurrency, sum(p.duration_s for p in parts))
-    for part in parts:
-        total.latencies_s += part.latencies_s
-        total.errors += part.errors
-        for status, count in part.statuses.items():
-            total.statuses[status] = total.statuses.get(status, 0) + count
-    return total.summary()
-
-
 def measure(port: int, bodies: dict[str, list[bytes]], concurrency: int, seconds: float, rounds: int,
             max_requests: int) -> dict[str, dict[str, Any]]:
     parts: dict[str, list[LoadResult]] = {form: [] for form in FORMS}
@@ -75,8 +65,7 @@ def measure(port: int, bodies: dict[str, list[bytes]], concurrency: int, seconds
         for form in FORMS:
             parts[form].append(drive(port, bodies[form], concurrency, seconds / rounds, max_requests))
             log.info("round %d %s: %.1f req/s", round_index + 1, form, parts[form][-1].summary()["throughput_rps"])
-    return {form: {**merge(results), "rounds_rps": [round(r.summary()["throughput_rps"], 2) for r in results]}
-            for form, results in parts.items()}
+    return {form: rounds_summary(results) for form, results in parts.items()}
 
 
 def summary(arch: str, concurrency: int, levels: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ from typing import Any
 
 from benchmarks import fixtures, peer_env, peers_verdict
 from benchmarks.http_load import drive
-from benchmarks.loadgen import LoadResult, Request
+from benchmarks.loadgen import LoadResult, Request, rounds_summary
 from benchmarks.peer_apps.settings import PeerSettings
 from benchmarks.peer_servers import (HOST, OIP_MODEL, PEERS, cpu_seconds, oip_request, peak_rss_mb, post,
                                      raw_request, start_peer, triton_request, wait_ready)
@@ -86,16 +86,6 @@ class Contender:
     field: str
 
 
-def merge(parts: list[LoadResult]) -> dict[str, Any]:
-    total = LoadResult(parts[0].concurrency, sum(p.duration_s for p in parts))
-    for part in parts:
-        total.latencies_s += part.latencies_s
-        total.errors += part.errors
-        for status, count in part.statuses.items():
-            total.statuses[status] = total.statuses.get(status, 0) + count
-    return {**total.summary(), "rounds_rps": [round(p.summary()["throughput_rps"], 2) for p in parts]}
-
-
 def interleaved(contenders: list[Contender], levels: list[int], seconds: float, rounds: int,
                 max_requests: int) -> None:
     """Every contender at every client count, in alternating rounds (A B C .. A B C ..), so a noisy
@@ -113,7 +103,7 @@ def interleaved(contenders: list[Contender], levels: list[int], seconds: float, 
                 for pid, used in cpu_seconds(c.record["pid"]).items():
                     busy[c.name][pid] = busy[c.name].get(pid, 0.0) + used - before.get(pid, 0.0)
         for c in contenders:
-            summary = merge(parts[c.name])
+            summary = rounds_summary(parts[c.name])
             c.record[c.field].append(summary)
             log.info("%s c=%d: %.1f req/s, p50 %.0f ms, p99 %.0f ms, statuses %s", c.name, clients,
                      summary["throughput_rps"], summary["p50_ms"], summary["p99_ms"], summary["statuses"])

@@ -16,23 +16,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine() -> dict[str, Any]:
-    cpu_model = ""
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not cpu_model:
-                cpu_model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    from imgcls.export.cpu import VNNI_FLAGS, cpu_flags, cpu_model
+
+    flags = cpu_flags()
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "cpu": cpu_model or platform.processor(),
+        "cpu": cpu_model(),
         "cores_usable": len(os.sched_getaffinity(0)),
         "avx2": "avx2" in flags,
         "avx512f": "avx512f" in flags,
-        "vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
+        "vnni": bool(VNNI_FLAGS & flags),
         "python": platform.python_version(),
     }
 

@@ -30,18 +30,23 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
     return frozenset()
 
 
+def cpu_model(cpuinfo: Path = CPUINFO) -> str:
+    """The CPU's model name (x86 ``model name``, ARM ``Model``/``CPU part``), else what platform says."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Model", "CPU part") and value.strip():
+            return value.strip()
+    return platform.processor() or platform.machine()
+
+
 def cpu_features(cpuinfo: Path = CPUINFO) -> dict[str, object]:
     """What the bundle records about the gating machine: architecture, model name, INT8-relevant flags."""
     flags = cpu_flags(cpuinfo)
-    model = ""
-    try:
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                model = line.partition(":")[2].strip()
-                break
-    except OSError:
-        pass
-    return {"machine": platform.machine(), "model": model,
+    return {"machine": platform.machine(), "model": cpu_model(cpuinfo),
             "flags": sorted(f for f in REPORTED_FLAGS if f in flags),
             "target": target_for(platform.machine(), flags)}
 

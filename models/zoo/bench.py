@@ -26,10 +26,10 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from imgcls.models.core.atomic import write_atomically
+from imgcls.models.core.verified import cache_dir
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "IMGCLS_CACHE_DIR"
 MIN_RUNS = 3
 FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
          "asimd", "asimddp", "sve")
@@ -60,26 +60,14 @@ class BenchConfig:
 
 
 def cache_root(override: str | Path | None = None) -> Path:
-    """``override``, else ``$IMGCLS_CACHE_DIR``, else ``$XDG_CACHE_HOME/imgcls`` (default ``~/.cache/imgcls``)."""
-    if override:
-        return Path(override)
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgcls"
+    """``override``, else imgcls's cache folder (``$IMGCLS_CACHE_DIR``, ``$XDG_CACHE_HOME/imgcls``, ``~/.cache/imgcls``)."""
+    return Path(override) if override else cache_dir()
 
 
 def _cpu() -> tuple[str, list[str]]:
-    model, flags = "", []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model", "CPU part") and not model:
-                model = value.strip()
-            if key.strip() in ("flags", "Features") and not flags:
-                flags = value.split()
-    except OSError:
-        pass
-    return model or platform.processor() or platform.machine(), sorted(set(flags) & set(FLAGS))
+    from imgcls.export.cpu import cpu_flags, cpu_model
+
+    return cpu_model(), sorted(cpu_flags() & set(FLAGS))
 
 
 def _gpu_name() -> str:
