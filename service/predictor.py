@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator, TypeVar
 import numpy as np
 
 from imgcls.models.core.calibration import apply_temperature, uncalibrated
+from imgcls.models.core.calibration import softmax as softmax_in
 from imgcls.models.core.card import ModelCard
 from imgcls.models.core.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError
 from imgcls.models.core import bundle as bundle_checks
@@ -48,11 +49,8 @@ class Prediction:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, stable for any finite logits (the row maximum is subtracted first)."""
-    logits = np.asarray(logits, dtype=np.float32)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32, copy=False)
+    """The served probabilities: ``calibration.softmax`` in float32."""
+    return softmax_in(logits, np.float32)
 
 
 def top_k_indices(probabilities: np.ndarray, k: int) -> np.ndarray:

@@ -21,12 +21,13 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
 SEARCH_STEPS = 80  # golden-section steps: the interval shrinks by 0.618^80 (< 1e-16 of log range)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (the row maximum is subtracted first)."""
-    z = np.asarray(logits, dtype=np.float64)
+def softmax(logits: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+    """Row-wise softmax computed in ``dtype`` (float64 for fitting; the predictor serves float32),
+    stable for any finite logits (the row maximum is subtracted first)."""
+    z = np.asarray(logits, dtype=dtype)
     shifted = z - z.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+    return (exp / exp.sum(axis=-1, keepdims=True)).astype(dtype, copy=False)
 
 
 def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
