@@ -12,6 +12,7 @@ import math
 import re
 import subprocess
 import time
+from datetime import datetime
 
 import httpx
 import pytest
@@ -124,8 +125,25 @@ def traffic(server, prometheus):
             bad = client.post("/classify", files=[("images", ("x.txt", b"not an image", "text/plain"))])
             assert bad.status_code == 415 or bad.status_code == 400, bad.text
             time.sleep(0.5)
-    _wait_for(lambda: _instant(prometheus, "imgcls:prediction_share:rate1h"), 30, "recording rules never evaluated")
+    # every rule must have seen all of it: a scrape after the last request, then a group evaluation after
+    # that scrape (the recording group runs every 15 s; a rule evaluated mid-traffic may still be empty)
+    seen_by = time.time() + 2.0
+    _wait_for(lambda: _last_evaluation(prometheus, "imgcls.recording") > seen_by, 60,
+              "the recording rules were never evaluated after the traffic")
     return prometheus
+
+
+def _last_evaluation(url: str, group: str) -> float:
+    """Unix time of the rule group's last evaluation (0 before the first)."""
+    groups = httpx.get(url + "/api/v1/rules", timeout=10, trust_env=False).json()["data"]["groups"]
+    stamp = next(g["lastEvaluation"] for g in groups if g["name"] == group)
+    if stamp.startswith("0001-"):
+        return 0.0
+    whole, _, rest = stamp.partition(".")
+    fraction = re.match(r"\d*", rest)[0] if rest else ""
+    zone = rest[len(fraction):] if rest else whole[19:]
+    parsed = datetime.fromisoformat(whole[:19] + ("." + fraction[:6] if fraction else "") + zone.replace("Z", "+00:00"))
+    return parsed.timestamp()
 
 
 def test_promtool_accepts_the_rules():
