@@ -83,6 +83,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--int8-target", choices=INT8_TARGETS, default="auto",
                         help="auto (default): from this CPU's features; x86: U8U8 (AVX2 without VNNI); "
                              "vnni: U8U8; arm64: S8S8")
+    parser.add_argument("--no-head-refit", dest="head_refit", action="store_false",
+                        help="do not retrain the classifier on the INT8 backbone's features when plain INT8 misses "
+                             "the gate")
+    parser.add_argument("--head-images", type=int, default=5000,
+                        help="head refit: at most this many training images (default 5000)")
     parser.add_argument("--no-mixed-precision", dest="mixed_precision", action="store_false",
                         help="do not keep sensitive nodes in fp32 when plain INT8 misses the gate")
     parser.add_argument("--max-fp32-nodes", type=int, default=16, help="mixed precision: at most this many fp32 nodes")
@@ -113,6 +118,7 @@ def config_from(args: argparse.Namespace) -> ExportConfig:
         int8=args.int8, fp16=args.fp16, calibration_method=args.calibration_method,
         calibration_size=args.calibration_size, int8_target=args.int8_target,
         exclude_nodes=tuple(args.exclude_nodes), max_accuracy_drop=args.max_accuracy_drop,
+        head_refit=args.head_refit, head_images=args.head_images,
         mixed_precision=args.mixed_precision, max_fp32_nodes=args.max_fp32_nodes,
         mixed_size_budget=args.mixed_size_budget, qat=args.qat, qat_epochs=args.qat_epochs, qat_images=args.qat_images, qat_lr=args.qat_lr,
         edge=args.edge,

@@ -31,6 +31,8 @@ class ExportConfig:
     calibration_size: int = 300
     int8_target: str = "auto"  # auto: from this machine's CPU features (imgcls.export.cpu)
     exclude_nodes: tuple[str, ...] = field(default_factory=tuple)
+    head_refit: bool = True  # when plain PTQ misses the gate: retrain the classifier on the INT8 features
+    head_images: int = 5000  # ... of at most this many training images (spread over the split)
     mixed_precision: bool = True  # when plain PTQ misses the gate: keep the most sensitive nodes in fp32
     max_fp32_nodes: int = 16
     mixed_size_budget: float = 0.06  # fp32 nodes may add at most this fraction of the fp32 file to plain INT8
@@ -59,6 +61,8 @@ class ExportConfig:
             raise ValueError("parity_batch must be > 1 (batch 1 is always checked as well)")
         if self.max_fp32_nodes < 0 or not 0 <= self.mixed_size_budget <= 1 or self.qat_epochs < 1:
             raise ValueError("max_fp32_nodes must be >= 0, mixed_size_budget in [0, 1], qat_epochs >= 1")
+        if self.head_images < 1:
+            raise ValueError("head_images must be positive")
         if self.qat_images is not None and self.qat_images < 1:
             raise ValueError("qat_images must be positive")
         if self.calibration_size < 1 or self.parity_images < 1:

@@ -1,10 +1,12 @@
 """``--int8``: the ladder that stops at the first INT8 variant passing the gate.
 
 1. plain post-training quantization (static QDQ, per-channel, the target's types);
-2. mixed precision: nodes ranked by measured sensitivity (``imgcls.export.sensitivity``), the
+2. the INT8 backbone with its classifier retrained on the INT8 features (``imgcls.export.head_refit``:
+   the classifier stays fp32, a few kilobytes), when the graph ends in a Gemm;
+3. mixed precision: nodes ranked by measured sensitivity (``imgcls.export.sensitivity``), the
    fewest most sensitive kept in fp32 (1, 2, 4, ... nodes) while the file stays within the size
    budget;
-3. quantization-aware training (``imgcls.export.qat``), when allowed and the run's images are there.
+4. quantization-aware training (``imgcls.export.qat``), when allowed and the run's images are there.
 
 The gate is the same for every rung (``precision_gate``: top-1 drop on the validation split) and is
 never loosened. Calibration runs once (ORT's calibration cache), so later rungs cost a quantization
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -95,6 +98,30 @@ class Ladder:
         self.base_recipe, self.base_path = recipe, path
         return path if self.gate("ptq", path, settings) else None
 
+    def head(self) -> Path | None:
+        """PTQ with the classifier left fp32 and retrained on the INT8 model's own training features."""
+        import onnx
+
+        from imgcls.export import head_refit
+
+        prepared = onnx.load(str(self.prepared))
+        head = head_refit.find_head(prepared)
+        if head is None:
+            log.info("int8 head: skipped (the graph does not end in a Gemm with constant weights)")
+            return None
+        recipe = head_refit.HeadRecipe.from_card(self.card)
+        backbone, settings = self.quantized(self.base_recipe.excluding((head.name,)), "head-backbone.onnx")
+        samples = head_refit.head_samples(self.split, self.config.head_images)
+        features, labels = head_refit.int8_features(backbone, head, self.split, samples, self.card, self.config.progress)
+        weight, bias, figures = head_refit.refit(*head_refit.head_weights(prepared, head), features, labels, recipe)
+        path = self.scratch / "head.onnx"
+        head_refit.write_head(backbone, path, head, weight, bias)
+        settings["head_refit"] = {"node": head.name, "images": int(len(labels)), "recipe": asdict(recipe),
+                                  **{k: round(v, 6) for k, v in figures.items()}}
+        log.info("int8 head: classifier retrained on %d INT8 training features (train top-1 %.2f%% -> %.2f%%)",
+                 len(labels), 100 * figures["train_top1_before"], 100 * figures["train_top1_after"])
+        return path if self.gate("ptq + retrained head", path, settings) else None
+
     def mixed(self) -> Path | None:
         from imgcls.export.sensitivity import rank_nodes
 
@@ -133,6 +160,8 @@ def search(staging: Path, card: ModelCard, split: SplitListing, config: ExportCo
     with tempfile.TemporaryDirectory(prefix="imgcls-int8-") as scratch:
         ladder = Ladder(staging, Path(scratch), card, split, config)
         rungs: list[tuple[str, Rung]] = [("ptq", Ladder.ptq)]
+        if config.head_refit and card.arch not in DYNAMIC_MATMUL_ARCHS:
+            rungs.append(("head", Ladder.head))
         if config.mixed_precision and card.arch not in DYNAMIC_MATMUL_ARCHS:
             rungs.append(("mixed", Ladder.mixed))
         rungs += list(extra_rungs)
@@ -151,8 +180,9 @@ def search(staging: Path, card: ModelCard, split: SplitListing, config: ExportCo
 def _attempt_record(attempt: dict[str, Any]) -> dict[str, Any]:
     record = {k: v for k, v in attempt.items() if k != "settings"}
     record["exclude_nodes"] = attempt["settings"].get("exclude_nodes", [])
-    if "qat" in attempt["settings"]:
-        record["qat"] = attempt["settings"]["qat"]
+    for key in ("qat", "head_refit"):
+        if key in attempt["settings"]:
+            record[key] = attempt["settings"][key]
     return record
 
 

@@ -1,7 +1,7 @@
 """``imgcls demo``: the whole pipeline on the bundled example data, each stage in its own process.
 
 digits -> train (efficientnet_lite0, ImageNet weights, head strategy) -> export (+ INT8) ->
-score the validation split -> serve over HTTP -> classify held-out images -> stop the server.
+score the validation split -> serve over HTTP (with the INT8 variant when it passed its gate) -> classify held-out images -> stop the server.
 Every stage is the same command a user would type; this module only strings them together.
 """
 from __future__ import annotations
@@ -56,10 +56,11 @@ def classify_over_http(url: str, paths: list[Path]) -> dict:
         return json.loads(response.read())
 
 
-def serve_and_classify(config: DemoConfig, bundle: Path, held_out: list[tuple[Path, str]]) -> None:
-    log.info("$ imgcls serve %s --host 127.0.0.1 --port <free>", bundle)
+def serve_and_classify(config: DemoConfig, bundle: Path, held_out: list[tuple[Path, str]],
+                       precision: str = "fp32") -> None:
+    log.info("$ imgcls serve %s --precision %s --host 127.0.0.1 --port <free>", bundle, precision)
     try:
-        server = start_server(bundle, ready_timeout=config.ready_timeout_s)
+        server = start_server(bundle, args=("--precision", precision), ready_timeout=config.ready_timeout_s)
     except RuntimeError as exc:
         raise SystemExit(f"demo: {exc}") from None
     with server:
@@ -114,14 +115,17 @@ def run_demo(config: DemoConfig) -> None:
         "export", str(run_dir), "--out", str(bundle), "--overwrite", *(["--int8"] if config.int8 else []),
         accepted=(0, EXPORT_VARIANT_REFUSED),
     )
-    if status == EXPORT_VARIANT_REFUSED:
+    precision = "int8" if config.int8 and status == 0 else "fp32"
+    if config.int8 and status == EXPORT_VARIANT_REFUSED:
         log.warning("the demo goes on with the fp32 model (the INT8 variant was refused, see above)")
+    elif config.int8:
+        log.info("the INT8 variant passed its gate: the demo scores and serves model.int8.onnx")
     scores = run_dir / "val_scores.csv"
     run_stage(
         "score", str(bundle), str(write_val_list(run_dir)), "--out", str(scores), "--labels", "imagefolder",
-        "--overwrite",
+        "--precision", precision, "--overwrite",
     )
-    serve_and_classify(config, bundle, held_out_images(run_dir, config.held_out))
+    serve_and_classify(config, bundle, held_out_images(run_dir, config.held_out), precision)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,131 @@
+"""Issue 12: does `imgcls export RUN --int8` pass its gate on other renderings and on MobileNet-v2?
+
+Each case renders scikit-learn's 1,797 digits its own way (size, upscaling filter, colours), trains
+the demo's recipe on them (`imgcls train --strategy head`, ImageNet weights for efficientnet_lite0;
+MobileNet-v2 has no ImageNet weights offline, so it trains a head on its random-init features and
+its INT8 is judged against its own fp32), exports with `--int8` (the whole ladder, default gate)
+and records every rung's figures from the bundle's card. Nothing here is tuned per case: each one is
+the command a user would type.
+
+    python -m benchmarks.int8_renderings --out benchmarks/results/int8_renderings.json [--cases a,b]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from benchmarks.report import REPO_ROOT, markdown_table, setup_logging, write_result
+
+log = logging.getLogger("bench.int8_renderings")
+DEFAULT_WORKDIR = REPO_ROOT / ".bench-out" / "int8-renderings"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    arch: str = "efficientnet_lite0"
+    weights: str = "imagenet"
+    size: int = 32
+    resample: str = "bicubic"
+    ink: tuple[int, int, int] = (255, 255, 255)
+    paper: tuple[int, int, int] = (0, 0, 0)
+    epochs: int = 12
+
+
+CASES = {
+    "demo": Case("demo rendering (32 px bicubic, white on black)"),
+    "nearest96": Case("96 px nearest, black on white", size=96, resample="nearest", ink=(0, 0, 0), paper=(255, 255, 255)),
+    "colour20": Case("20 px bilinear, orange on dark blue", size=20, resample="bilinear", ink=(250, 170, 40),
+                     paper=(20, 30, 90)),
+    "mobilenet_v2": Case("mobilenet_v2 (random init, head), demo rendering", arch="mobilenet_v2", weights="none"),
+}
+
+
+def render(case: Case, out: Path) -> None:
+    """The digits as ``out/<digit>/<index>.png`` in this case's rendering."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    resample = getattr(Image.Resampling, case.resample.upper())
+    for index, (pixels, target) in enumerate(zip(digits.images, digits.target)):
+        gray = Image.fromarray(np.clip(np.rint(pixels * (255.0 / 16.0)), 0, 255).astype(np.uint8), mode="L")
+        image = ImageOps.colorize(gray.resize((case.size, case.size), resample), black=case.paper, white=case.ink)
+        folder = out / str(int(target))
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{index:04d}.png")
+
+
+def _imgcls(*args: str, ok: tuple[int, ...] = (0,)) -> int:
+    command = [sys.executable, "-m", "imgcls", *args]
+    log.info("$ imgcls %s", " ".join(args))
+    code = subprocess.run(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL).returncode
+    if code not in ok:
+        raise RuntimeError(f"`imgcls {args[0]}` failed with exit status {code}")
+    return code
+
+
+def run_case(key: str, case: Case, workdir: Path) -> dict[str, Any]:
+    folder = workdir / key
+    shutil.rmtree(folder, ignore_errors=True)
+    render(case, folder / "data")
+    started = time.perf_counter()
+    _imgcls("train", "--data", str(folder / "data"), "--arch", case.arch, "--weights", case.weights,
+            "--strategy", "head", "--epochs", str(case.epochs), "--out", str(folder / "run"), "--loader-workers", "0")
+    trained = time.perf_counter()
+    code = _imgcls("export", str(folder / "run"), "--out", str(folder / "bundle"), "--int8", "--no-progress", ok=(0, 3))
+    exported = time.perf_counter()
+    card = json.loads((folder / "bundle" / "card.json").read_text())
+    int8 = card["export"]["int8"]
+    return {
+        "case": asdict(case), "export_exit": code, "status": int8["status"], "method": int8.get("method"),
+        "target": int8["target"], "train_s": round(trained - started, 1), "export_s": round(exported - trained, 1),
+        "attempts": [{"method": a["method"], "passed": a["passed"],
+                      **{k: a["gate"].get(k) for k in ("fp32_top1", "int8_top1", "accuracy_drop_points", "size_ratio",
+                                                       "top1_agreement", "speedup")}} for a in int8["attempts"]],
+    }
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    rows = []
+    for result in results:
+        first, kept = result["attempts"][0], next((a for a in result["attempts"] if a["passed"]), None)
+        rows.append([result["case"]["name"], f"{100 * first['fp32_top1']:.2f}",
+                     f"{100 * first['int8_top1']:.2f} ({first['accuracy_drop_points']:+.2f})",
+                     kept["method"] if kept else "refused",
+                     f"{100 * kept['int8_top1']:.2f} ({kept['accuracy_drop_points']:+.2f})" if kept else "-",
+                     f"{100 * kept['size_ratio']:.1f} %" if kept else "-",
+                     f"{kept['speedup']:.2f}x" if kept and kept.get("speedup") else "-"])
+    return markdown_table(["case", "fp32 top-1 %", "plain PTQ % (drop)", "rung kept", "INT8 top-1 % (drop)",
+                           "size vs fp32", "speed vs fp32"], rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated among {', '.join(CASES)}")
+    args = parser.parse_args(argv)
+    setup_logging()
+    results = []
+    for key in args.cases.split(","):
+        case = CASES[key]
+        results.append(run_case(key, case, args.workdir))
+        log.info("%s: %s (%s)", case.name, results[-1]["status"], results[-1]["method"])
+    write_result(args.out, "int8_renderings", {"results": results})
+    print(table(results))
+    return 0 if all(r["status"] == "passed" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
