@@ -107,10 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.report import setup_logging
 
     parser = argparse.ArgumentParser(description="build (or reuse) the peer servers' virtual environments")
-    parser.add_argument("peers", nargs="*", default=sorted(SPECS), choices=sorted(SPECS))
+    parser.add_argument("peers", nargs="*", help=f"among {', '.join(sorted(SPECS))} (default: every peer)")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.peers) - set(SPECS))
+    if unknown:
+        parser.error(f"unknown peer(s) {unknown}; choose among {sorted(SPECS)}")
     setup_logging()
-    for name in args.peers:
+    for name in args.peers or sorted(SPECS):
         env = ensure(name)
         log.info("%s: %s (python %s, built in %.0f s)", name, env.python, env.interpreter, env.built_s)
     return 0
