@@ -102,20 +102,20 @@ class Ladder:
         """PTQ with the classifier left fp32 and retrained on the INT8 model's own training features."""
         import onnx
 
-        from imgcls.export import head_refit
+        from imgcls.export.head_refit import HeadRecipe, find_head, head_samples, head_weights, int8_features, refit, write_head
 
         prepared = onnx.load(str(self.prepared))
-        head = head_refit.find_head(prepared)
+        head = find_head(prepared)
         if head is None:
             log.info("int8 head: skipped (the graph does not end in a Gemm with constant weights)")
             return None
-        recipe = head_refit.HeadRecipe.from_card(self.card)
+        recipe = HeadRecipe.from_card(self.card)
         backbone, settings = self.quantized(self.base_recipe.excluding((head.name,)), "head-backbone.onnx")
-        samples = head_refit.head_samples(self.split, self.config.head_images)
-        features, labels = head_refit.int8_features(backbone, head, self.split, samples, self.card, self.config.progress)
-        weight, bias, figures = head_refit.refit(*head_refit.head_weights(prepared, head), features, labels, recipe)
+        samples = head_samples(self.split, self.config.head_images)
+        features, labels = int8_features(backbone, head, self.split, samples, self.card, self.config.progress)
+        weight, bias, figures = refit(*head_weights(prepared, head), features, labels, recipe)
         path = self.scratch / "head.onnx"
-        head_refit.write_head(backbone, path, head, weight, bias)
+        write_head(backbone, path, head, weight, bias)
         settings["head_refit"] = {"node": head.name, "images": int(len(labels)), "recipe": asdict(recipe),
                                   **{k: round(v, 6) for k, v in figures.items()}}
         log.info("int8 head: classifier retrained on %d INT8 training features (train top-1 %.2f%% -> %.2f%%)",

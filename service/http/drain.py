@@ -42,6 +42,12 @@ def stop_listening(sock: socket.socket) -> None:
         log.debug("listening socket already shut down: %s", exc)
 
 
+def uvicorn_server() -> Any:
+    """This worker's uvicorn ``Server`` (the owner of the SIGTERM handler), or None."""
+    server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    return server if server is not None and hasattr(server, "should_exit") else None
+
+
 def install(fd: int | None = None) -> bool:
     """Wrap the current SIGTERM handler (uvicorn's ``Server.handle_exit``); True when installed.
 

@@ -15,6 +15,7 @@ generic 400/500 answers; the declared input model still documents the multipart 
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -28,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from imgcls.service.http import drain, openapi, pages, readiness
+from imgcls.service.http import accept, drain, openapi, pages, readiness
 from imgcls.service.http.schemas import MODEL_HEADER, REASON_STATUS, VERSION_HEADER, ClassifyResponse, error_body
 from imgcls.service.http.config import ServiceConfig
 from imgcls.service.http.engine import ClassifierEngine
@@ -42,6 +43,7 @@ CONFIG = ServiceConfig.from_env().with_workers_resolved()  # imgcls serve has re
 KNOWN_ROUTES = ("/classify", "/model", "/livez", "/healthz", "/readyz", "/metrics", "/docs.json",
                 "/schema.json", "/", "/ui", *pages.ASSETS, *OIP_ROUTES)
 _CURRENT: dict[str, "ImageClassifier"] = {}  # this worker's service instance, for the mounted apps
+_BACKGROUND: set[asyncio.Task] = set()  # tasks started by the service (kept referenced until done)
 
 
 class ClassifyInput(bentoml.IODescriptor):
@@ -122,8 +124,22 @@ class ImageClassifier:
             self._warm_up()
         else:  # the server is starting: answer /livez at once, /readyz 503 until warm
             threading.Thread(target=self._warm_up, name="imgcls-warmup", daemon=True).start()
+        uvicorn_server = drain.uvicorn_server()  # before drain.install() wraps its SIGTERM handler
         drain.install()
+        self._balance_connections(uvicorn_server)
         _CURRENT["service"] = self
+
+    @staticmethod
+    def _balance_connections(server: Any) -> None:
+        """Least-connections accept across the workers (``imgcls.service.http.accept``)."""
+        if server is None or CONFIG.workers < 2 or not CONFIG.state_dir:
+            return
+        from bentoml._internal.context import server_context
+
+        task = asyncio.get_running_loop().create_task(
+            accept.install_when_serving(server, CONFIG.state_dir, int(server_context.worker_index or 0), CONFIG.workers))
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
 
     @staticmethod
     def _marker_path() -> Path | None:
