@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import statistics
 import sys
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     # The servers run in their own sessions: a SIGTERM (run_all's timeout, Ctrl-C's cousin) must unwind
     # through the ``finally`` blocks that stop them, not leave them running.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    started = time.perf_counter()
+    started, load_at_start = time.perf_counter(), os.getloadavg()[0]
     prepared = fixtures.speed_bundle(args.arch, args.workdir)
     with tempfile.TemporaryDirectory(prefix="imgcls-peers-") as folder:
         scratch = Path(folder)
@@ -297,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     results["settings"] = {"levels": args.levels, "grid_clients": args.grid_clients, "seconds": args.seconds,
                            "rounds": args.rounds, "max_requests": args.max_requests, "machine_shared": True}
     results["seconds"] = round(time.perf_counter() - started, 1)
+    results["load_average"] = {"start": load_at_start, "end": os.getloadavg()[0]}
     write_result(args.out, "peers", results)
     log.info("peers benchmark: %.0f s", results["seconds"])
     return 0

@@ -92,6 +92,11 @@ def split_line(result: dict[str, Any]) -> list[str]:
             f"{split.get('inference_ms', 0):.1f}); the rest is HTTP, framework and response work.", ""]
 
 
+def _load(result: dict[str, Any]) -> str:
+    load = result.get("load_average")
+    return f", 1-minute load average {load['start']:.1f} at the start and {load['end']:.1f} at the end" if load else ""
+
+
 def section(result: dict[str, Any] | None) -> list[str]:
     if result is None:
         return ["Peers (item 17): not measured in this run; `make bench-peers` writes `results/peers.json`.", ""]
@@ -106,8 +111,8 @@ def section(result: dict[str, Any] | None) -> list[str]:
         f"`make bench-peers` (`python -m benchmarks.peers`), {result.get('seconds', 0) / 60:.1f} min, one run, "
         f"on {result['machine'].get('cpu', '?')} ({result['machine'].get('cores_usable', '?')} usable cores"
         f"{', AVX2' if result['machine'].get('avx2') else ''}{', AVX-512' if result['machine'].get('avx512f') else ''}"
-        f"{', VNNI' if result['machine'].get('vnni') else ''}), **shared with about 8 other engineers' jobs**: "
-        "figures are noisy, and only the ratios of this one run mean anything. Every server decodes with our "
+        f"{', VNNI' if result['machine'].get('vnni') else ''}){_load(result)}: "
+        "figures move by about ±10 % between rounds, and only the ratios of this one run mean anything. Every server decodes with our "
         "`Preprocess`, runs ONNX Runtime 1.31.1 on the same MobileNet-v2 `model.onnx` (intra-op threads = usable "
         "CPUs / instances, no spinning) and answers the top 5. The grid tunes each peer alone; then imgcls and each "
         "peer's best run side by side (started one after another) and are measured in interleaved rounds "
