@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from benchmarks.report import REPO_ROOT, markdown_table, setup_logging, write_result
+from benchmarks.report import REPO_ROOT, markdown_table, setup_logging, summary_row, write_result
 
 log = logging.getLogger("bench.int8_renderings")
 DEFAULT_WORKDIR = REPO_ROOT / ".bench-out" / "int8-renderings"
@@ -101,6 +101,21 @@ def run_case(key: str, case: Case, workdir: Path) -> dict[str, Any]:
     }
 
 
+def summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """RESULTS.md rows: the kept INT8 variant's drop against its own fp32, per case."""
+    rows = []
+    for result in results:
+        first = result["attempts"][0]
+        kept = next((a for a in result["attempts"] if a["passed"]), result["attempts"][-1])
+        rows.append(summary_row(
+            "12 INT8 renderings", result["case"]["arch"],
+            f"INT8 top-1 drop (points), {result['case']['name']}: {kept['method']}", kept["accuracy_drop_points"],
+            f"fp32 top-1 {first['fp32_top1']:.3f}; plain PTQ drop {first['accuracy_drop_points']:.2f}; "
+            f"file {100 * kept['size_ratio']:.1f} % of fp32", None, "drop <= 1 points (export gate)",
+            result["status"] == "passed"))
+    return rows
+
+
 def table(results: list[dict[str, Any]]) -> str:
     rows = []
     for result in results:
@@ -131,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         rerun = {r["case"]["name"] for r in results}
         kept = [r for r in json.loads(args.out.read_text()).get("results", []) if r["case"]["name"] not in rerun]
         results = kept + results
-    write_result(args.out, "int8_renderings", {"results": results})
+    write_result(args.out, "int8_renderings", {"results": results, "summary": summary(results)})
     print(table(results))
     return 0 if all(r["status"] == "passed" for r in results) else 1
 
