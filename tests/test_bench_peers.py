@@ -143,7 +143,10 @@ def test_the_verdict_is_against_the_strongest_peer_with_p99_no_worse() -> None:
     text = "\n".join(peers_report.section(result))
     assert "| 3.0 | 300 (3) | 10.0 | NO |" in text and "mosec (x): 1.5, 0.5, 0." in text  # answered another top-1
     assert "| triton | instances=2 | - | - | - | boom |" in text
-    assert "`/v2` was not in this build" in text and "shared with about 8 other engineers" in text
+    assert "`/v2` was not in this build" in text and "load average" not in text  # not recorded: not claimed
+    result["load_average"] = {"start": 7.94, "end": 8.21}
+    text = "\n".join(peers_report.section(result))
+    assert "1-minute load average 7.9 at the start and 8.2 at the end" in text
 
 
 @pytest.mark.slow
