@@ -55,8 +55,8 @@ def install(fd: int | None = None) -> bool:
     """
     fd = listening_fd() if fd is None else fd
     previous = signal.getsignal(signal.SIGTERM)
-    server = getattr(previous, "__self__", None)
-    if fd is None or server is None or not hasattr(server, "should_exit"):
+    server = uvicorn_server()
+    if fd is None or server is None:
         log.debug("no BentoML worker socket or uvicorn handler here; drain hook not installed")
         return False
     sock = socket.socket(fileno=os.dup(fd))  # our own descriptor of the shared socket
