@@ -23,6 +23,8 @@ import sys
 from types import FrameType
 from typing import Any, Callable, Sequence
 
+from imgcls.service.http import accept
+
 log = logging.getLogger(__name__)
 
 
@@ -63,6 +65,7 @@ def install(fd: int | None = None) -> bool:
     loop = asyncio.get_running_loop()
 
     def stop_accepting() -> None:
+        accept.accept_pending()  # connections already queued are answered, not reset by the shutdown below
         for asyncio_server in list(getattr(server, "servers", ())):  # set once uvicorn serves
             asyncio_server.close()  # this worker: no more accept() calls
         stop_listening(sock)  # every worker and the arbiter: no more handshakes

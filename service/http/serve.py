@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                             default=None, help=f"{FLAG_HELP[flag]}; ${env_name(field_name)} (default {spec.default})")
     parser.add_argument("--access-log", dest="access_log", action="store_true", default=None,
                         help="log every request (BentoML access log); $IMGCLS_ACCESS_LOG (default off)")
+    parser.add_argument("--balance-connections", dest="balance_connections", action="store_true", default=None,
+                        help="spread keep-alive connections over the workers (least-connections accept: lower "
+                             "latency when clients connect together; SIGTERM may then reset a few connections "
+                             "still queued); $IMGCLS_BALANCE_CONNECTIONS (default off)")
     return parser
 
 
@@ -114,7 +118,7 @@ def port_problem(host: str, port: int) -> str | None:
 
 def config_from(args: argparse.Namespace, environ: dict[str, str]) -> ServiceConfig:
     base = ServiceConfig.from_env(environ)
-    flags = {name: getattr(args, name) for name in [*FLAG_FIELDS.values(), "access_log"]
+    flags = {name: getattr(args, name) for name in [*FLAG_FIELDS.values(), "access_log", "balance_connections"]
              if getattr(args, name) is not None}
     return dataclasses.replace(base, bundle=str(Path(args.bundle).resolve()), **flags)
 

@@ -132,7 +132,7 @@ class ImageClassifier:
     @staticmethod
     def _balance_connections(server: Any) -> None:
         """Least-connections accept across the workers (``imgcls.service.http.accept``)."""
-        if server is None or CONFIG.workers < 2 or not CONFIG.state_dir:
+        if server is None or not CONFIG.balance_connections or CONFIG.workers < 2 or not CONFIG.state_dir:
             return
         from bentoml._internal.context import server_context
 
