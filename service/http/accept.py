@@ -15,10 +15,12 @@ difference (at most ``MAX_DEFER_S``) before accepting, so the less loaded worker
 connection first; if nobody did by then, it accepts anyway (a new connection is never left waiting
 longer than that). The accept itself is asyncio's own, one connection per wake-up.
 
-Opt-in (``imgcls serve --balance-connections``): deferred connections wait in the kernel's queue a
-little longer, and a SIGTERM that shuts the socket down then resets a few of them (measured: 3-4
-requests lost in about one trial in five of ``tests/test_reliability.py``'s SIGTERM test, none
-without it). ``accept_pending`` narrows that window; it does not close it.
+Opt-in (``imgcls serve --balance-connections``): with it, a SIGTERM under new-connection-per-request
+load loses a few requests sent before the signal (measured 1-5 of about 1,100 in each of 5 trials
+of ``benchmarks.reliability.drain_trial``, 16 clients; none without it), so it is not the default.
+
+``accept_queued`` (every worker, balanced or not) is the drain's first step on SIGTERM: accept what
+the kernel has queued before the socket is shut down, so those requests are answered, not reset.
 
 This re-registers asyncio's accept callback (``loop._accept_connection`` and the handle's arguments:
 private API of the selector event loop, stable from Python 3.8 to 3.13); when anything differs from
@@ -126,6 +128,31 @@ def accept_pending() -> None:
     """
     for balancer in _BALANCERS:
         balancer.accept_all_pending()
+
+
+def accept_queued(uvicorn_server: Any) -> None:
+    """Accept every connection the kernel has queued on this worker's listening sockets, now.
+
+    Called when SIGTERM arrives, before the socket is shut down (which resets what is still queued,
+    losing requests clients have already sent). Uses the accept callback asyncio registered (or the
+    balancer's, with asyncio's full batch); quietly does nothing when the internals differ.
+    """
+    if _BALANCERS:
+        accept_pending()
+        return
+    loop = asyncio.get_running_loop()
+    selector = getattr(loop, "_selector", None)
+    for server in getattr(uvicorn_server, "servers", None) or ():
+        for transport_socket in getattr(server, "sockets", ()):
+            try:
+                handle = selector.get_key(transport_socket.fileno()).data[0]
+                callback, args = handle._callback, handle._args
+            except (AttributeError, KeyError, ValueError, IndexError, TypeError):
+                continue
+            try:
+                callback(*args)
+            except OSError as exc:  # another worker already shut the listening socket down
+                log.debug("accepting the queued connections failed: %s", exc)
 
 
 def install(uvicorn_server: Any, state_dir: str, index: int, workers: int) -> int:

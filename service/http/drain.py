@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 from imgcls.service.http import accept
 
 log = logging.getLogger(__name__)
+READ_QUEUED_S = 0.2  # after accepting the queued connections, before uvicorn starts its shutdown
 
 
 def listening_fd(argv: Sequence[str] | None = None) -> int | None:
@@ -64,17 +65,23 @@ def install(fd: int | None = None) -> bool:
     sock = socket.socket(fileno=os.dup(fd))  # our own descriptor of the shared socket
     loop = asyncio.get_running_loop()
 
-    def stop_accepting() -> None:
-        accept.accept_pending()  # connections already queued are answered, not reset by the shutdown below
+    handler: Callable[[int, FrameType | None], Any] = previous  # type: ignore[assignment]
+
+    def stop_accepting(signum: int, frame: FrameType | None) -> None:
+        accept.accept_queued(server)  # connections the kernel queued are answered, not reset below
         for asyncio_server in list(getattr(server, "servers", ())):  # set once uvicorn serves
             asyncio_server.close()  # this worker: no more accept() calls
         stop_listening(sock)  # every worker and the arbiter: no more handshakes
         log.info("SIGTERM: stopped listening; answering the requests already accepted")
+        # uvicorn's shutdown closes connections whose request it has not read yet: give the ones just
+        # accepted a moment to start their request, then let uvicorn drain everything in flight
+        loop.call_later(READ_QUEUED_S, handler, signum, frame)
 
     def on_term(signum: int, frame: FrameType | None) -> None:
-        loop.call_soon_threadsafe(stop_accepting)
-        handler: Callable[[int, FrameType | None], Any] = previous  # type: ignore[assignment]
-        handler(signum, frame)
+        if getattr(server, "should_exit", False):  # a second SIGTERM: uvicorn's own force exit
+            handler(signum, frame)
+            return
+        loop.call_soon_threadsafe(stop_accepting, signum, frame)
 
     signal.signal(signal.SIGTERM, on_term)
     return True
