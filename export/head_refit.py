@@ -25,8 +25,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from imgcls.export.config import INPUT_NAME, OUTPUT_NAME
+from imgcls.export.config import OUTPUT_NAME
 from imgcls.export.images import load_pixels
+from imgcls.export.validate import run_batches, session
 from imgcls.models.core.card import ModelCard
 from imgcls.models.core.dataset import Sample, SplitListing
 
@@ -103,20 +104,19 @@ def _chunks(samples: Sequence[Sample], size: int) -> Iterator[Sequence[Sample]]:
 def int8_features(model_path: Path, head: HeadNode, split: SplitListing, samples: Sequence[Sample],
                   card: ModelCard, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The INT8 model's classifier inputs for ``samples`` (ORT kernels), and their labels."""
-    import onnxruntime as ort
     from tqdm import tqdm
 
     model = onnx.load(str(model_path))
     model.graph.output.append(onnx.helper.make_tensor_value_info(head.features, onnx.TensorProto.FLOAT, None))
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    int8 = session(model.SerializeToString())
     features, labels = [], []
     with tqdm(total=len(samples), desc="int8: head features", unit="img", disable=not progress, leave=False) as bar:
         for chunk in _chunks(samples, LOAD_CHUNK):
             loaded = load_pixels(split, chunk, card.preprocess)
-            for start in range(0, len(loaded.labels), FEATURE_BATCH):
-                batch = loaded.pixels[start:start + FEATURE_BATCH]
-                features.append(session.run([head.features], {INPUT_NAME: batch})[0].reshape(len(batch), -1))
-            labels.append(loaded.labels)
+            if len(loaded.labels):
+                chunk_features = run_batches(int8, loaded.pixels, FEATURE_BATCH, head.features)
+                features.append(chunk_features.reshape(len(loaded.labels), -1))
+                labels.append(loaded.labels)
             bar.update(len(chunk))
     return np.concatenate(features).astype(np.float32), np.concatenate(labels)
 
@@ -175,7 +175,6 @@ def write_head(source: Path, target: Path, head: HeadNode, weight: np.ndarray, b
 
 
 def head_samples(split: SplitListing, limit: int) -> list[Sample]:
-    """Up to ``limit`` training samples spread evenly over the (class-sorted) training list."""
+    """Up to ``limit`` (>= 1) training samples spread evenly over the (class-sorted) training list."""
     train = list(split.train)
-    step = max(1, math.ceil(len(train) / limit)) if limit else 1
-    return train[::step][:limit] if limit else train
+    return train[::max(1, math.ceil(len(train) / limit))][:limit]

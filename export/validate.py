@@ -58,18 +58,20 @@ def check_graph(path: Path, card: ModelCard, opset: int) -> dict[str, Any]:
     return {"opset": written, "input_shape": in_dims, "output_shape": out_dims, "checker": "passed"}
 
 
-def session(path: Path, threads: int | None = None):  # -> onnxruntime.InferenceSession
+def session(model: Path | bytes, threads: int | None = None):  # -> onnxruntime.InferenceSession
+    """A CPU session of a model file, or of a serialized model (``ModelProto.SerializeToString()``)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                providers=["CPUExecutionProvider"])
 
 
-def run_batches(sess, pixels: np.ndarray, batch: int) -> np.ndarray:
-    outputs = [sess.run([OUTPUT_NAME], {INPUT_NAME: pixels[i:i + batch]})[0] for i in range(0, len(pixels), batch)]
+def run_batches(sess, pixels: np.ndarray, batch: int, output: str = OUTPUT_NAME) -> np.ndarray:
+    outputs = [sess.run([output], {INPUT_NAME: pixels[i:i + batch]})[0] for i in range(0, len(pixels), batch)]
     return np.concatenate(outputs)
 
 
