@@ -134,12 +134,14 @@ def speed_bundle(arch: str, workdir: Path = DEFAULT_WORKDIR, int8: bool = False,
     return Prepared(run_dir, folder / "bundle", recipe, time.perf_counter() - started)
 
 
-def _cli(*args: str, ok: tuple[int, ...] = (0,)) -> None:
+def run_cli(*args: str, ok: tuple[int, ...] = (0,)) -> int:
+    """``imgcls ARGS`` in a child process (stdout discarded); its exit status, which must be in ``ok``."""
     command = [sys.executable, "-m", "imgcls.cli", *args]
     log.info("$ imgcls %s", " ".join(args))
     code = subprocess.run(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL).returncode
     if code not in ok:
         raise RuntimeError(f"`imgcls {args[0]}` failed with exit status {code}")
+    return code
 
 
 @dataclass(frozen=True)
@@ -165,9 +167,9 @@ def demo_bundle(workdir: Path = DEFAULT_WORKDIR, recipe: DemoRecipe = DemoRecipe
     from imgcls.digits import write_digits
 
     write_digits(folder / "digits", limit_per_class=recipe.per_class)
-    _cli("train", "--data", str(folder / "digits"), "--arch", recipe.arch, "--weights", "imagenet",
+    run_cli("train", "--data", str(folder / "digits"), "--arch", recipe.arch, "--weights", "imagenet",
          "--strategy", "head", "--epochs", str(recipe.epochs), "--out", str(folder / "run"), "--loader-workers", "0")
-    _cli("export", str(folder / "run"), "--out", str(folder / "bundle"), "--int8", "--no-progress",
+    run_cli("export", str(folder / "run"), "--out", str(folder / "bundle"), "--int8", "--no-progress",
          "--calibration-size", str(recipe.calibration_size), ok=(0, 3))  # 3: INT8 refused by its gate
     (folder / "recipe.json").write_text(json.dumps(spec))
     return Prepared(folder / "run", folder / "bundle", spec, time.perf_counter() - started)

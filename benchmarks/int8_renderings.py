@@ -15,17 +15,17 @@ import argparse
 import json
 import logging
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image, ImageOps
 
+from benchmarks.fixtures import run_cli
 from benchmarks.report import REPO_ROOT, markdown_table, setup_logging, summary_row, write_result
+from imgcls.digits import digit_image
 
 log = logging.getLogger("bench.int8_renderings")
 DEFAULT_WORKDIR = REPO_ROOT / ".bench-out" / "int8-renderings"
@@ -63,20 +63,10 @@ def render(case: Case, out: Path) -> None:
     digits = load_digits()
     resample = getattr(Image.Resampling, case.resample.upper())
     for index, (pixels, target) in enumerate(zip(digits.images, digits.target)):
-        gray = Image.fromarray(np.clip(np.rint(pixels * (255.0 / 16.0)), 0, 255).astype(np.uint8), mode="L")
-        image = ImageOps.colorize(gray.resize((case.size, case.size), resample), black=case.paper, white=case.ink)
+        image = ImageOps.colorize(digit_image(pixels, case.size, resample), black=case.paper, white=case.ink)
         folder = out / str(int(target))
         folder.mkdir(parents=True, exist_ok=True)
         image.save(folder / f"{index:04d}.png")
-
-
-def _imgcls(*args: str, ok: tuple[int, ...] = (0,)) -> int:
-    command = [sys.executable, "-m", "imgcls", *args]
-    log.info("$ imgcls %s", " ".join(args))
-    code = subprocess.run(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL).returncode
-    if code not in ok:
-        raise RuntimeError(f"`imgcls {args[0]}` failed with exit status {code}")
-    return code
 
 
 def run_case(key: str, case: Case, workdir: Path) -> dict[str, Any]:
@@ -84,11 +74,11 @@ def run_case(key: str, case: Case, workdir: Path) -> dict[str, Any]:
     shutil.rmtree(folder, ignore_errors=True)
     render(case, folder / "data")
     started = time.perf_counter()
-    _imgcls("train", "--data", str(folder / "data"), "--arch", case.arch, "--weights", case.weights,
+    run_cli("train", "--data", str(folder / "data"), "--arch", case.arch, "--weights", case.weights,
             "--strategy", case.strategy, "--epochs", str(case.epochs), "--out", str(folder / "run"), "--loader-workers", "0",
             *case.train_args)
     trained = time.perf_counter()
-    code = _imgcls("export", str(folder / "run"), "--out", str(folder / "bundle"), "--int8", "--no-progress", ok=(0, 3))
+    code = run_cli("export", str(folder / "run"), "--out", str(folder / "bundle"), "--int8", "--no-progress", ok=(0, 3))
     exported = time.perf_counter()
     card = json.loads((folder / "bundle" / "card.json").read_text())
     int8 = card["export"]["int8"]

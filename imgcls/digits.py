@@ -21,10 +21,11 @@ log = logging.getLogger(__name__)
 DEFAULT_SIZE = 32
 
 
-def digit_image(pixels_8x8: np.ndarray, size: int) -> Image.Image:
+def digit_image(pixels_8x8: np.ndarray, size: int,
+                resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
     """One digit (values 0..16) as a white-on-black ``size`` x ``size`` grayscale image."""
     gray = np.clip(np.rint(pixels_8x8 * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-    return Image.fromarray(gray, mode="L").resize((size, size), Image.Resampling.BICUBIC)
+    return Image.fromarray(gray, mode="L").resize((size, size), resample)
 
 
 def write_digits(out: str | Path, limit_per_class: int | None = None, size: int = DEFAULT_SIZE) -> dict[str, int]:
