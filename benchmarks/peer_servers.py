@@ -15,7 +15,6 @@ import base64
 import json
 import logging
 import os
-import signal
 import struct
 import subprocess
 import time
@@ -29,7 +28,7 @@ from benchmarks.http_vs_peer import free_port_block
 from benchmarks.loadgen import Request
 from benchmarks.peer_apps.settings import PeerSettings
 from benchmarks.peer_env import PeerEnv
-from benchmarks.report import REPO_ROOT
+from benchmarks.report import REPO_ROOT, stop_group
 
 log = logging.getLogger("bench.peer_servers")
 HOST = "127.0.0.1"
@@ -173,20 +172,3 @@ def cpu_seconds(root: int) -> dict[int, float]:
     return out
 
 
-def stop_group(process: subprocess.Popen, wait_s: float = 20.0) -> int:
-    """SIGTERM the process group (Triton's server binary, worker processes), SIGKILL if it lingers."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            process.wait(timeout=wait_s)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    try:  # stragglers of the group (a worker that outlived its parent)
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return process.wait()

@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import statistics
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -134,3 +136,23 @@ def setup_logging() -> None:
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("bench").setLevel(logging.INFO)
+
+
+def stop_group(process: subprocess.Popen, wait_s: float = 20.0) -> int:
+    """SIGTERM ``process``'s group (a server's binary and workers, a benchmark and what it started),
+    SIGKILL if it lingers, then SIGKILL any straggler of the group; the leader's exit status."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=wait_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # stragglers of the group (a worker that outlived its parent)
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return process.wait()

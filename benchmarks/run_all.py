@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from typing import Any
 
 from benchmarks import summaries
 from benchmarks.fixtures import DEFAULT_WORKDIR, REPO_ROOT
-from benchmarks.report import machine, portable, setup_logging
+from benchmarks.report import machine, portable, setup_logging, stop_group
 
 log = logging.getLogger("bench.run_all")
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
@@ -97,20 +96,6 @@ def run_one(bench: Benchmark, out_dir: Path, workdir: Path, log_dir: Path) -> di
         detail += f": {tail[0][:200]} (log: {log_path})"
         log.warning("%s %s: %s", bench.name, status, detail)
     return {"status": status, "detail": detail, "seconds": round(seconds, 1)}
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM the benchmark's process group (servers it started included), SIGKILL if it lingers."""
-    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait_s)
-            time.sleep(0.5)  # let the group's other members exit too
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def load_results(out_dir: Path) -> dict[str, dict[str, Any]]:

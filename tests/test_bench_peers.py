@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import peers, peers_report, peers_verdict
-from benchmarks.peer_servers import HEADER_LENGTH, oip_request, peak_rss_mb, post, raw_request, stop_group
+from benchmarks.peer_servers import HEADER_LENGTH, oip_request, peak_rss_mb, post, raw_request
+from benchmarks.report import stop_group
 from tests.conftest import encode, make_image
 from tests.factories import make_tiny_bundle
 
