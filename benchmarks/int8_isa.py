@@ -59,6 +59,8 @@ def run_models(models: Sequence[Path], pixels: np.ndarray, cpu: str | None) -> l
 
 
 def child(pixels_file: Path, out: Path, models: Sequence[Path]) -> None:
+    # Only NumPy and ONNX Runtime here (not imgcls.export's session helpers, which import torch):
+    # under QEMU every imported module costs emulated seconds.
     import onnxruntime as ort
 
     pixels = np.load(pixels_file)

@@ -1,7 +1,6 @@
 """Keep-alive connections opened together spread over the workers (least-connections accept)."""
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys

@@ -7,10 +7,13 @@ meanwhile complete the TCP handshake into the kernel's backlog, are never accept
 when the arbiter finally closes the socket. A client cannot tell such a reset from a request lost
 in flight.
 
-``install(fd)`` wraps uvicorn's SIGTERM handler: it first stops this worker's accept loop and
-``shutdown(SHUT_RD)``s the shared listening socket (on Linux that takes it out of the LISTEN state
-for every process holding it: new connections are refused, which a client or load balancer can
-safely retry elsewhere), then hands over to uvicorn, which answers every request already accepted.
+``install(fd)`` wraps uvicorn's SIGTERM handler: it first accepts the connections the kernel has
+already queued (``imgcls.service.http.accept.accept_queued``: their requests were sent), stops this
+worker's accept loop and ``shutdown(SHUT_RD)``s the shared listening socket (on Linux that takes it
+out of the LISTEN state for every process holding it: new connections are refused, which a client or
+load balancer can safely retry elsewhere), then, ``READ_QUEUED_S`` later (uvicorn's shutdown closes
+connections whose request it has not read yet), hands over to uvicorn, which answers every request
+already accepted.
 """
 from __future__ import annotations
 
