@@ -66,6 +66,10 @@ class ConnectionBoard:
     def publish(self, connections: int) -> None:
         SLOT.pack_into(self.map, self.index * SLOT.size, self.pid, connections)
 
+    def published(self) -> int:
+        """This worker's own count as last published."""
+        return SLOT.unpack_from(self.map, self.index * SLOT.size)[1]
+
     def least_elsewhere(self, workers: int) -> int | None:
         """The fewest connections held by another live worker (None: no other live worker)."""
         least = None
@@ -86,15 +90,13 @@ class LeastConnectionsAccept:
         self.args = (*args[:BACKLOG_ARG], 1, *args[BACKLOG_ARG + 1:])  # one connection per wake-up
         self.board, self.workers, self.open_connections = board, workers, open_connections
 
-    def accept_all_pending(self) -> None:
-        """Take every connection the kernel has queued (asyncio's own batch), e.g. before the socket closes."""
-        try:
-            self.accept(*self.original_args)
-        except OSError as exc:  # another worker already shut the listening socket down
-            log.debug("accepting the queued connections failed: %s", exc)
+    def held(self) -> int:
+        """Open connections, counting those accepted since the last publication whose protocol
+        uvicorn has not registered yet (asyncio finishes an accept in a task, a moment later)."""
+        return max(self.open_connections(), self.board.published())
 
     def on_readable(self) -> None:
-        mine = self.open_connections()
+        mine = self.held()
         least = self.board.least_elsewhere(self.workers)
         if least is not None and mine > least:  # a less loaded worker should take it: let it
             self.loop.remove_reader(self.fd)
@@ -111,74 +113,65 @@ class LeastConnectionsAccept:
         self._accept()  # still pending after the wait: take it (asyncio returns quietly on EAGAIN)
 
     def _accept(self) -> None:
-        before = self.open_connections()
+        before = self.held()
         self.accept(*self.args)
-        self.board.publish(before + 1)  # a new connection registers its protocol a moment later
+        self.board.publish(before + 1)  # until the next tick republishes the registered count
 
 
 _BALANCERS: list[LeastConnectionsAccept] = []  # this worker's wrapped listening sockets
 
 
-def accept_pending() -> None:
-    """Before this worker stops listening (SIGTERM, ``imgcls.service.http.drain``): accept what is queued.
+def _listening_fds(uvicorn_server: Any) -> list[int]:
+    return [transport_socket.fileno() for server in getattr(uvicorn_server, "servers", None) or ()
+            for transport_socket in getattr(server, "sockets", ())]
 
-    Deferring accepts leaves connections in the kernel's queue a little longer than asyncio would,
-    and shutting the socket down resets whatever is still queued: a request the client has already
-    sent would be lost. Accepted here, it is answered like every other request already in flight.
-    """
-    for balancer in _BALANCERS:
-        balancer.accept_all_pending()
+
+def _registered_reader(loop: asyncio.AbstractEventLoop, fd: int) -> tuple[Callable[..., Any], tuple] | None:
+    """``(callback, args)`` the selector event loop calls when ``fd`` is readable, or None."""
+    try:
+        handle = loop._selector.get_key(fd).data[0]  # type: ignore[attr-defined]
+        return handle._callback, tuple(handle._args)
+    except (AttributeError, KeyError, ValueError, IndexError, TypeError):
+        return None
 
 
 def accept_queued(uvicorn_server: Any) -> None:
     """Accept every connection the kernel has queued on this worker's listening sockets, now.
 
     Called when SIGTERM arrives, before the socket is shut down (which resets what is still queued,
-    losing requests clients have already sent). Uses the accept callback asyncio registered (or the
-    balancer's, with asyncio's full batch); quietly does nothing when the internals differ.
+    losing requests clients have already sent). Uses asyncio's own accept with its full batch (the
+    registered one, or the one a balancer wraps); quietly does nothing when the internals differ.
     """
-    if _BALANCERS:
-        accept_pending()
-        return
     loop = asyncio.get_running_loop()
-    selector = getattr(loop, "_selector", None)
-    for server in getattr(uvicorn_server, "servers", None) or ():
-        for transport_socket in getattr(server, "sockets", ()):
-            try:
-                handle = selector.get_key(transport_socket.fileno()).data[0]
-                callback, args = handle._callback, handle._args
-            except (AttributeError, KeyError, ValueError, IndexError, TypeError):
-                continue
-            try:
-                callback(*args)
-            except OSError as exc:  # another worker already shut the listening socket down
-                log.debug("accepting the queued connections failed: %s", exc)
+    if _BALANCERS:
+        accepts = [(balancer.accept, balancer.original_args) for balancer in _BALANCERS]
+    else:
+        accepts = [found for fd in _listening_fds(uvicorn_server) if (found := _registered_reader(loop, fd))]
+    for accept, args in accepts:
+        try:
+            accept(*args)
+        except OSError as exc:  # another worker already shut the listening socket down
+            log.debug("accepting the queued connections failed: %s", exc)
 
 
 def install(uvicorn_server: Any, state_dir: str, index: int, workers: int) -> int:
     """Balance every listening socket of ``uvicorn_server`` (once it serves); sockets wrapped."""
     loop = asyncio.get_running_loop()
-    selector, accept = getattr(loop, "_selector", None), getattr(loop, "_accept_connection", None)
+    accept = getattr(loop, "_accept_connection", None)
     state = getattr(uvicorn_server, "server_state", None)
-    if workers < 2 or not state_dir or selector is None or accept is None or state is None:
+    if workers < 2 or not state_dir or accept is None or state is None:
         return 0
     board = ConnectionBoard(Path(state_dir) / BOARD_NAME, index)
     wrapped = 0
-    for server in getattr(uvicorn_server, "servers", None) or ():
-        for transport_socket in getattr(server, "sockets", ()):
-            fd = transport_socket.fileno()
-            try:
-                handle = selector.get_key(fd).data[0]
-            except (KeyError, ValueError, AttributeError, IndexError):
-                continue
-            args = list(getattr(handle, "_args", None) or ())
-            if getattr(handle, "_callback", None) != accept or len(args) <= BACKLOG_ARG or not isinstance(args[BACKLOG_ARG], int):
-                continue
-            balancer = LeastConnectionsAccept(loop, fd, accept, tuple(args), board, workers, lambda: len(state.connections))
-            _BALANCERS.append(balancer)
-            loop.remove_reader(fd)
-            loop.add_reader(fd, balancer.on_readable)
-            wrapped += 1
+    for fd in _listening_fds(uvicorn_server):
+        found = _registered_reader(loop, fd)
+        if found is None or found[0] != accept or len(found[1]) <= BACKLOG_ARG or not isinstance(found[1][BACKLOG_ARG], int):
+            continue
+        balancer = LeastConnectionsAccept(loop, fd, accept, found[1], board, workers, lambda: len(state.connections))
+        _BALANCERS.append(balancer)
+        loop.remove_reader(fd)
+        loop.add_reader(fd, balancer.on_readable)
+        wrapped += 1
     if wrapped:
         _keep_publishing(loop, board, lambda: len(state.connections))
     return wrapped
