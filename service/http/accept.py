@@ -191,7 +191,7 @@ async def install_when_serving(uvicorn_server: Any, state_dir: str, index: int, 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while not getattr(uvicorn_server, "servers", None) and loop.time() < deadline:
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.01)
     wrapped = install(uvicorn_server, state_dir, index, workers)
     if wrapped:
         log.info("least-connections accept on %d listening socket(s) (worker %d of %d)", wrapped, index, workers)

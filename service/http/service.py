@@ -114,6 +114,10 @@ class ImageClassifier:
         self.engine = ClassifierEngine(CONFIG, self.metrics)
         self.model_headers = {VERSION_HEADER: self.engine.predictor.model_version, MODEL_HEADER: self.engine.name}
         self._warm = threading.Event()
+        # the readiness marker waits for every part of this worker's start: the warm-up and, when
+        # balancing, the wrapped accept (a server ready before it would let one worker take a burst)
+        self._pending = {"warm-up"} | ({"accept"} if self._balancing() else set())
+        self._pending_lock = threading.Lock()
         self._marker = self._marker_path()
         if self._marker is not None:
             self._marker.unlink(missing_ok=True)
@@ -130,9 +134,15 @@ class ImageClassifier:
         _CURRENT["service"] = self
 
     @staticmethod
-    def _balance_connections(server: Any) -> None:
+    def _balancing() -> bool:
+        return bool(CONFIG.balance_connections and CONFIG.workers >= 2 and CONFIG.state_dir)
+
+    def _balance_connections(self, server: Any) -> None:
         """Least-connections accept across the workers (``imgcls.service.http.accept``)."""
-        if server is None or not CONFIG.balance_connections or CONFIG.workers < 2 or not CONFIG.state_dir:
+        if not self._balancing():
+            return
+        if server is None:  # not under uvicorn: nothing to wrap, nothing to wait for
+            self._started("accept")
             return
         from bentoml._internal.context import server_context
 
@@ -140,6 +150,15 @@ class ImageClassifier:
             accept.install_when_serving(server, CONFIG.state_dir, int(server_context.worker_index or 0), CONFIG.workers))
         _BACKGROUND.add(task)
         task.add_done_callback(_BACKGROUND.discard)
+        task.add_done_callback(lambda _task: self._started("accept"))
+
+    def _started(self, part: str) -> None:
+        """One part of the start is done; the last one publishes the readiness marker."""
+        with self._pending_lock:
+            self._pending.discard(part)
+            complete = not self._pending
+        if complete and self._marker is not None:
+            self._marker.write_text(str(os.getpid()))
 
     @staticmethod
     def _marker_path() -> Path | None:
@@ -157,9 +176,8 @@ class ImageClassifier:
         except Exception:  # a model that cannot run: stay not-ready, say why
             log.exception("warm-up failed; this worker stays not ready")
             return
-        if self._marker is not None:
-            self._marker.write_text(str(os.getpid()))
         self._warm.set()
+        self._started("warm-up")
 
     def warmed(self) -> bool:
         """This worker has warmed up (``/classify`` and ``/v2`` infer answer 503 before)."""
