@@ -45,8 +45,7 @@ def _worker_connections(server_pid: int, port: int) -> list[int]:
 def test_connections_opened_together_are_shared_by_the_workers(tmp_path):
     bundle = make_tiny_bundle(tmp_path)
     request = encode(make_image(40, 30, seed=1))
-    with start_server(bundle, tmp_path / "serve.log", args=("--balance-connections",),
-                      env={"IMGCLS_WORKERS": "2"}) as server:
+    with start_server(bundle, tmp_path / "serve.log", env={"IMGCLS_WORKERS": "2"}) as server:  # the default
         port = int(server.url.rsplit(":", 1)[1])
         clients = [socket.create_connection((LOOPBACK, port)) for _ in range(CLIENTS)]  # together, like a pool
         try:

@@ -15,9 +15,12 @@ difference (at most ``MAX_DEFER_S``) before accepting, so the less loaded worker
 connection first; if nobody did by then, it accepts anyway (a new connection is never left waiting
 longer than that). The accept itself is asyncio's own, one connection per wake-up.
 
-Opt-in (``imgcls serve --balance-connections``): with it, a SIGTERM under new-connection-per-request
-load loses a few requests sent before the signal (measured 1-5 of about 1,100 in each of 5 trials
-of ``benchmarks.reliability.drain_trial``, 16 clients; none without it), so it is not the default.
+On by default (``imgcls serve --no-balance-connections`` turns it off). A worker's readiness marker
+waits until its accept is wrapped, so a server is never ready while a worker still accepts the
+default way. Deferred connections wait in the kernel's queue a few milliseconds longer, which the
+drain handles (``accept_queued``, then closing asyncio's servers only once their transports exist):
+0 requests lost in 8 SIGTERM trials of ``benchmarks.reliability.drain_trial`` (16 clients, about
+1,200 requests each), where closing at once had lost 1-6 in 5 of 6 trials.
 
 ``accept_queued`` (every worker, balanced or not) is the drain's first step on SIGTERM: accept what
 the kernel has queued before the socket is shut down, so those requests are answered, not reset.
@@ -89,6 +92,7 @@ class LeastConnectionsAccept:
         self.loop, self.fd, self.accept, self.original_args = loop, fd, accept, args
         self.args = (*args[:BACKLOG_ARG], 1, *args[BACKLOG_ARG + 1:])  # one connection per wake-up
         self.board, self.workers, self.open_connections = board, workers, open_connections
+        self.stopped = False  # set by the drain: a deferred accept must not resume afterwards
 
     def held(self) -> int:
         """Open connections, counting those accepted since the last publication whose protocol
@@ -107,7 +111,7 @@ class LeastConnectionsAccept:
 
     def _after_deferring(self) -> None:
         server = self.args[3]  # the asyncio Server: closed on SIGTERM (drain) meanwhile? then stay closed
-        if server is not None and not server.is_serving():
+        if self.stopped or (server is not None and not server.is_serving()):
             return
         self.loop.add_reader(self.fd, self.on_readable)
         self._accept()  # still pending after the wait: take it (asyncio returns quietly on EAGAIN)
@@ -121,7 +125,7 @@ class LeastConnectionsAccept:
 _BALANCERS: list[LeastConnectionsAccept] = []  # this worker's wrapped listening sockets
 
 
-def _listening_fds(uvicorn_server: Any) -> list[int]:
+def listening_fds(uvicorn_server: Any) -> list[int]:
     return [transport_socket.fileno() for server in getattr(uvicorn_server, "servers", None) or ()
             for transport_socket in getattr(server, "sockets", ())]
 
@@ -144,9 +148,11 @@ def accept_queued(uvicorn_server: Any) -> None:
     """
     loop = asyncio.get_running_loop()
     if _BALANCERS:
+        for balancer in _BALANCERS:
+            balancer.stopped = True
         accepts = [(balancer.accept, balancer.original_args) for balancer in _BALANCERS]
     else:
-        accepts = [found for fd in _listening_fds(uvicorn_server) if (found := _registered_reader(loop, fd))]
+        accepts = [found for fd in listening_fds(uvicorn_server) if (found := _registered_reader(loop, fd))]
     for accept, args in accepts:
         try:
             accept(*args)
@@ -163,7 +169,7 @@ def install(uvicorn_server: Any, state_dir: str, index: int, workers: int) -> in
         return 0
     board = ConnectionBoard(Path(state_dir) / BOARD_NAME, index)
     wrapped = 0
-    for fd in _listening_fds(uvicorn_server):
+    for fd in listening_fds(uvicorn_server):
         found = _registered_reader(loop, fd)
         if found is None or found[0] != accept or len(found[1]) <= BACKLOG_ARG or not isinstance(found[1][BACKLOG_ARG], int):
             continue

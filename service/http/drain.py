@@ -9,7 +9,8 @@ in flight.
 
 ``install(fd)`` wraps uvicorn's SIGTERM handler: it first accepts the connections the kernel has
 already queued (``imgcls.service.http.accept.accept_queued``: their requests were sent), stops this
-worker's accept loop and ``shutdown(SHUT_RD)``s the shared listening socket (on Linux that takes it
+worker's accept loop (closing its asyncio servers one loop iteration later, once the connections
+just accepted have their transports) and ``shutdown(SHUT_RD)``s the shared listening socket (on Linux that takes it
 out of the LISTEN state for every process holding it: new connections are refused, which a client or
 load balancer can safely retry elsewhere), then, ``READ_QUEUED_S`` later (uvicorn's shutdown closes
 connections whose request it has not read yet), hands over to uvicorn, which answers every request
@@ -72,13 +73,21 @@ def install(fd: int | None = None) -> bool:
 
     def stop_accepting(signum: int, frame: FrameType | None) -> None:
         accept.accept_queued(server)  # connections the kernel queued are answered, not reset below
-        for asyncio_server in list(getattr(server, "servers", ())):  # set once uvicorn serves
-            asyncio_server.close()  # this worker: no more accept() calls
+        for fd in accept.listening_fds(server):
+            loop.remove_reader(fd)  # this worker: no more accept() calls
         stop_listening(sock)  # every worker and the arbiter: no more handshakes
+        # Close the asyncio servers only after the connections just accepted got their transports:
+        # asyncio makes them in tasks that run next, and a transport made for a closed Server fails
+        # its ``_attach`` assertion, which drops the connection (a reset the client cannot retry safely).
+        loop.call_soon(close_servers)
         log.info("SIGTERM: stopped listening; answering the requests already accepted")
         # uvicorn's shutdown closes connections whose request it has not read yet: give the ones just
         # accepted a moment to start their request, then let uvicorn drain everything in flight
         loop.call_later(READ_QUEUED_S, handler, signum, frame)
+
+    def close_servers() -> None:
+        for asyncio_server in list(getattr(server, "servers", ())):  # set once uvicorn serves
+            asyncio_server.close()
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         if getattr(server, "should_exit", False):  # a second SIGTERM: uvicorn's own force exit

@@ -97,10 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                             default=None, help=f"{FLAG_HELP[flag]}; ${env_name(field_name)} (default {spec.default})")
     parser.add_argument("--access-log", dest="access_log", action="store_true", default=None,
                         help="log every request (BentoML access log); $IMGCLS_ACCESS_LOG (default off)")
-    parser.add_argument("--balance-connections", dest="balance_connections", action="store_true", default=None,
-                        help="spread keep-alive connections over the workers (least-connections accept: lower "
-                             "latency when clients connect together; SIGTERM may then reset a few connections "
-                             "still queued); $IMGCLS_BALANCE_CONNECTIONS (default off)")
+    parser.add_argument("--balance-connections", dest="balance_connections", action=argparse.BooleanOptionalAction,
+                        default=None,
+                        help="spread keep-alive connections over the workers (least-connections accept: without "
+                             "it, clients that connect together often all land on one worker); "
+                             "$IMGCLS_BALANCE_CONNECTIONS (default on)")
     return parser
 
 
