@@ -24,6 +24,14 @@ def test_cpu_plan_splits_into_warmed_sizes_and_gpu_plan_pads():
     assert gpu.chunks(5) == [(5, 8)] and gpu.chunks(13) == [(12, 12), (1, 1)]
 
 
+def test_auto_batch_size_is_smaller_on_cpu_than_on_gpu():
+    assert ServiceConfig().max_batch_size == 0, "the default is auto"
+    assert BatchPlan.for_device(0, on_gpu=False).sizes == (1, 2, 4, 8)
+    assert BatchPlan.for_device(0, on_gpu=True).sizes == (1, 2, 4, 8, 16)
+    with pytest.raises(ConfigError, match="max_batch_size|max-batch-size"):
+        ServiceConfig(max_batch_size=-1)
+
+
 def test_plan_run_only_feeds_planned_sizes_and_keeps_order():
     seen = []
 

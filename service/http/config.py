@@ -30,7 +30,7 @@ class ServiceConfig:
     workers: int = 0  # BentoML worker processes; 0 = auto: one per CPU we may use (cgroup quota, affinity), 1 on a GPU
     threads: int = 0  # ONNX Runtime intra-op threads per worker; 0 = the CPUs we may use / workers
     decode_threads: int = 2  # threads per worker decoding and resizing uploads
-    max_batch_size: int = 16  # images per inference call (concurrent requests are merged)
+    max_batch_size: int = 0  # images per inference call (concurrent requests are merged); 0 = auto (batcher.BatchPlan)
     batch_wait_ms: float = 0.0  # extra wait for more images before a batch runs (0: natural batching)
     max_queue_images: int = 256  # images waiting for inference per worker before answering 503
     max_body_bytes: int = 64 * 1024 * 1024  # whole request body
@@ -51,7 +51,7 @@ class ServiceConfig:
             raise ConfigError(f"{setting_name('device')} must be one of {DEVICES}, got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"{setting_name('precision')} must be one of {PRECISIONS}, got {self.precision!r}")
-        positive = ("decode_threads", "max_batch_size", "max_queue_images", "max_body_bytes",
+        positive = ("decode_threads", "max_queue_images", "max_body_bytes",
                     "max_images", "max_image_bytes", "max_pixels", "default_top_k", "timeout", "grace")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -62,7 +62,7 @@ class ServiceConfig:
         if self.model_name and not MODEL_NAME.fullmatch(self.model_name):
             raise ConfigError(f"{setting_name('model_name')} must be letters, digits, '.', '_' or '-' (a URL path "
                               f"segment), got {self.model_name!r}")
-        for name in ("workers", "threads", "batch_wait_ms", "max_concurrency", "warmup_delay_s"):
+        for name in ("workers", "threads", "max_batch_size", "batch_wait_ms", "max_concurrency", "warmup_delay_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{setting_name(name)} must be >= 0, got {getattr(self, name)}")
 
