@@ -169,8 +169,12 @@ class RuntimeConfig:
         return options
 
 
-def session_options(config: RuntimeConfig) -> ort.SessionOptions:
+def session_options(config: RuntimeConfig, cpu_only: bool = False) -> ort.SessionOptions:
     options = ort.SessionOptions()
+    # ORT's memory patterns are planned and kept per input shape; with a dynamic batch on CPU they
+    # only add memory: MobileNet-v2 (batches 1-8) 190 -> 167 MiB, ResNet-50 329 -> 294 MiB peak RSS,
+    # per-image time unchanged (3 interleaved runs, one thread)
+    options.enable_mem_pattern = not cpu_only
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = config.intra_op_threads()
@@ -215,12 +219,13 @@ def create_session(model: str | Path | bytes, config: RuntimeConfig) -> tuple[or
     providers = _providers_for(config)
     source = model if isinstance(model, bytes) else str(model)
     try:
-        session = ort.InferenceSession(source, sess_options=session_options(config), providers=providers)
+        session = ort.InferenceSession(source, sess_options=session_options(config, providers == [CPU]),
+                                       providers=providers)
     except ort_state.EPFail as exc:
         if config.device == "cuda":
             raise DeviceError(f"CUDAExecutionProvider failed to start: {exc}") from exc
         log.warning("device auto: CUDAExecutionProvider failed to start (%s); running on CPU", exc)
-        session = ort.InferenceSession(source, sess_options=session_options(config), providers=[CPU])
+        session = ort.InferenceSession(source, sess_options=session_options(config, cpu_only=True), providers=[CPU])
     running = session.get_providers()[0]
     asked_cuda = providers[0] != CPU
     if asked_cuda and running != CUDA:
