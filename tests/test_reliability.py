@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks.reliability import drain_trial, kill_trial
 from imgcls.service.http.config import ServiceConfig
-from imgcls.service.http.serve import KILL_MARGIN_S, _wait
+from imgcls.service.http.supervise import KILL_MARGIN_S, _wait
 from tests.factories import make_tiny_bundle
 
 CLIENTS = 16

@@ -5,7 +5,8 @@ A thin wrapper: the flags become ``IMGCLS_*`` environment variables (``imgcls.se
 passed on to it, so ``docker stop`` / Ctrl+C drain requests: the workers stop listening at once (new
 connections are refused), answer every request they had accepted, and get ``--grace`` seconds for it
 (uvicorn's ``--timeout-graceful-shutdown``) before they cancel what is left; a server still running
-``KILL_MARGIN_S`` after that is killed. SIGTERM exits 0, Ctrl+C (SIGINT) 130 like every other stage.
+``supervise.KILL_MARGIN_S`` after that is killed. Once the checks pass, this process ``exec``s into
+``imgcls.service.http.supervise`` (same pid), which runs and supervises ``bentoml serve``. SIGTERM exits 0, Ctrl+C (SIGINT) 130 like every other stage.
 Every flag --some-flag defaults to its environment variable IMGCLS_SOME_FLAG, then to the built-in
 default. Exit status 2 (one line, no traceback) for a bad bundle, flag, variable or a port already in use.
 """
@@ -15,13 +16,8 @@ import argparse
 import dataclasses
 import logging
 import os
-import shutil
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import imgcls
@@ -63,7 +59,6 @@ FLAG_HELP = {  # what each flag does; the variable and default are appended
     "model_name": "the name GET /model and /v2/models/{name} answer to; default: the bundle's folder name",
     "grace": "after SIGTERM, seconds to answer the requests already accepted (fits docker stop's 10 s)",
 }
-KILL_MARGIN_S = 1.5  # after the grace period, how long the workers get to exit before SIGKILL
 
 
 def port_number(text: str) -> int:
@@ -157,44 +152,6 @@ def verify_bundle(config: ServiceConfig) -> tuple[str | None, str]:
         return str(exc), ""
 
 
-def run_server(command: list[str], env: dict[str, str], grace_s: float = 8.0) -> int:
-    child = subprocess.Popen(command, env=env, cwd=APP_ROOT, start_new_session=True)
-    stopping: list[int] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        stopping.append(signum)
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        code = _wait(child, stopping, grace_s + KILL_MARGIN_S)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if stopping and code in (0, -signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT):
-        log.info("server stopped")
-        return 128 + signal.SIGINT if signal.SIGINT in stopping else 0
-    return code if code >= 0 else 128 - code
-
-
-def _wait(child: subprocess.Popen, stopping: list[int], limit_s: float) -> int:
-    """Wait for the server; once a stop signal came, at most ``limit_s`` more, then kill its group."""
-    deadline: float | None = None
-    while True:
-        try:
-            return child.wait(timeout=0.5)
-        except subprocess.TimeoutExpired:
-            if not stopping:
-                continue
-            deadline = deadline or time.monotonic() + limit_s
-            if time.monotonic() > deadline:
-                log.error("the server did not stop %.0f s after the signal; killing it", limit_s)
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
-                return 1
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -214,22 +171,19 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", problem)
         return 2
     config = config.with_workers_resolved(on_gpu=provider == CUDA)
-    state_dir = tempfile.mkdtemp(prefix="imgcls-serve-")
-    env = {**os.environ, **dataclasses.replace(config, state_dir=state_dir).to_env()}
+    env = {**os.environ, **config.to_env()}  # supervise adds the state directory
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APP_ROOT), env.get("PYTHONPATH")]))
-    # BentoML keeps the workers' Prometheus files in $BENTOML_HOME/prometheus_multiproc_dir and wipes
-    # it when a server starts: with a shared home, every server on the host would mix (and reset)
-    # the others' metrics. Serving an import path needs nothing else from the home.
-    env["BENTOML_HOME"] = str(Path(state_dir) / "bentoml")
     command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", args.host, "--port", str(args.port),
                "--working-dir", str(APP_ROOT), "--timeout-graceful-shutdown", str(max(1, round(config.grace)))]
     log.info("serving %s on http://%s:%d (%d worker(s), %s, %s)", config.bundle, args.host, args.port,
              config.workers, config.device, config.precision)
-    try:
-        return run_server(command, env, config.grace)
-    finally:
-        shutil.rmtree(state_dir, ignore_errors=True)
-
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    # the checks above loaded ONNX Runtime and NumPy: a lean process supervises the server instead
+    supervisor = [sys.executable, "-m", "imgcls.service.http.supervise", "--grace", str(config.grace),
+                  "--cwd", str(APP_ROOT), "--", *command]
+    os.execve(sys.executable, supervisor, env)
+    return 1  # not reached: execve replaces this process or raises
 
 if __name__ == "__main__":
     sys.exit(main())
