@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
 
@@ -27,6 +26,7 @@ from imgcls.models.core.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS,
 from imgcls.models.core import bundle as bundle_checks
 from imgcls.models.core.bundle import BundleError
 from imgcls.service.prefetch import decoded_batches, stack_decoded
+from imgcls.service.prediction import Prediction, top_k_indices
 from imgcls.service.runtime import CUDA, DeviceError, RuntimeConfig, available_cpus, create_session
 
 log = logging.getLogger(__name__)
@@ -37,29 +37,9 @@ Source = TypeVar("Source", bytes, str, Path)
 DEFAULT_BATCH_SIZE = 32
 
 
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    label: str
-    index: int
-    score: float  # calibrated: softmax(logits / card temperature)
-    uncalibrated_score: float | None = None  # softmax(logits), for before/after calibration figures
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "index": self.index, "score": self.score}
-
-
 def softmax(logits: np.ndarray) -> np.ndarray:
     """The served probabilities: ``calibration.softmax`` in float32."""
     return softmax_in(logits, np.float32)
-
-
-def top_k_indices(probabilities: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` largest entries (clamped to the row length), best first, ties by index."""
-    if k < 1:
-        raise ValueError(f"top_k must be >= 1, got {k}")
-    row = np.asarray(probabilities)
-    k = min(k, row.shape[-1])
-    return np.argsort(-row, kind="stable")[:k]
 
 
 class Predictor:

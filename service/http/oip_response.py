@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from imgcls.service.http.oip import HEADER_LENGTH, InferRequest, ModelSpec, RequestedOutput
-from imgcls.service.predictor import top_k_indices
+from imgcls.service.prediction import top_k_indices
 
 
 def classification_strings(probabilities: np.ndarray, k: int, class_names: tuple[str, ...]) -> list[list[str]]:

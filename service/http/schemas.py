@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from imgcls.service.predictor import Prediction  # the one prediction type, shared with scoring
+from imgcls.service.prediction import Prediction  # the one prediction type, shared with scoring
 
 # reason code -> HTTP status. Image reasons come from imgcls.models.core.preprocess.REASONS.
 REASON_STATUS: dict[str, int] = {

@@ -32,7 +32,6 @@ from starlette.routing import Route
 from imgcls.service.http import accept, drain, openapi, pages, readiness
 from imgcls.service.http.schemas import MODEL_HEADER, REASON_STATUS, VERSION_HEADER, ClassifyResponse, error_body
 from imgcls.service.http.config import ServiceConfig
-from imgcls.service.http.engine import ClassifierEngine
 from imgcls.service.http.metrics import HTTPMetricsMiddleware, ServiceMetrics, install, metrics_endpoint
 from imgcls.service.http.oip_routes import FIXED_ROUTES as OIP_ROUTES, MODEL_ROUTES as OIP_MODEL_ROUTES, build_routes
 from imgcls.service.http.server_metrics import ServerCollector
@@ -111,6 +110,8 @@ class ImageClassifier:
         self.metrics = ServiceMetrics.create()
         self.metrics.initialise(REASON_STATUS)
         install(self.metrics, [ServerCollector(CONFIG.workers, CONFIG.state_dir)])
+        from imgcls.service.http.engine import ClassifierEngine  # ONNX Runtime: in the workers, not the arbiter
+
         self.engine = ClassifierEngine(CONFIG, self.metrics)
         self.model_headers = {VERSION_HEADER: self.engine.predictor.model_version, MODEL_HEADER: self.engine.name}
         self._warm = threading.Event()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from imgcls.models.core.calibration import abstains
 from imgcls.models.core.preprocess import ImageDecodeError
-from imgcls.service.predictor import Prediction
+from imgcls.service.prediction import Prediction
 from imgcls.service.scoring.outputs import ABSTAINED, UNCALIBRATED, Row
 
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 2, 3, 130
