@@ -147,16 +147,29 @@ def tree_pids(root: int) -> list[int]:
 
 def peak_rss_mb(root: int) -> tuple[float, int]:
     """(sum of VmHWM over the process tree in MiB, number of processes)."""
-    total_kb, count = 0, 0
+    each = peak_rss_by_process(root)
+    return sum(mib for _, mib in each), len(each)
+
+
+def peak_rss_by_process(root: int) -> list[tuple[str, float]]:
+    """(what the process runs, its VmHWM in MiB) for each process of the tree, biggest first."""
+    out = []
     for pid in tree_pids(root):
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total_kb += int(line.split()[1])
-                    count += 1
-        except (OSError, ValueError):
+            hwm = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                       if line.startswith("VmHWM:"))
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, StopIteration):
             continue
-    return total_kb / 1024, count
+        out.append((_process_name(argv), round(int(hwm.split()[1]) / 1024, 1)))
+    return sorted(out, key=lambda item: -item[1])
+
+
+def _process_name(argv: list[str]) -> str:
+    """The module a Python process runs (``-m x``), else its program's file name; no paths."""
+    if "-m" in argv[:-1]:
+        return argv[argv.index("-m") + 1]
+    return Path(argv[0]).name if argv and argv[0] else "?"
 
 
 def cpu_seconds(root: int) -> dict[int, float]:

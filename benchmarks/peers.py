@@ -34,8 +34,8 @@ from benchmarks import fixtures, peer_env, peers_verdict
 from benchmarks.http_load import drive
 from benchmarks.loadgen import LoadResult, Request, rounds_summary
 from benchmarks.peer_apps.settings import PeerSettings
-from benchmarks.peer_servers import (HOST, OIP_MODEL, PEERS, cpu_seconds, oip_request, peak_rss_mb, post,
-                                     raw_request, start_peer, triton_request, wait_ready)
+from benchmarks.peer_servers import (HOST, OIP_MODEL, PEERS, cpu_seconds, oip_request, peak_rss_by_process,
+                                     peak_rss_mb, post, raw_request, start_peer, triton_request, wait_ready)
 from benchmarks.report import setup_logging, write_result
 
 log = logging.getLogger("bench.peers")
@@ -257,7 +257,9 @@ def run_final(results: dict[str, Any], bundle: Path, jpegs: list[bytes], args: a
                 contenders.append(start_best_peer(name, peer_result, bundle, jpegs, scratch, running))
         interleaved(contenders, args.levels, args.seconds, args.rounds, args.max_requests)
         for record in {id(c.record): c.record for c in contenders}.values():
-            record["peak_rss_mb"], record["processes"] = peak_rss_mb(record.pop("pid"))
+            each = peak_rss_by_process(record.pop("pid"))
+            record["peak_rss_mb"], record["processes"] = sum(mib for _, mib in each), len(each)
+            record["peak_rss_by_process"] = each  # e.g. one inference worker's share, beside the total
     finally:
         codes = [server.stop() for server in running]
     results["imgcls"]["exit_code"] = codes[0] if codes else None

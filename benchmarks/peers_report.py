@@ -82,6 +82,20 @@ def cpu_line(result: dict[str, Any]) -> list[str]:
             + "; ".join(parts) + ".", ""]
 
 
+def memory_line(result: dict[str, Any]) -> list[str]:
+    """Peak RSS of each process of each server (the worker's share beside the total), once per run."""
+    parts, seen = [], set()
+    for server, config, run, _ in _servers(result):
+        each = run.get("peak_rss_by_process")
+        if not each or id(run) in seen:
+            continue
+        seen.add(id(run))
+        parts.append(f"{server.split(' /')[0]} ({config}): " + ", ".join(f"{name} {mib:.0f}" for name, mib in each))
+    if not parts:
+        return []
+    return ["Peak RSS per process, MiB (what each process runs): " + "; ".join(parts) + ".", ""]
+
+
 def split_line(result: dict[str, Any]) -> list[str]:
     split = result["imgcls"].get("one_at_a_time_ms")
     if not split:
@@ -131,6 +145,7 @@ def section(result: dict[str, Any] | None) -> list[str]:
         levels_table(result),
         "",
         *split_line(result),
+        *memory_line(result),
         f"Tuning grid at {result['settings']['grid_clients']} clients (best = highest req/s):",
         "",
         grid_table(result),

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import peers, peers_report, peers_verdict
-from benchmarks.peer_servers import HEADER_LENGTH, oip_request, peak_rss_mb, post, raw_request
+from benchmarks.peer_servers import HEADER_LENGTH, oip_request, peak_rss_by_process, peak_rss_mb, post, raw_request
 from benchmarks.report import stop_group
 from tests.conftest import encode, make_image
 from tests.factories import make_tiny_bundle
@@ -53,6 +53,9 @@ def test_peak_rss_sums_the_process_tree_and_stop_ends_the_group() -> None:
             time.sleep(0.2)
             rss, processes = peak_rss_mb(parent.pid)
         assert processes == 2 and rss >= 64  # the 64 MiB live in the grandchild, not the parent
+        each = peak_rss_by_process(parent.pid)
+        assert len(each) == 2 and each[0][1] >= 64 > each[1][1], each  # biggest first: the grandchild
+        assert all("/" not in name for name, _ in each), "no paths of this machine in the results"
         children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()
     finally:
         stop_group(parent, wait_s=5)
