@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import fixtures, peer_env, peers_verdict
+from benchmarks import bentoml_floor, fixtures, peer_env, peers_verdict
 from benchmarks.http_load import drive
 from benchmarks.loadgen import LoadResult, Request, rounds_summary
 from benchmarks.peer_apps.settings import PeerSettings
@@ -271,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64], help="clients, best configs")
     parser.add_argument("--grid-clients", type=int, default=16, help="clients while tuning the grid")
     parser.add_argument("--grid-limit", type=int, default=0, help="first N configs of each grid (0: all)")
-    parser.add_argument("--seconds", type=float, default=6.0, help="per measured point and server")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds the final seconds are split into")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per measured point and server")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds the final seconds are split into")
     parser.add_argument("--max-requests", type=int, default=3000, help="per measured point")
     parser.add_argument("--imgcls-variants", nargs="*", default=["--workers 1", "--max-batch-size 1"],
                         help="imgcls serve arguments measured too, beside the defaults")
@@ -295,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.peers:
             results["peers"][name] = run_grid(name, prepared.bundle_dir, jpegs, args, scratch)
         run_final(results, prepared.bundle_dir, jpegs, args, scratch)
+    results["bentoml_floor"] = bentoml_floor.measure(default_workers())  # what the framework costs alone
     results["comparison"] = peers_verdict.compare(results)
     results["summary"] = peers_verdict.summary(results)
     results["settings"] = {"levels": args.levels, "grid_clients": args.grid_clients, "seconds": args.seconds,

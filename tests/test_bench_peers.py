@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import peers, peers_report, peers_verdict
+from benchmarks import bentoml_floor, peers, peers_report, peers_verdict
 from benchmarks.peer_servers import HEADER_LENGTH, oip_request, peak_rss_by_process, peak_rss_mb, post, raw_request
 from benchmarks.report import stop_group
 from tests.conftest import encode, make_image
@@ -151,6 +151,21 @@ def test_the_verdict_is_against_the_strongest_peer_with_p99_no_worse() -> None:
     result["load_average"] = {"start": 7.94, "end": 8.21}
     text = "\n".join(peers_report.section(result))
     assert "1-minute load average 7.9 at the start and 8.2 at the end" in text
+    assert not any(r["figure"].startswith("BentoML no-op") for r in rows), "no floor measured: no floor row"
+    result["bentoml_floor"] = {"ready_s": 2.0, "peak_rss_mb": 200.0, "processes": 3}
+    result["peers"]["mosec"]["best"]["peak_rss_by_process"] = [["mosec", 120.0], ["python", 30.4]]
+    floor = {r["figure"]: r for r in peers_verdict.summary(result) if r["figure"].startswith("BentoML no-op")}
+    assert floor["BentoML no-op service: start-to-ready s"]["ratio"] == 1.0  # imgcls's 2.0 s: at the floor
+    assert floor["BentoML no-op service: peak RSS MiB (3 processes)"]["ratio"] == 0.5  # 200 of imgcls's 400
+    assert "mosec (x): mosec 120, python 30" in "\n".join(peers_report.section(result))
+
+
+@pytest.mark.slow
+def test_the_bentoml_floor_is_a_real_bentoml_server() -> None:
+    floor = bentoml_floor.measure(workers=1)
+    assert 0 < floor["ready_s"] < 60 and floor["processes"] >= 2, floor  # the arbiter and one worker
+    assert floor["peak_rss_mb"] == pytest.approx(sum(mib for _, mib in floor["peak_rss_by_process"]), abs=0.5)
+    assert all("/" not in name for name, _ in floor["peak_rss_by_process"])
 
 
 @pytest.mark.slow

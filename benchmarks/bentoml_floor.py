@@ -1,0 +1,73 @@
+"""What BentoML costs by itself: a no-op service (``peer_apps/bentoml_floor.py``) served by
+``bentoml serve`` with imgcls's worker count; start to the first answer and peak RSS per process.
+
+    .venv/bin/python -m benchmarks.bentoml_floor [--workers N]   (also run by benchmarks.peers)
+
+imgcls serves through BentoML (the design card), so its start-to-ready and memory cannot go below
+these figures; the peers (a Rust front end, a Python process per stage) are not bound by them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from benchmarks.peer_servers import peak_rss_by_process
+from benchmarks.report import setup_logging, stop_group
+
+log = logging.getLogger("bench.bentoml_floor")
+APP_DIR = Path(__file__).resolve().parent / "peer_apps"
+
+
+def _answers(port: int) -> bool:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/ping", data=b'{"text": "x"}',
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=1.0) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def measure(workers: int, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Start the no-op service, time it to its first answer, read its peak RSS, stop it."""
+    from imgcls.service.http.launcher import free_port
+
+    port = free_port()
+    started = time.monotonic()
+    process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "bentoml_floor:Floor", "--host", "127.0.0.1",
+                                "--port", str(port), "--working-dir", str(APP_DIR)], cwd=APP_DIR,
+                               env={**os.environ, "FLOOR_WORKERS": str(workers)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while not _answers(port):
+            if process.poll() is not None or time.monotonic() - started > timeout_s:
+                raise RuntimeError(f"the no-op BentoML service did not answer (exit {process.poll()})")
+            time.sleep(0.02)
+        ready_s = time.monotonic() - started
+        each = peak_rss_by_process(process.pid)
+    finally:
+        stop_group(process, wait_s=10)
+    return {"workers": workers, "ready_s": round(ready_s, 3), "peak_rss_mb": round(sum(m for _, m in each), 1),
+            "processes": len(each), "peak_rss_by_process": each}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    setup_logging()
+    log.info("%s", json.dumps(measure(args.workers)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
