@@ -19,8 +19,12 @@ from typing import Callable
 
 import numpy as np
 
-# Default largest batch. CPU: MobileNet-v2 on one ORT thread costs 8.2-8.9 ms per image at batch 1-8 and
-# 9.0-9.3 at 16, while batch 16's activations take ~110 MiB more per worker (190 vs 302 MiB peak RSS).
+# Default largest batch. On one ORT thread a batch is no cheaper per image (MobileNet-v2 7.5-8.6 ms at
+# batch 1-8, 9.0-9.3 at 16; ResNet-50 77-85 ms at 1-8) and each doubling adds activations (MobileNet-v2
+# session peak 96/105/126/167/302 MiB for largest batch 1/2/4/8/16): 4 keeps merging concurrent
+# requests (16 clients on 2 workers: req/s equal to 8, p99 245-252 vs 272-276 ms, 213 vs 257 MiB per
+# worker). With 2+ threads a batch uses them better (MobileNet-v2 on 2: 6.3 ms/image at 1, 4.5-5.6 at 2-8).
+CPU_MAX_BATCH_ONE_THREAD = 4
 CPU_MAX_BATCH = 8
 GPU_MAX_BATCH = 16
 InferFn = Callable[[np.ndarray, int], np.ndarray]  # (pixels, run size) -> probabilities (Predictor.infer)
@@ -38,9 +42,10 @@ class BatchPlan:
     pad: bool  # True: pad up to the next size (GPU); False: split into sizes (CPU)
 
     @classmethod
-    def for_device(cls, max_batch_size: int, on_gpu: bool) -> "BatchPlan":
-        """Powers of two up to ``max_batch_size`` (0: ``CPU_MAX_BATCH`` or ``GPU_MAX_BATCH``)."""
-        max_batch_size = max_batch_size or (GPU_MAX_BATCH if on_gpu else CPU_MAX_BATCH)
+    def for_device(cls, max_batch_size: int, on_gpu: bool, threads: int = 1) -> "BatchPlan":
+        """Powers of two up to ``max_batch_size``; 0 = the default for the device and the session's
+        intra-op ``threads`` (the constants above)."""
+        max_batch_size = max_batch_size or default_max_batch(on_gpu, threads)
         sizes = [1]
         while sizes[-1] * 2 <= max_batch_size:
             sizes.append(sizes[-1] * 2)
@@ -70,6 +75,12 @@ class BatchPlan:
             results.append(infer(pixels[start : start + images], size))
             start += images
         return np.concatenate(results)
+
+
+def default_max_batch(on_gpu: bool, threads: int) -> int:
+    if on_gpu:
+        return GPU_MAX_BATCH
+    return CPU_MAX_BATCH if threads >= 2 else CPU_MAX_BATCH_ONE_THREAD
 
 
 @dataclass

@@ -55,7 +55,8 @@ class ClassifierEngine:
             max_bytes=config.max_image_bytes, max_pixels=config.max_pixels,
         )
         self.name = config.model_name or Path(config.bundle).resolve().name
-        self.plan = BatchPlan.for_device(config.max_batch_size, on_gpu=self.predictor.provider == CUDA)
+        self.plan = BatchPlan.for_device(config.max_batch_size, on_gpu=self.predictor.provider == CUDA,
+                                         threads=self.predictor.runtime.intra_op_threads())
         self.batcher = MicroBatcher(self.predictor.infer, self.plan, max_queue_images=config.max_queue_images,
                                     batch_wait_ms=config.batch_wait_ms, on_batch=self._record_batch)
         self.model_ref = ModelRef(name=self.name, version=self.predictor.model_version, arch=self.predictor.card.arch,
