@@ -152,6 +152,12 @@ def test_the_verdict_is_against_the_strongest_peer_with_p99_no_worse() -> None:
     text = "\n".join(peers_report.section(result))
     assert "1-minute load average 7.9 at the start and 8.2 at the end" in text
     assert not any(r["figure"].startswith("BentoML no-op") for r in rows), "no floor measured: no floor row"
+    assert "per round" not in str(rows), "no rounds recorded: no spread claimed"
+    result["imgcls"]["classify"][1]["rounds_rps"] = [27.0, 33.0]
+    result["peers"]["triton"]["best"]["levels"][1]["rounds_rps"] = [30.0, 30.0]
+    result["comparison"] = peers_verdict.compare(result)
+    judged = next(r for r in peers_verdict.summary(result) if r["goal"].startswith(">= 1.0x"))
+    assert "per round 0.90-1.10x" in judged["baseline"], judged  # paired by round: the noise is shown
     result["bentoml_floor"] = {"ready_s": 2.0, "peak_rss_mb": 200.0, "processes": 3}
     result["peers"]["mosec"]["best"]["peak_rss_by_process"] = [["mosec", 120.0], ["python", 30.4]]
     floor = {r["figure"]: r for r in peers_verdict.summary(result) if r["figure"].startswith("BentoML no-op")}
