@@ -10,11 +10,11 @@ in flight.
 ``install(fd)`` wraps uvicorn's SIGTERM handler: it first accepts the connections the kernel has
 already queued (``imgcls.service.http.accept.accept_queued``: their requests were sent), stops this
 worker's accept loop (closing its asyncio servers one loop iteration later, once the connections
-just accepted have their transports) and ``shutdown(SHUT_RD)``s the shared listening socket (on Linux that takes it
-out of the LISTEN state for every process holding it: new connections are refused, which a client or
-load balancer can safely retry elsewhere), then, ``READ_QUEUED_S`` later (uvicorn's shutdown closes
-connections whose request it has not read yet), hands over to uvicorn, which answers every request
-already accepted.
+just accepted have their transports) and ``shutdown(SHUT_RD)``s the shared listening socket (on
+Linux that takes it out of the LISTEN state for every process holding it: new connections are
+refused, which a client or load balancer can safely retry elsewhere), then, ``READ_QUEUED_S`` later
+(uvicorn's shutdown closes connections whose request it has not read yet), hands over to uvicorn,
+which answers every request already accepted.
 """
 from __future__ import annotations
 
