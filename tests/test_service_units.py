@@ -26,7 +26,7 @@ def test_cpu_plan_splits_into_warmed_sizes_and_gpu_plan_pads():
 
 def test_auto_batch_size_is_smaller_on_cpu_than_on_gpu():
     assert ServiceConfig().max_batch_size == 0, "the default is auto"
-    assert BatchPlan.for_device(0, on_gpu=False, threads=1).sizes == (1, 2, 4)  # one thread: batches gain nothing
+    assert BatchPlan.for_device(0, on_gpu=False, threads=1).sizes == (1, 2)  # one thread: batches gain nothing
     assert BatchPlan.for_device(0, on_gpu=False, threads=2).sizes == (1, 2, 4, 8)
     assert BatchPlan.for_device(0, on_gpu=True).sizes == (1, 2, 4, 8, 16)
     with pytest.raises(ConfigError, match="max_batch_size|max-batch-size"):

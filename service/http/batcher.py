@@ -21,10 +21,11 @@ import numpy as np
 
 # Default largest batch. On one ORT thread a batch is no cheaper per image (MobileNet-v2 7.5-8.6 ms at
 # batch 1-8, 9.0-9.3 at 16; ResNet-50 77-85 ms at 1-8) and each doubling adds activations (MobileNet-v2
-# session peak 96/105/126/167/302 MiB for largest batch 1/2/4/8/16): 4 keeps merging concurrent
-# requests (16 clients on 2 workers: req/s equal to 8, p99 245-252 vs 272-276 ms, 213 vs 257 MiB per
-# worker). With 2+ threads a batch uses them better (MobileNet-v2 on 2: 6.3 ms/image at 1, 4.5-5.6 at 2-8).
-CPU_MAX_BATCH_ONE_THREAD = 4
+# session peak 96/105/126/167/302 MiB for largest batch 1/2/4/8/16) and makes the others wait longer.
+# 16 clients on 2 workers, 3 interleaved pairs each: 8 -> 4 req/s equal, p99 272-276 -> 245-252 ms,
+# 257 -> 213 MiB per worker; 4 -> 2 req/s equal, p99 258-271 -> 231-248 ms, 213 -> 188 MiB.
+# With 2+ threads a batch uses them better (MobileNet-v2 on 2: 6.3 ms/image at 1, 4.5-5.6 at 2-8).
+CPU_MAX_BATCH_ONE_THREAD = 2
 CPU_MAX_BATCH = 8
 GPU_MAX_BATCH = 16
 InferFn = Callable[[np.ndarray, int], np.ndarray]  # (pixels, run size) -> probabilities (Predictor.infer)

@@ -46,7 +46,7 @@ FLAG_HELP = {  # what each flag does; the variable and default are appended
     "threads": "ONNX Runtime intra-op threads per worker; 0 = auto (usable CPUs / workers)",
     "decode_threads": "threads per worker decoding and resizing uploaded images",
     "max_batch_size": "most images per inference call (concurrent requests are merged up to this); 0 = auto: "
-                      "on CPU 4 with one ONNX Runtime thread per worker (bigger batches are no faster per image there and "
+                      "on CPU 2 with one ONNX Runtime thread per worker (bigger batches are no faster per image there and "
                       "cost memory), 8 with more; 16 on a GPU",
     "batch_wait_ms": "extra milliseconds to wait for more images before a batch runs; 0 = no wait",
     "max_queue_images": "images waiting for inference per worker before answering 503 overloaded",
