@@ -111,15 +111,20 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     return inflated
 
 
+def json_length(body_length: int, header_length: str | None) -> int:
+    """Bytes of the JSON header: ``header_length`` (the binary tensor extension), else the whole body."""
+    if header_length is None:
+        return body_length
+    if not header_length.strip().isdigit() or int(header_length) > body_length:
+        raise bad(f"{HEADER_LENGTH} {header_length[:20]!r} must be an integer between 0 and the body length "
+                  f"({body_length})", "bad_header_length")
+    return int(header_length)
+
+
 def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
     """The JSON header (a dict) and the binary section after it."""
-    if header_length is None:
-        header, binary = body, b""
-    else:
-        if not header_length.strip().isdigit() or int(header_length) > len(body):
-            raise bad(f"{HEADER_LENGTH} {header_length[:20]!r} must be an integer between 0 and the body length "
-                      f"({len(body)})", "bad_header_length")
-        header, binary = body[: int(header_length)], body[int(header_length):]
+    size = json_length(len(body), header_length)
+    header, binary = body[:size], body[size:]
     try:
         document = json.loads(header or b"null")
     except (ValueError, UnicodeDecodeError) as exc:

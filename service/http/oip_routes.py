@@ -24,7 +24,7 @@ from starlette.routing import Route
 import imgcls
 from imgcls.service.http.batcher import Overloaded
 from imgcls.service.http.oip import (
-    EXTENSIONS, HEADER_LENGTH, InferRequest, ModelSpec, OIPError, decompress, parse_infer,
+    EXTENSIONS, HEADER_LENGTH, InferRequest, ModelSpec, OIPError, decompress, json_length, parse_infer,
 )
 from imgcls.service.http.oip_response import encode_infer, error_document
 from imgcls.service.http.schemas import REASON_STATUS
@@ -99,8 +99,9 @@ async def infer(request: Request, service: Any) -> Response:
     encoding, header_length = request.headers.get("content-encoding"), request.headers.get(HEADER_LENGTH)
     work = functools.partial(_parse, body, encoding, header_length, spec, engine.config.max_body_bytes)
     # big JSON (or inflating) bodies: off the event loop. A binary tensor part costs a slice, not a parse:
-    # sent to the decode threads, a camera JPEG queued behind the decodes there (p99 at 16 clients)
-    if encoding or _json_bytes(body, header_length) > PARSE_IN_THREAD_BYTES:
+    # sent to the decode threads, a camera JPEG queued behind the decodes there (p99 at 16 clients).
+    # (A compressed body's header length counts inflated bytes: it is checked after inflating.)
+    if encoding or json_length(len(body), header_length) > PARSE_IN_THREAD_BYTES:
         parsed = await asyncio.get_running_loop().run_in_executor(engine.predictor.decode_pool(), work)
     else:
         parsed = work()
@@ -114,13 +115,6 @@ async def infer(request: Request, service: Any) -> Response:
     engine.record_classified(job.probabilities)
     content, headers = encode_infer(parsed, spec, job.probabilities)
     return Response(content, status_code=200, headers={**service.model_headers, **headers})
-
-
-def _json_bytes(body: bytes, header_length: str | None) -> int:
-    """The size of the JSON part: the header's length with the binary extension, else the body's."""
-    if header_length is not None and header_length.strip().isdigit() and int(header_length) <= len(body):
-        return int(header_length)
-    return len(body)
 
 
 def _parse(body: bytes, encoding: str | None, header_length: str | None, spec: ModelSpec, limit: int) -> InferRequest:
