@@ -15,26 +15,16 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks.peer_servers import peak_rss_by_process
+from benchmarks.loadgen import Request
+from benchmarks.peer_servers import peak_rss, post
 from benchmarks.report import setup_logging, stop_group
 
 log = logging.getLogger("bench.bentoml_floor")
 APP_DIR = Path(__file__).resolve().parent / "peer_apps"
-
-
-def _answers(port: int) -> bool:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/ping", data=b'{"text": "x"}',
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=1.0) as response:
-            return response.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-        return False
+PING = Request("POST", "/ping", b'{"text": "x"}', "application/json")
 
 
 def measure(workers: int, timeout_s: float = 60.0) -> dict[str, Any]:
@@ -48,16 +38,15 @@ def measure(workers: int, timeout_s: float = 60.0) -> dict[str, Any]:
                                env={**os.environ, "FLOOR_WORKERS": str(workers)},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        while not _answers(port):
+        while post(port, PING, timeout=1.0)[0] != 200:
             if process.poll() is not None or time.monotonic() - started > timeout_s:
                 raise RuntimeError(f"the no-op BentoML service did not answer (exit {process.poll()})")
             time.sleep(0.02)
         ready_s = time.monotonic() - started
-        each = peak_rss_by_process(process.pid)
+        memory = peak_rss(process.pid)
     finally:
         stop_group(process, wait_s=10)
-    return {"workers": workers, "ready_s": round(ready_s, 3), "peak_rss_mb": round(sum(m for _, m in each), 1),
-            "processes": len(each), "peak_rss_by_process": each}
+    return {"workers": workers, "ready_s": round(ready_s, 3), **memory}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -145,10 +145,10 @@ def tree_pids(root: int) -> list[int]:
     return pids
 
 
-def peak_rss_mb(root: int) -> tuple[float, int]:
-    """(sum of VmHWM over the process tree in MiB, number of processes)."""
+def peak_rss(root: int) -> dict[str, Any]:
+    """The process tree's summed VmHWM in MiB, its number of processes and each one's share."""
     each = peak_rss_by_process(root)
-    return sum(mib for _, mib in each), len(each)
+    return {"peak_rss_mb": round(sum(mib for _, mib in each), 1), "processes": len(each), "peak_rss_by_process": each}
 
 
 def peak_rss_by_process(root: int) -> list[tuple[str, float]]:

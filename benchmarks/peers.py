@@ -34,8 +34,8 @@ from benchmarks import bentoml_floor, fixtures, peer_env, peers_verdict
 from benchmarks.http_load import drive
 from benchmarks.loadgen import LoadResult, Request, rounds_summary
 from benchmarks.peer_apps.settings import PeerSettings
-from benchmarks.peer_servers import (HOST, OIP_MODEL, PEERS, cpu_seconds, oip_request, peak_rss_by_process,
-                                     peak_rss_mb, post, raw_request, start_peer, triton_request, wait_ready)
+from benchmarks.peer_servers import (HOST, OIP_MODEL, PEERS, cpu_seconds, oip_request, peak_rss, post, raw_request,
+                                     start_peer, triton_request, wait_ready)
 from benchmarks.report import setup_logging, write_result
 
 log = logging.getLogger("bench.peers")
@@ -138,10 +138,10 @@ def run_peer_config(name: str, env: peer_env.PeerEnv, settings: dict[str, Any], 
         check = _same_work_request(name, jpegs, full)
         answers = [top1(post(running.port, r)[1]) for r in check]
         result = measure(running.port, [peer.build(j, full) for j in jpegs], levels, args.seconds, args.max_requests)
-        rss, processes = peak_rss_mb(running.process.pid)
+        memory = peak_rss(running.process.pid)
     finally:
         running.stop()
-    return {"settings": settings, "label": label, "ready_s": ready_s, "peak_rss_mb": rss, "processes": processes,
+    return {"settings": settings, "label": label, "ready_s": ready_s, **memory,
             "top1": answers, "levels": result}
 
 
@@ -257,9 +257,7 @@ def run_final(results: dict[str, Any], bundle: Path, jpegs: list[bytes], args: a
                 contenders.append(start_best_peer(name, peer_result, bundle, jpegs, scratch, running))
         interleaved(contenders, args.levels, args.seconds, args.rounds, args.max_requests)
         for record in {id(c.record): c.record for c in contenders}.values():
-            each = peak_rss_by_process(record.pop("pid"))
-            record["peak_rss_mb"], record["processes"] = sum(mib for _, mib in each), len(each)
-            record["peak_rss_by_process"] = each  # e.g. one inference worker's share, beside the total
+            record.update(peak_rss(record.pop("pid")))  # the total, and e.g. one inference worker's share
     finally:
         codes = [server.stop() for server in running]
     results["imgcls"]["exit_code"] = codes[0] if codes else None

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import bentoml_floor, peers, peers_report, peers_verdict
-from benchmarks.peer_servers import HEADER_LENGTH, oip_request, peak_rss_by_process, peak_rss_mb, post, raw_request
+from benchmarks.peer_servers import HEADER_LENGTH, oip_request, peak_rss, post, raw_request
 from benchmarks.report import stop_group
 from tests.conftest import encode, make_image
 from tests.factories import make_tiny_bundle
@@ -48,12 +48,12 @@ def test_peak_rss_sums_the_process_tree_and_stop_ends_the_group() -> None:
     parent = subprocess.Popen([sys.executable, "-c", CHILD.format(code=GRANDCHILD)], start_new_session=True)
     try:
         deadline = time.monotonic() + 30
-        rss, processes = peak_rss_mb(parent.pid)
-        while (processes < 2 or rss < 64) and time.monotonic() < deadline:
+        memory = peak_rss(parent.pid)
+        while (memory["processes"] < 2 or memory["peak_rss_mb"] < 64) and time.monotonic() < deadline:
             time.sleep(0.2)
-            rss, processes = peak_rss_mb(parent.pid)
-        assert processes == 2 and rss >= 64  # the 64 MiB live in the grandchild, not the parent
-        each = peak_rss_by_process(parent.pid)
+            memory = peak_rss(parent.pid)
+        assert memory["processes"] == 2 and memory["peak_rss_mb"] >= 64  # the 64 MiB live in the grandchild
+        each = memory["peak_rss_by_process"]
         assert len(each) == 2 and each[0][1] >= 64 > each[1][1], each  # biggest first: the grandchild
         assert all("/" not in name for name, _ in each), "no paths of this machine in the results"
         children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()
@@ -85,7 +85,8 @@ def test_imgcls_side_answers_like_the_predictor_and_reports_v2_only_when_present
     try:
         record, contenders = peers.start_imgcls(bundle, jpegs, tmp_path, (), running)
         peers.interleaved(contenders, [1, 2], 0.6, 2, 20)
-        rss, processes = peak_rss_mb(record["pid"])
+        memory = peak_rss(record["pid"])
+        rss, processes = memory["peak_rss_mb"], memory["processes"]
     finally:
         codes = [server.stop() for server in running]
     assert codes == [0]
@@ -188,7 +189,7 @@ def test_a_peer_in_its_own_venv_does_the_same_work_as_imgcls(tiny, tmp_path: Pat
         assert 0 < wait_ready(running, raw_request("/inference", jpegs[0]), tmp_path / "mosec.log", 120)
         answers = [peers.top1(post(running.port, raw_request("/inference", j))[1]) for j in jpegs]
         status, _ = post(running.port, raw_request("/inference", b"not an image"))
-        assert peak_rss_mb(running.process.pid)[1] >= 3  # Rust frontend + decode + inference workers
+        assert peak_rss(running.process.pid)["processes"] >= 3  # Rust frontend + decode + inference workers
     finally:
         assert running.stop() is not None
     assert answers == expected
