@@ -102,7 +102,8 @@ class Ladder:
         """PTQ with the classifier left fp32 and retrained on the INT8 model's own training features."""
         import onnx
 
-        from imgcls.export.head_refit import HeadRecipe, find_head, head_samples, head_weights, int8_features, refit, write_head
+        from imgcls.export.head_refit import (HeadRecipe, find_head, head_samples, head_weights, int8_features,
+                                              refit, write_head)
 
         prepared = onnx.load(str(self.prepared))
         head = find_head(prepared)

@@ -168,18 +168,19 @@ def install(uvicorn_server: Any, state_dir: str, index: int, workers: int) -> in
     if workers < 2 or not state_dir or accept is None or state is None:
         return 0
     board = ConnectionBoard(Path(state_dir) / BOARD_NAME, index)
+    open_connections = lambda: len(state.connections)  # noqa: E731 - uvicorn's registered connections
     wrapped = 0
     for fd in listening_fds(uvicorn_server):
         found = _registered_reader(loop, fd)
         if found is None or found[0] != accept or len(found[1]) <= BACKLOG_ARG or not isinstance(found[1][BACKLOG_ARG], int):
             continue
-        balancer = LeastConnectionsAccept(loop, fd, accept, found[1], board, workers, lambda: len(state.connections))
+        balancer = LeastConnectionsAccept(loop, fd, accept, found[1], board, workers, open_connections)
         _BALANCERS.append(balancer)
         loop.remove_reader(fd)
         loop.add_reader(fd, balancer.on_readable)
         wrapped += 1
     if wrapped:
-        _keep_publishing(loop, board, lambda: len(state.connections))
+        _keep_publishing(loop, board, open_connections)
     return wrapped
 
 

@@ -6,7 +6,8 @@ passed on to it, so ``docker stop`` / Ctrl+C drain requests: the workers stop li
 connections are refused), answer every request they had accepted, and get ``--grace`` seconds for it
 (uvicorn's ``--timeout-graceful-shutdown``) before they cancel what is left; a server still running
 ``supervise.KILL_MARGIN_S`` after that is killed. Once the checks pass, this process ``exec``s into
-``imgcls.service.http.supervise`` (same pid), which runs and supervises ``bentoml serve``. SIGTERM exits 0, Ctrl+C (SIGINT) 130 like every other stage.
+``imgcls.service.http.supervise`` (same pid), which runs and supervises ``bentoml serve``. SIGTERM
+exits 0, Ctrl+C (SIGINT) 130 like every other stage.
 Every flag --some-flag defaults to its environment variable IMGCLS_SOME_FLAG, then to the built-in
 default. Exit status 2 (one line, no traceback) for a bad bundle, flag, variable or a port already in use.
 """
@@ -46,8 +47,8 @@ FLAG_HELP = {  # what each flag does; the variable and default are appended
     "threads": "ONNX Runtime intra-op threads per worker; 0 = auto (usable CPUs / workers)",
     "decode_threads": "threads per worker decoding and resizing uploaded images",
     "max_batch_size": "most images per inference call (concurrent requests are merged up to this); 0 = auto: "
-                      "on CPU 2 with one ONNX Runtime thread per worker (bigger batches are no faster per image there and "
-                      "cost memory), 8 with more; 16 on a GPU",
+                      "on CPU 2 with one ONNX Runtime thread per worker (bigger batches are no faster per image "
+                      "there and cost memory), 8 with more; 16 on a GPU",
     "batch_wait_ms": "extra milliseconds to wait for more images before a batch runs; 0 = no wait",
     "max_queue_images": "images waiting for inference per worker before answering 503 overloaded",
     "max_body_bytes": "largest request body in bytes (413 body_too_large)",
@@ -185,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                   "--cwd", str(APP_ROOT), "--", *command]
     os.execve(sys.executable, supervisor, env)
     return 1  # not reached: execve replaces this process or raises
+
 
 if __name__ == "__main__":
     sys.exit(main())
