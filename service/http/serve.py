@@ -25,6 +25,7 @@ import imgcls
 from imgcls.models.core.bundle import training_run_message
 from imgcls.models.core.card import CardError, ModelCard
 from imgcls.models.core.errors import ConfigError
+from imgcls.service.http import tracing
 from imgcls.service.http.config import ServiceConfig, env_name
 from imgcls.service.runtime import CUDA
 from imgcls.stage_parser import StageParser
@@ -177,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APP_ROOT), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", args.host, "--port", str(args.port),
                "--working-dir", str(APP_ROOT), "--timeout-graceful-shutdown", str(max(1, round(config.grace)))]
-    log.info("serving %s on http://%s:%d (%d worker(s), %s, %s)", config.bundle, args.host, args.port,
-             config.workers, config.device, config.precision)
+    spans = "on" if tracing.spans_wanted(config.access_log, env) else "off (no tracing configured, no access log)"
+    log.info("serving %s on http://%s:%d (%d worker(s), %s, %s; OpenTelemetry spans %s)", config.bundle, args.host,
+             args.port, config.workers, config.device, config.precision, spans)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     # the checks above loaded ONNX Runtime and NumPy: a lean process supervises the server instead

@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from imgcls.service.http import accept, drain, openapi, pages, readiness
+from imgcls.service.http import accept, drain, openapi, pages, readiness, tracing
 from imgcls.service.http.schemas import MODEL_HEADER, REASON_STATUS, VERSION_HEADER, ClassifyResponse, error_body
 from imgcls.service.http.config import ServiceConfig
 from imgcls.service.http.metrics import HTTPMetricsMiddleware, ServiceMetrics, install, metrics_endpoint
@@ -102,6 +102,7 @@ EXTRA_ROUTES = Starlette(routes=[
     traffic={"timeout": CONFIG.timeout, **({"max_concurrency": CONFIG.max_concurrency} if CONFIG.max_concurrency else {})},
     metrics={"enabled": False},  # replaced by imgcls.service.http.metrics (bounded labels, see there)
     logging={"access": {"enabled": CONFIG.access_log}},
+    tracing=tracing.service_settings(CONFIG.access_log, os.environ),  # spans only when read (see tracing)
 )
 class ImageClassifier:
     """Image classification with an imgcls bundle (ONNX Runtime), batching concurrent requests."""
