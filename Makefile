@@ -36,7 +36,7 @@ bench: venv
 # .bench-out/peers on first use (PyPI, 1-3 min each), then about 10 minutes on 2 cores; renders RESULTS.md again.
 bench-peers: venv
 	$(PYTHON) -m benchmarks.peers --out benchmarks/results/peers.json
-	$(PYTHON) -m benchmarks.run_all --render-only
+	$(PYTHON) -m benchmarks.run_all --render-only --markdown benchmarks/RESULTS.md
 
 soak: venv
 	IMGCLS_SOAK=1 $(PYTHON) -m pytest tests/robustness -m "slow"

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import bentoml_floor, fixtures, peer_env, peers_verdict
+from benchmarks import bentoml_floor, fixtures, peer_env, peers_start, peers_verdict
 from benchmarks.http_load import drive
 from benchmarks.loadgen import LoadResult, Request, rounds_summary
 from benchmarks.peer_apps.settings import PeerSettings
@@ -240,6 +240,14 @@ def start_imgcls(bundle: Path, jpegs: list[bytes], scratch: Path, serve_args: tu
     return record, contenders
 
 
+def start_contenders(results: dict[str, Any], bundle: Path, jpeg: bytes) -> dict[str, peers_start.Start]:
+    starts = {"imgcls": peers_start.imgcls_start(bundle, jpeg), "bentoml_floor": peers_start.floor_start(default_workers())}
+    for name, peer_result in results["peers"].items():
+        if "best" in peer_result:
+            starts[name] = peers_start.peer_start(name, peer_result["best_settings"], bundle, jpeg)
+    return starts
+
+
 def run_final(results: dict[str, Any], bundle: Path, jpegs: list[bytes], args: argparse.Namespace,
               scratch: Path) -> None:
     """Start imgcls (defaults, then each variant) and every peer's best, one after another (each ready
@@ -274,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=3000, help="per measured point")
     parser.add_argument("--imgcls-variants", nargs="*", default=["--workers 1", "--max-batch-size 1"],
                         help="imgcls serve arguments measured too, beside the defaults")
+    parser.add_argument("--start-repeats", type=int, default=3,
+                        help="cold starts of each server, alone, for start-to-ready (0: the final phase's figure)")
     parser.add_argument("--arch", default="mobilenet_v2")
     parser.add_argument("--workdir", type=Path, default=fixtures.DEFAULT_WORKDIR)
     parser.add_argument("--out", type=Path, default=None)
@@ -293,7 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.peers:
             results["peers"][name] = run_grid(name, prepared.bundle_dir, jpegs, args, scratch)
         run_final(results, prepared.bundle_dir, jpegs, args, scratch)
-    results["bentoml_floor"] = bentoml_floor.measure(default_workers())  # what the framework costs alone
+        results["bentoml_floor"] = bentoml_floor.measure(default_workers())  # what the framework costs alone
+        if args.start_repeats:
+            peers_start.apply(results, peers_start.measure(start_contenders(results, prepared.bundle_dir, jpegs[0]),
+                                                           scratch, args.start_repeats))
     results["comparison"] = peers_verdict.compare(results)
     results["summary"] = peers_verdict.summary(results)
     results["settings"] = {"levels": args.levels, "grid_clients": args.grid_clients, "seconds": args.seconds,

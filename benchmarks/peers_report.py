@@ -41,6 +41,18 @@ def per_cpu_second(server: str, run: dict[str, Any], levels: list[dict[str, Any]
     return f"{sum(level['ok'] for level in levels) / cpu:.1f}" if cpu else "-"
 
 
+def _ready_how(result: dict[str, Any]) -> str:
+    samples = result["imgcls"].get("ready_s_samples")
+    if not samples:
+        return " (as each server started for the final phase)"
+    starts = {name: record["ready_s_samples"] for name, record in
+              [("imgcls", result["imgcls"]), ("BentoML no-op", result["bentoml_floor"]),
+               *((n, p["best"]) for n, p in result["peers"].items() if "best" in p)] if record.get("ready_s_samples")}
+    listed = "; ".join(f"{name} {', '.join(f'{v:.2f}' for v in values)}" for name, values in starts.items())
+    return (f", the median of {len(samples)} cold starts of each server alone, in rotating order, polled every 20 ms "
+            f"(seconds: {listed})")
+
+
 def levels_table(result: dict[str, Any]) -> str:
     counts = result["settings"]["levels"]
     reference = result["imgcls"].get("top1")
@@ -137,8 +149,8 @@ def section(result: dict[str, Any] | None) -> list[str]:
         "Requests: imgcls `/classify` the raw `image/jpeg` body; Triton the Open Inference Protocol, the JPEG as a "
         "BYTES element in the binary tensor extension (as tritonclient sends it, binary outputs); mosec the raw body; "
         "LitServe base64 in JSON (multipart uploads do not cross LitServe 0.2.19's worker queue). "
-        f"Interpreters: {interpreters}. Ready = process start to the first answered classification; memory = the "
-        "summed peak RSS of the server's process tree (shared pages of forked workers counted in each).",
+        f"Interpreters: {interpreters}. Ready = process start to the first answered classification{_ready_how(result)}; "
+        "memory = the summed peak RSS of the server's process tree (shared pages of forked workers counted in each).",
         "",
         "Best configuration of each peer, and imgcls with its defaults:",
         "",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import bentoml_floor, peers, peers_report, peers_verdict
+from benchmarks import bentoml_floor, peers, peers_report, peers_start, peers_verdict
 from benchmarks.peer_servers import HEADER_LENGTH, oip_request, peak_rss, post, raw_request
 from benchmarks.report import stop_group
 from tests.conftest import encode, make_image
@@ -194,3 +194,35 @@ def test_a_peer_in_its_own_venv_does_the_same_work_as_imgcls(tiny, tmp_path: Pat
         assert running.stop() is not None
     assert answers == expected
     assert 400 <= status < 500
+
+
+def test_cold_starts_rotate_the_order_and_the_median_becomes_ready_s(tmp_path: Path) -> None:
+    """The start phase: order rotated each repeat (no server always first after a busy moment), the
+    median replaces the final phase's figure, which is kept beside the samples."""
+    order: list[str] = []
+    times = {"imgcls": iter([3.0, 2.0, 2.5]), "bentoml_floor": iter([2.1, 2.0, 1.9]), "mosec": iter([1.0, 0.9, 1.3])}
+
+    def fake(name: str):
+        return lambda _scratch: order.append(name) or next(times[name])
+
+    samples = peers_start.measure({name: fake(name) for name in times}, tmp_path, repeats=3)
+    assert order[:3] == ["imgcls", "bentoml_floor", "mosec"] and order[3:6] == ["bentoml_floor", "mosec", "imgcls"]
+    assert order[6:] == ["mosec", "imgcls", "bentoml_floor"]
+    result = _result(31, 390)
+    result["bentoml_floor"] = {"ready_s": 2.8, "peak_rss_mb": 200.0, "processes": 3}
+    peers_start.apply(result, samples)
+    assert result["imgcls"]["ready_s"] == 2.5 and result["imgcls"]["ready_s_in_final_phase"] == 2.0
+    assert result["peers"]["mosec"]["best"]["ready_s"] == 1.0 and result["bentoml_floor"]["ready_s"] == 2.0
+    assert result["peers"]["triton"]["best"]["ready_s"] == 3.0  # not started again: its figure stands
+    text = "\n".join(peers_report.section(result))
+    assert "median of 3 cold starts" in text and "imgcls 3.00, 2.00, 2.50" in text
+
+
+@pytest.mark.slow
+def test_imgcls_cold_start_is_timed_to_its_first_classification(tiny, tmp_path: Path) -> None:
+    bundle, jpegs, _ = tiny
+    seconds = peers_start.imgcls_start(bundle, jpegs[0])(tmp_path)
+    assert 0.5 < seconds < 120  # a real server: interpreter, BentoML, two workers, model, warm-up
+    assert "serving" in (tmp_path / "imgcls-start.log").read_text()
+    with pytest.raises(RuntimeError, match="exited with status 2"):  # refused at load: an error, not a time
+        peers_start.imgcls_start(tmp_path / "missing", jpegs[0])(tmp_path)
