@@ -50,7 +50,8 @@ def test_bentoml_config_file_is_read_for_tracing_or_access_log(tmp_path, text, w
     assert tracing.spans_wanted(False, {"BENTOML_CONFIG": str(path)}) is wanted
 
 
-def serve_and_classify(tmp_path, args: list[str]) -> str:
+def serve_and_classify(tmp_path, args: list[str]) -> tuple[httpx.Response, str]:
+    """One /classify with a client's traceparent on a real server: the answer and the server's log."""
     bundle = make_tiny_bundle(tmp_path / "bundle")
     log_path = tmp_path / "serve.log"
     server = start_server(bundle, log_path, args=["--workers", "1", *args])
@@ -63,17 +64,19 @@ def serve_and_classify(tmp_path, args: list[str]) -> str:
             time.sleep(0.05)
     finally:
         assert server.stop() == 0
-    return log_path.read_text()
+    return response, log_path.read_text()
 
 
 def test_access_log_line_carries_the_clients_trace_id(tmp_path):
-    log = serve_and_classify(tmp_path, ["--access-log"])
+    response, log = serve_and_classify(tmp_path, ["--access-log"])
     assert "OpenTelemetry spans on" in log
     line = next(line for line in log.splitlines() if "path=/classify" in line)
-    assert re.search(rf"trace={TRACE_ID},span=[0-9a-f]{{16}}", line), line
+    span = re.search(rf"trace={TRACE_ID},span=([0-9a-f]{{16}})", line)
+    assert span, line
+    assert response.headers["X-BentoML-Request-ID"] == span.group(1)  # BentoML's request id is the span's
 
 
 def test_default_server_makes_no_spans_and_says_so(tmp_path):
-    log = serve_and_classify(tmp_path, [])
+    response, log = serve_and_classify(tmp_path, [])
     assert "OpenTelemetry spans off" in log
-    assert TRACE_ID not in log
+    assert "X-BentoML-Request-ID" not in response.headers  # no span was started for the request
