@@ -1,6 +1,7 @@
 """Keep-alive connections opened together spread over the workers (least-connections accept)."""
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 import psutil
 import pytest
 
+from imgcls.service.http import accept
 from imgcls.service.http.accept import ConnectionBoard
 from imgcls.service.http.launcher import LOOPBACK, start_server
 from tests.conftest import encode, make_image
@@ -27,6 +29,29 @@ def test_the_board_sees_only_live_other_workers(tmp_path):
     other.pid = int(dead.stdout)  # a worker that died (its slot keeps a stale count)
     other.publish(0)
     assert mine.least_elsewhere(2) is None, "a dead worker's slot does not count"
+
+
+def test_the_count_is_republished_fast_while_it_moves_and_rarely_while_it_holds(tmp_path):
+    """Closed connections have no hook, so the count is republished; idle, that cost 100 wake-ups a second."""
+    board, count, writes = ConnectionBoard(tmp_path / "board", 0), [3], []
+    publish = board.publish
+    board.publish = lambda n: (writes.append((time.monotonic(), n)), publish(n))[1]  # record, then write
+
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        accept._keep_publishing(loop, board, lambda: count[0])
+        await asyncio.sleep(1.0)  # steady at 3
+        count[0] = 1  # two connections closed
+        changed_at = time.monotonic()
+        await asyncio.sleep(accept.PUBLISH_STEADY_MAX_S + 0.1)
+        return changed_at
+
+    changed_at = asyncio.run(run())
+    steady = [t for t, n in writes if t < changed_at]
+    assert 4 <= len(steady) <= 12, len(steady)  # 10, 20, 40, ... 250 ms: not the 100 of a fixed 10 ms tick
+    assert board.published() == 1
+    first_low = min(t for t, n in writes if n == 1)
+    assert first_low - changed_at <= accept.PUBLISH_STEADY_MAX_S + 0.05  # a drop shows within one steady interval
 
 
 def _worker_connections(server_pid: int, port: int) -> list[int]:

@@ -49,7 +49,8 @@ MAX_WORKERS = 256
 BOARD_NAME = "connections.board"
 DEFER_MS_PER_CONNECTION = 1.0
 MAX_DEFER_S = 0.005
-PUBLISH_EVERY_S = 0.01
+PUBLISH_EVERY_S = 0.01  # while this worker's count moves
+PUBLISH_STEADY_MAX_S = 0.25  # the interval doubles up to this while the count stays the same
 BACKLOG_ARG = 4  # _accept_connection(protocol_factory, sock, sslcontext, server, backlog, ...)
 
 
@@ -185,9 +186,18 @@ def install(uvicorn_server: Any, state_dir: str, index: int, workers: int) -> in
 
 
 def _keep_publishing(loop: asyncio.AbstractEventLoop, board: ConnectionBoard, count: Callable[[], int]) -> None:
+    """Republish the registered count (closed connections have no hook): every 10 ms while it moves,
+    backing off to 250 ms while it holds. An accept publishes at once, so a count is never low; a stale
+    high one only lets the other workers take the next connection first. Idle, a worker spent 1.4 % of
+    a core on 100 ticks a second (0.3 % without balancing)."""
+    interval = [PUBLISH_EVERY_S]
+
     def tick() -> None:
-        board.publish(count())
-        loop.call_later(PUBLISH_EVERY_S, tick)
+        now = count()
+        steady = now == board.published()
+        board.publish(now)
+        interval[0] = min(PUBLISH_STEADY_MAX_S, interval[0] * 2) if steady else PUBLISH_EVERY_S
+        loop.call_later(interval[0], tick)
 
     tick()
 
