@@ -24,6 +24,8 @@ def test_nothing_reads_spans_so_every_url_is_excluded():
     settings = tracing.service_settings(False, {})
     assert settings == {"excluded_urls": [".*"]}
     assert tracing.spans_wanted(False, {"BENTOML_CONFIG_OPTIONS": "services.imgcls.traffic.timeout=5"}) is False
+    cors = "services.imgcls.http.cors.enabled=true services.imgcls.http.cors.access_control_allow_origins=*"
+    assert tracing.spans_wanted(False, {"BENTOML_CONFIG_OPTIONS": cors}) is False  # not the access log
 
 
 @pytest.mark.parametrize("environ", [

@@ -18,6 +18,7 @@ Otherwise every URL is excluded from the middleware (its documented ``excluded_u
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -28,12 +29,13 @@ EVERY_URL = [".*"]  # OpenTelemetry's ExcludeList searches each request URL with
 
 
 READERS = ("tracing", "access")  # BentoML configuration keys whose presence means spans are read
+OPTION_READER = re.compile(r"(?:^|[.\s])(?:tracing|access)\.")  # as a dotted key, not access_control_*
 
 
 def bentoml_config_reads_spans(environ: Mapping[str, str]) -> bool:
     """True when the user's BentoML configuration (file or options) mentions tracing or the access log."""
-    options = environ.get("BENTOML_CONFIG_OPTIONS", "")
-    if any(key in options for key in READERS):
+    options = environ.get("BENTOML_CONFIG_OPTIONS", "")  # e.g. "services.imgcls.logging.access.enabled=true"
+    if OPTION_READER.search(options):
         return True
     path = environ.get("BENTOML_CONFIG", "")
     if not path:
