@@ -26,8 +26,6 @@ import yaml
 
 log = logging.getLogger("imgcls.service.tracing")
 EVERY_URL = [".*"]  # OpenTelemetry's ExcludeList searches each request URL with these regexes
-
-
 READERS = ("tracing", "access")  # BentoML configuration keys whose presence means spans are read
 OPTION_READER = re.compile(r"(?:^|[.\s])(?:tracing|access)\.")  # as a dotted key, not access_control_*
 
