@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import Request
-from benchmarks.peer_servers import peak_rss, post
+from benchmarks.peer_servers import first_answer, peak_rss
 from benchmarks.report import setup_logging, stop_group
 
 log = logging.getLogger("bench.bentoml_floor")
@@ -38,11 +38,10 @@ def measure(workers: int, timeout_s: float = 60.0) -> dict[str, Any]:
                                env={**os.environ, "FLOOR_WORKERS": str(workers)},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        while post(port, PING, timeout=1.0)[0] != 200:
-            if process.poll() is not None or time.monotonic() - started > timeout_s:
-                raise RuntimeError(f"the no-op BentoML service did not answer (exit {process.poll()})")
-            time.sleep(0.02)
-        ready_s = time.monotonic() - started
+        try:
+            ready_s = first_answer(process, port, PING, started, timeout_s)
+        except RuntimeError as exc:
+            raise RuntimeError(f"the no-op BentoML service did not answer: {exc}") from None
         memory = peak_rss(process.pid)
     finally:
         stop_group(process, wait_s=10)

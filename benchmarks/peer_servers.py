@@ -114,6 +114,19 @@ def start_peer(peer: PeerDef, env: PeerEnv, settings: dict[str, Any], bundle: Pa
     return Running(peer.name, process, port, full, time.monotonic())
 
 
+def first_answer(process: subprocess.Popen, port: int, request: Request, started_at: float,
+                 timeout_s: float = 240.0, poll_s: float = 0.02) -> float:
+    """Seconds from ``started_at`` to the first 200 on ``request``, polling every ``poll_s``; raises
+    RuntimeError when the process exits first or nothing answers 200 within ``timeout_s``."""
+    while time.monotonic() - started_at < timeout_s:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with status {process.returncode} before answering")
+        if post(port, request, timeout=30)[0] == 200:
+            return time.monotonic() - started_at
+        time.sleep(poll_s)
+    raise RuntimeError(f"no answer within {timeout_s:.0f} s")
+
+
 def wait_ready(running: Running, request: Request, log_path: Path, timeout_s: float = 240.0) -> float:
     """Seconds from process start to the first 200 on ``request``; raises with the log's tail."""
     refusals = 0

@@ -1,6 +1,6 @@
 """Start-to-ready of every contender, measured apart from the load rounds.
 
-Each server is started alone (nothing else of the benchmark running), in alternating order, a few
+Each server is started alone (nothing else of the benchmark running), in rotating order, a few
 times; from its spawn a real classification is sent every 20 ms until one answers 200 (Triton answers
 400 until its model is loaded; nothing answers before the port is bound). The median is the figure.
 Why apart: in the final phase each server starts right after the previous one (or right after the
@@ -18,25 +18,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from benchmarks import bentoml_floor, peer_env
-from benchmarks.loadgen import Request
-from benchmarks.peer_servers import HOST, OIP_MODEL, PEERS, post, raw_request, start_peer
+from benchmarks.peer_servers import HOST, OIP_MODEL, PEERS, first_answer, raw_request, start_peer
 from benchmarks.report import stop_group
 
 log = logging.getLogger("bench.peers_start")
-POLL_S = 0.02
 Start = Callable[[Path], float]  # scratch folder -> seconds from spawn to the first classification
-
-
-def first_answer(process: subprocess.Popen, port: int, request: Request, started_at: float,
-                 timeout_s: float = 240.0) -> float:
-    """Seconds from ``started_at`` to the first 200 on ``request``; raises if the process exits first."""
-    while time.monotonic() - started_at < timeout_s:
-        if process.poll() is not None:
-            raise RuntimeError(f"exited with status {process.returncode} before answering")
-        if post(port, request, timeout=30)[0] == 200:
-            return time.monotonic() - started_at
-        time.sleep(POLL_S)
-    raise RuntimeError(f"no answer within {timeout_s:.0f} s")
 
 
 def imgcls_start(bundle: Path, jpeg: bytes) -> Start:

@@ -3,8 +3,8 @@
 BentoML wraps every request in OpenTelemetry's ASGI middleware, which starts a *recording* span for
 the request and one more for each ASGI message (every body chunk received, the response start and
 body sent), even with no exporter configured: BentoML's sampler records and then drops them. On a
-small image that bookkeeping is about a tenth of a worker's CPU per request (see the README's
-serving benchmarks). imgcls therefore turns the spans off unless something consumes them:
+small image that bookkeeping is 4.5 % of a worker's CPU per request (interleaved A/B, see the
+README's "HTTP service"). imgcls therefore turns the spans off unless something consumes them:
 
 - BentoML tracing is configured (a ``tracing`` section in the YAML file ``BENTOML_CONFIG`` names,
   or a ``tracing`` key in ``BENTOML_CONFIG_OPTIONS``): BentoML's configuration is left untouched,
