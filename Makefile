@@ -5,7 +5,7 @@ BOOTSTRAP_PYTHON ?= python3
 STAMP := $(VENV)/.imgcls-installed
 EXTRAS ?= train,serve-cpu,dev,ray
 
-.PHONY: venv test test-fast demo stock-demo bench bench-peers soak clean
+.PHONY: venv system-tools test test-fast demo stock-demo bench bench-peers soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
@@ -15,7 +15,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: venv
+# The Debian packages some tests drive (chromium, prometheus, qemu-user): installed when missing and
+# possible (root or sudo on Debian/Ubuntu); otherwise their tests are skipped, naming the package.
+# With CI=true a missing one fails instead.
+system-tools:
+	bash .ci/system-tools
+
+test: venv system-tools
 	$(PYTHON) -m pytest
 
 test-fast: venv

@@ -10,7 +10,7 @@ emulation did not reach another kernel.
 
     python -m benchmarks.int8_isa RUN BUNDLE [--images 128] --out benchmarks/results/int8_isa.json
 
-Debian's ``qemu-user`` is installed by ``.ci/apt-install qemu-user`` when missing. Emulation is
+Debian's ``qemu-user`` is installed by ``.ci/system-tools qemu-user`` when missing. Emulation is
 slow (about 1 image/s for efficientnet_lite0 INT8): a subset of the validation split is used.
 """
 from __future__ import annotations
@@ -34,13 +34,13 @@ NO_VNNI_CPU = "EPYC-Rome"  # AVX2, FMA, no AVX-512, no VNNI
 
 
 def emulator() -> str:
-    """The path of ``qemu-x86_64`` (installed with ``.ci/apt-install qemu-user`` when missing)."""
+    """The path of ``qemu-x86_64`` (installed with ``.ci/system-tools qemu-user`` when missing)."""
     found = shutil.which("qemu-x86_64")
     if found is None:
-        subprocess.run(["bash", str(REPO_ROOT / ".ci" / "apt-install"), "qemu-user"], check=False)
+        subprocess.run(["bash", str(REPO_ROOT / ".ci" / "system-tools"), "qemu-user"], check=False)
         found = shutil.which("qemu-x86_64")
     if found is None:
-        raise RuntimeError("qemu-x86_64 not found and `.ci/apt-install qemu-user` did not install it")
+        raise RuntimeError("qemu-x86_64 not found and `.ci/system-tools qemu-user` did not install it")
     return found
 
 

@@ -72,7 +72,7 @@ def server(bundle, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prometheus(server, tmp_path_factory):
-    binary = require("prometheus", "prometheus")
+    binary = require("prometheus")
     work = tmp_path_factory.mktemp("prometheus")
     port = free_port()
     config = {
@@ -147,7 +147,7 @@ def _last_evaluation(url: str, group: str) -> float:
 
 
 def test_promtool_accepts_the_rules():
-    promtool = require("promtool", "prometheus")
+    promtool = require("promtool")
     done = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
 

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_the_exported_int8_file_gives_the_same_logits_on_avx2_without_vnni(tmp_path):
-    require("qemu-x86_64", "qemu-user")
+    require("qemu-x86_64")
     bundle = make_tiny_bundle(tmp_path, int8=True, classes=("cat", "dog", "owl"), per_class=8)
     assert ModelCard.load(bundle).export["int8"]["target"] in ("x86", "vnni"), "an x86 machine exports for x86"
     pixels = np.random.default_rng(7).integers(0, 256, (12, 3, 32, 32), dtype=np.uint8)
