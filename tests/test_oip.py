@@ -243,6 +243,35 @@ def test_unknown_model_or_version_is_404(http, client):
     assert raised.value.status() == "404" and "nope" in raised.value.message()
 
 
+
+UNKNOWN_PATHS = ["/v2/", "/v2/nope", "/v2/health", "/v2/health/started", f"/v2/models/{NAME}/config",
+                 f"/v2/models/{NAME}/versions/1/infer/more", "/v2/repository/index"]
+WRONG_METHODS = [("POST", "/v2/health/live", "GET, HEAD"), ("DELETE", "/v2", "GET, HEAD"),
+                 ("GET", INFER, "POST"), ("PUT", f"/v2/models/{NAME}", "GET, HEAD"),
+                 ("GET", "/v2/models/nope/infer", "POST")]
+
+
+def test_every_v2_path_answers_the_protocols_json_error(http):
+    """Unknown /v2 paths are a JSON 404, a wrong method a JSON 405 naming the allowed ones (never plain text)."""
+    for path in UNKNOWN_PATHS:
+        for method in ("GET", "POST"):
+            assert_error(http.request(method, path), 404, "no such path")
+    for method, path, allowed in WRONG_METHODS:
+        response = http.request(method, path)
+        assert_error(response, 405, method)
+        assert response.headers["allow"] == allowed
+    assert http.head("/v2/health/live").status_code == 200  # GET routes take HEAD too
+
+
+def test_tritonclient_reads_unknown_routes_as_404(client):
+    """tritonclient parses {"error": ...}: its calls of extensions imgcls lacks fail with the reason, not a parse error."""
+    for call in (lambda: client.get_model_config(NAME), lambda: client.get_model_repository_index(),
+                 lambda: client.load_model(NAME)):
+        with pytest.raises(InferenceServerException) as raised:
+            call()
+        assert raised.value.status() == "404" and "no such path" in raised.value.message(), raised.value
+
+
 BAD_REQUESTS = {
     "wrong datatype": ({"inputs": [image_tensor(IMAGES[:1], datatype="UINT8")]}, "datatype"),
     "image shape not [N]": ({"inputs": [image_tensor(IMAGES[:1], shape=[1, 1])]}, "shape"),
@@ -381,6 +410,8 @@ def test_metrics_count_v2_requests_by_route_and_outcome(http, client):
     post_json(http, BAD_REQUESTS["wrong datatype"][0])
     post_json(http, {"inputs": [image_tensor([IMAGES[0], b"not an image"])]})
     http.get("/v2/health/ready")
+    http.get("/v2/nope-456")
+    http.post("/v2/health/live")
     after = oip_counts(http)
 
     def delta(series: str) -> float:
@@ -396,4 +427,8 @@ def test_metrics_count_v2_requests_by_route_and_outcome(http, client):
     assert delta(f'imgcls_http_requests_total{{method="POST",{infer},status="404"}}') == 1
     assert delta('imgcls_images_total{outcome="classified",reason="none"}') == 2  # the 2 images of the ok request
     assert delta('imgcls_images_total{outcome="failed",reason="not_an_image"}') == 1
-    assert not any("nope-123" in series for series in after)  # the raw path never becomes a label
+    assert delta('imgcls_oip_requests_total{outcome="rejected",reason="unknown_path",route="unmatched"}') == 1
+    assert delta('imgcls_http_requests_total{method="GET",route="unmatched",status="404"}') == 1
+    assert delta('imgcls_oip_requests_total{outcome="rejected",reason="method_not_allowed",route="/v2/health/live"}') == 1
+    assert delta('imgcls_http_requests_total{method="POST",route="/v2/health/live",status="405"}') == 1
+    assert not any("nope-123" in series or "nope-456" in series for series in after)  # raw paths never become labels

@@ -280,6 +280,17 @@ def test_unknown_paths_do_not_add_series(client):
     assert after[unmatched] - before[unmatched] == 24
 
 
+
+def test_wrong_methods_are_counted(client):
+    """The 405 of a wrong method on /classify is an answer like any other: counted under its route."""
+    series = 'imgcls_http_requests_total{method="%s",route="/classify",status="405"}'
+    before = metric_values(client)
+    for method in ("GET", "GET", "PUT"):
+        assert client.request(method, "/classify").status_code == 405
+    after = metric_values(client)
+    assert after.get(series % "GET", 0.0) - before.get(series % "GET", 0.0) == 2
+    assert after.get(series % "PUT", 0.0) - before.get(series % "PUT", 0.0) == 1
+
 # ---------------------------------------------------------------- last: graceful stop
 def test_sigterm_stops_gracefully(server, client):
     assert client.get("/readyz").status_code == 200

@@ -6,7 +6,8 @@ routes share its engine: the same decode pool, limits and reason codes (``Classi
 the same micro-batcher (``ClassifierEngine.infer``) and the same Prometheus metrics, plus
 ``imgcls_oip_requests{route, outcome, reason}``. Errors are the protocol's ``{"error": "..."}``
 with a 4xx status for bad input (404 unknown model or version, 400 bad tensor, 413 over a limit),
-503 only while warming up or overloaded. Readiness (server and model) is ``/readyz``'s: every
+503 only while warming up or overloaded. Every path under ``/v2`` answers that JSON, known or not:
+a wrong method is 405 (with ``Allow``), an unknown path 404 (``/v2/{path}``, the last route). Readiness (server and model) is ``/readyz``'s: every
 worker warmed; per the protocol a 4xx (400) means "not ready".
 """
 from __future__ import annotations
@@ -142,17 +143,38 @@ async def _pixels(engine: Any, parsed: InferRequest) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- routes
-def _endpoint(template: str, handler: Handler, current: Callable[[], Any]) -> Callable[[Request], Awaitable[Response]]:
+UNKNOWN_PATH = "/v2/{path:path}"  # anything else under /v2: the metrics label it "unmatched"
+
+
+class _AnyMethod:
+    """An ASGI endpoint taking every method: the handler answers a wrong one (Starlette's own 405 is plain text)."""
+
+    def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        response = await self.endpoint(Request(scope, receive))
+        await response(scope, receive, send)
+
+
+def _endpoint(template: str, handler: Handler, method: str | None,
+              current: Callable[[], Any]) -> Callable[[Request], Awaitable[Response]]:
+    """``method``: the one the route takes (GET takes HEAD too); None: any."""
+    allowed = (method, "HEAD") if method == "GET" else (method,)
+
     async def endpoint(request: Request) -> Response:
         service = current()
-        outcome, reason = "ok", "none"
+        outcome, reason, headers = "ok", "none", None
         try:
+            if method is not None and request.method not in allowed:
+                headers = {"Allow": ", ".join(allowed)}
+                raise OIPError(405, f"{request.method[:20]} {template}: use {method}", "method_not_allowed")
             if service is None:
                 raise OIPError(503, "the model is not loaded yet", "not_ready")
             response = await handler(request, service)
         except OIPError as exc:
             outcome, reason = "rejected", exc.reason
-            headers = {"Retry-After": "1"} if exc.status == 503 else None
+            headers = {"Retry-After": "1"} if exc.status == 503 else headers
             response = _json(exc.status, error_document(exc.message), headers)
         if service is not None:
             service.metrics.oip_requests.labels(route=template, outcome=outcome, reason=reason).inc()
@@ -160,6 +182,12 @@ def _endpoint(template: str, handler: Handler, current: Callable[[], Any]) -> Ca
 
     endpoint.__name__ = handler.__name__
     return endpoint
+
+
+async def unknown_path(request: Request, _: Any) -> Response:
+    raise OIPError(404, f"no such path {request.url.path[:120]!r}: the Open Inference Protocol routes are /v2, "
+                        "/v2/health/{live,ready} and /v2/models/{name}[/versions/{version}][/ready|/infer]",
+                   "unknown_path")
 
 
 def build_routes(current: Callable[[], Any]) -> list[Route]:
@@ -170,4 +198,7 @@ def build_routes(current: Callable[[], Any]) -> list[Route]:
         (MODEL + "/ready", model_ready, "GET"), (VERSION + "/ready", model_ready, "GET"),
         (MODEL + "/infer", infer, "POST"), (VERSION + "/infer", infer, "POST"),
     ]
-    return [Route(path, _endpoint(path, handler, current), methods=[method]) for path, handler, method in table]
+    routes = [Route(path, _AnyMethod(_endpoint(path, handler, method, current))) for path, handler, method in table]
+    # the label "unmatched" (as the HTTP metrics): the raw path never becomes a label value
+    catch_all = _endpoint("unmatched", unknown_path, None, current)
+    return [*routes, Route(UNKNOWN_PATH, _AnyMethod(catch_all))]

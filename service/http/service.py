@@ -237,6 +237,7 @@ class ClassifyMethodGuard:
         await self.app(scope, receive, send)
 
 
-ImageClassifier.add_asgi_middleware(ClassifyMethodGuard)
+# The first added is the outermost: the metrics see every answer of the service, the guard's 405s too.
 ImageClassifier.add_asgi_middleware(HTTPMetricsMiddleware, routes=KNOWN_ROUTES, prefixes=("/static_content/",),
                                     templates=OIP_MODEL_ROUTES)
+ImageClassifier.add_asgi_middleware(ClassifyMethodGuard)
