@@ -53,6 +53,7 @@ from typing import Sequence
 
 from imgcls.models.core.bundle import PRECISIONS, BundleError, load_card
 from imgcls.models.core.calibration import check_min_score, effective_min_score
+from imgcls.models.core.output_lock import OutputLockedError, output_lock
 from imgcls.models.core.progress import track
 from imgcls.service.predictor import DEFAULT_BATCH_SIZE, Predictor
 from imgcls.service.runtime import DEVICES, DeviceError
@@ -145,6 +146,11 @@ def _run(predictor: Predictor, output, todo: Sequence[str], args: argparse.Names
 
 def _score(args: argparse.Namespace) -> int:
     load_card(args.bundle)  # a bundle problem (a training run, no card.json) is named before any listing
+    with output_lock(args.out):  # one writer per output, before anything of it is read or written
+        return _score_locked(args)
+
+
+def _score_locked(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from imgcls.service.scoring.ray_score import score_with_ray  # Ray is an optional extra
 
@@ -188,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return _score(args)
-    except (InputError, OutputError, BundleError, DeviceError, EngineError) as exc:
+    except (InputError, OutputError, OutputLockedError, BundleError, DeviceError, EngineError) as exc:
         log.error("%s", exc)
         return EXIT_ERROR
 
