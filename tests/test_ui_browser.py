@@ -52,7 +52,7 @@ def uploads(tmp_path_factory) -> list[Path]:
 def browser():
     from playwright.sync_api import sync_playwright
 
-    executable = require("chromium")
+    executable = require("chromium", "chromium")
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=executable, headless=True,
                                               args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
@@ -79,10 +79,11 @@ def page(browser):
     context.close()
 
 
-def api_answer(server, uploads: list[Path], top_k: int) -> dict:
+def api_answer(server, uploads: list[Path], top_k: int, min_score: str | None = None) -> dict:
+    """The answer to the multipart form the page sends (``min_score`` a text field, as the page sends it)."""
     files = [("images", (p.name, p.read_bytes(), "application/octet-stream")) for p in uploads]
-    response = httpx.post(server.url + "/classify", files=files, data={"top_k": str(top_k)}, timeout=30,
-                          trust_env=False)
+    fields = {"top_k": str(top_k), **({"min_score": min_score} if min_score is not None else {})}
+    response = httpx.post(server.url + "/classify", files=files, data=fields, timeout=30, trust_env=False)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -128,12 +129,60 @@ def test_upload_page_shows_the_apis_answer_and_errors(server, uploads, page):
     assert page.blocked == []
 
 
+
+def threshold_between(server, images: list[Path]) -> str:
+    """A min_score strictly between the two images' top-1 scores: one abstains, the other does not."""
+    low, high = sorted(r["predictions"][0]["score"] for r in api_answer(server, images, top_k=1)["results"])
+    threshold = f"{(low + high) / 2:.6f}"
+    assert low < float(threshold) < high, (low, high)
+    return threshold
+
+
+def test_min_score_form_field_marks_abstained_images(server, uploads):
+    """What the page relies on: the multipart field min_score, echoed, and each image's abstained flag."""
+    threshold = threshold_between(server, uploads[:2])
+    answer = api_answer(server, uploads, top_k=2, min_score=threshold)
+    assert answer["min_score"] == float(threshold)
+    flags = {r["filename"]: r.get("abstained") for r in answer["results"]}
+    assert flags == {"red-ish.png": flags["red-ish.png"], "green-ish.jpg": not flags["red-ish.png"],
+                     "notes.txt": None}  # one of the two images abstains; the text file has an error instead
+    for result in answer["results"]:
+        if not result.get("error"):
+            assert result["abstained"] == (result["predictions"][0]["score"] < float(threshold))
+    assert "min_score" not in api_answer(server, uploads[:1], top_k=1)  # no card default: no threshold
+    assert httpx.get(server.url + "/model", trust_env=False).json()["calibration"].get("min_score") is None
+
+
+def test_upload_page_marks_abstained_images_and_counts_them_apart(server, uploads, page):
+    images = uploads[:2]
+    threshold = threshold_between(server, images)
+    page.goto(server.url + "/ui")
+    page.locator("#minscore-default").filter(has_text="never abstains").wait_for(timeout=15_000)
+    page.get_by_label("Abstain below").fill(threshold)
+    page.locator("#files").set_input_files([str(p) for p in images])
+    page.locator("#status").filter(has_text="Done").wait_for(timeout=30_000)
+
+    answer = api_answer(server, images, top_k=3, min_score=threshold)
+    for result in answer["results"]:
+        item = page.locator(f'.result[data-name="{result["filename"]}"]')
+        top = f"{result['predictions'][0]['score'] * 100:.1f}%"
+        if result["abstained"]:
+            assert "abstained" in item.get_attribute("class")
+            assert item.locator(".unsure").inner_text() == f"Not sure: the top score {top} is below min_score {threshold}"
+        else:
+            assert "abstained" not in item.get_attribute("class") and item.locator(".unsure").count() == 0
+        assert item.locator(".bar .pct").first.inner_text() == top  # the scores are still shown
+    status = page.locator("#status").inner_text()
+    assert f"Done: 1 classified, 1 abstained (top score below min_score {threshold}), 0 not classified" in status
+    assert f"-F min_score={threshold} " in page.locator("#curl").input_value()
+    assert page.blocked == []
+
 def test_upload_page_is_keyboard_usable_and_fits_a_phone(server, page):
     page.set_viewport_size({"width": 375, "height": 740})
     page.goto(server.url + "/ui")
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") == "files"  # the first stop: choose files
-    for control in ("Labels per image", "curl command"):
+    for control in ("Labels per image", "Abstain below", "curl command"):
         assert page.get_by_label(control).count() == 1
     assert page.locator("#files").evaluate("e => e.labels.length") == 1
     page.locator("#submit").click()  # nothing chosen: said in words, focus back on the file picker

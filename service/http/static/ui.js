@@ -1,8 +1,10 @@
-// The imgcls upload page: POST /classify with the chosen images, show top-k bars or each image's error.
+// The imgcls upload page: POST /classify with the chosen images (and min_score when set), show top-k bars,
+// "not sure" for images the model abstains on (top-1 score below min_score), or each image's error.
 "use strict";
 (function () {
   const $ = (id) => document.getElementById(id);
   const form = $("form"), files = $("files"), drop = $("drop"), topk = $("topk"), statusLine = $("status");
+  const minScore = $("minscore");
   const results = $("results"), curl = $("curl"), submit = $("submit");
   let chosen = [];
 
@@ -18,7 +20,8 @@
   function updateCurl() {
     const names = chosen.length ? chosen.map((f) => f.name) : ["image.jpg"];
     const parts = names.map((n) => "-F " + quote("images=@" + n));
-    curl.value = ["curl", "-s", ...parts, "-F", "top_k=" + topk.value, location.origin + "/classify"].join(" ");
+    const threshold = minScore.value.trim() ? ["-F", "min_score=" + minScore.value.trim()] : [];
+    curl.value = ["curl", "-s", ...parts, "-F", "top_k=" + topk.value, ...threshold, location.origin + "/classify"].join(" ");
   }
 
   async function loadModel() {
@@ -28,6 +31,10 @@
       if (!response.ok) throw new Error(model.error ? model.error.message : response.statusText);
       $("model").textContent = `Model ${model.name} · version ${model.version} · ${model.precision} on ` +
         `${model.provider} · ${model.num_classes} classes (${model.arch})`;
+      const fallback = (model.calibration || {}).min_score;
+      $("minscore-default").textContent = fallback ? `Empty: the model's default, ${fallback}.`
+        : "Empty: the model's default (none: it never abstains).";
+      if (fallback) minScore.placeholder = String(fallback);
     } catch (error) {
       $("model").textContent = "Model description unavailable: " + error.message;
     }
@@ -45,14 +52,20 @@
     }));
   }
 
-  function render(file, result, requestError) {
+  function render(file, result, requestError, threshold) {
     const thumb = el("img", { src: URL.createObjectURL(file), alt: "" });
     thumb.addEventListener("error", () => thumb.replaceWith(el("div", { class: "thumb none", text: "no preview" })));
     const body = el("div", { class: "body" }, [el("p", { class: "name", text: file.name })]);
+    const unsure = Boolean(result && result.abstained);
+    if (unsure) {
+      const top = (result.predictions[0].score * 100).toFixed(1) + "%";
+      body.appendChild(el("p", { class: "unsure", text: `Not sure: the top score ${top} is below min_score ${threshold}` }));
+    }
     if (result && result.predictions) body.appendChild(bars(result.predictions));
     const error = (result && result.error) || requestError;
     if (error) body.appendChild(el("p", { class: "error", role: "alert", text: "Not classified: " + error.message + " (" + error.reason + ")" }));
-    return el("li", { class: "result" + (error ? " failed" : " ok"), "data-name": file.name }, [thumb, body]);
+    const outcome = error ? " failed" : unsure ? " abstained" : " ok";
+    return el("li", { class: "result" + outcome, "data-name": file.name }, [thumb, body]);
   }
 
   async function classify(event) {
@@ -61,6 +74,8 @@
     const data = new FormData();
     chosen.forEach((f) => data.append("images", f, f.name));
     data.append("top_k", topk.value);
+    if (minScore.validity.badInput) { statusLine.textContent = "Abstain below: enter a number from 0 to 1."; minScore.focus(); return; }
+    if (minScore.value.trim()) data.append("min_score", minScore.value.trim());
     submit.disabled = true;
     statusLine.textContent = `Classifying ${chosen.length} image(s)…`;
     results.replaceChildren();
@@ -69,9 +84,12 @@
       const answer = await response.json();
       const list = answer.results || [];
       const requestError = list.length ? null : answer.error;
-      chosen.forEach((file, i) => results.appendChild(render(file, list.find((r) => r.position === i), requestError)));
+      chosen.forEach((file, i) =>
+        results.appendChild(render(file, list.find((r) => r.position === i), requestError, answer.min_score)));
       const failed = list.filter((r) => r.error).length + (requestError ? chosen.length : 0);
-      statusLine.textContent = `Done: ${chosen.length - failed} classified, ${failed} not classified` +
+      const unsure = list.filter((r) => r.abstained).length;
+      const abstained = answer.min_score ? `, ${unsure} abstained (top score below min_score ${answer.min_score})` : "";
+      statusLine.textContent = `Done: ${chosen.length - failed - unsure} classified${abstained}, ${failed} not classified` +
         (answer.timing ? ` in ${Math.round(answer.timing.total_ms)} ms.` : ".");
     } catch (error) {
       statusLine.textContent = "The request failed: " + error.message;
@@ -92,6 +110,7 @@
   ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, () => drop.classList.remove("over")));
   drop.addEventListener("drop", (e) => { e.preventDefault(); choose(e.dataTransfer.files); if (chosen.length) form.requestSubmit(); });
   topk.addEventListener("change", updateCurl);
+  minScore.addEventListener("input", updateCurl);
   form.addEventListener("submit", classify);
   $("copy").addEventListener("click", async () => {
     try { await navigator.clipboard.writeText(curl.value); statusLine.textContent = "curl command copied."; }
