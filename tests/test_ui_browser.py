@@ -52,7 +52,7 @@ def uploads(tmp_path_factory) -> list[Path]:
 def browser():
     from playwright.sync_api import sync_playwright
 
-    executable = require("chromium", "chromium")
+    executable = require("chromium")
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=executable, headless=True,
                                               args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
