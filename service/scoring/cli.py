@@ -1,6 +1,7 @@
 """``imgcls score``: batch-score images with a bundle, through the same Predictor as the server.
 
-    imgcls score BUNDLE INPUTS... --out FILE.csv|.jsonl|.parquet [--top-k 5] [--batch-size 32]
+    imgcls score BUNDLE INPUTS... | --split val|train|all [--split-file PATH]
+                 --out FILE.csv|.jsonl|.parquet [--top-k 5] [--batch-size 32]
                  [--decode-threads N] [--threads N] [--resume | --overwrite] [--labels imagefolder|FILE.csv]
                  [--shard i/n] [--precision fp32|int8|fp16] [--device auto|cpu|cuda] [--all-files]
                  [--engine local|ray [--ray-address auto|ray://HOST:10001] [--actors N]
@@ -11,6 +12,10 @@ INPUTS are directories (walked recursively; files with image extensions unless -
 glob patterns (quote them; ``**`` recurses), image files, or list files named .txt (one path per
 line) or .csv (a ``path`` column or the first column); relative entries are relative to the list
 file. A list file with another name is read as one only through ``--list FILE``.
+``--split val`` (or train, all) scores the images of the split the model was trained with instead,
+labelled by it: ``split.json`` of the run named in the bundle's ``export_report.json`` (checked
+against the card's dataset hash), or ``--split-file RUN/split.json``. Whatever the inputs, a warning
+counts the scored images the model was trained on (known through that lineage).
 The sorted, deduplicated list is what ``--shard i/n`` (1-based, round robin over the sorted list)
 partitions: run ``--shard 1/4`` .. ``--shard 4/4`` on four machines, each with its own --out.
 
@@ -25,7 +30,9 @@ file written by another bundle, precision or --top-k, naming both. CSV/JSONL are
 fsync'ed batch by batch, so a
 killed run loses at most the batch in flight; ``--resume`` cuts a torn last line and skips every
 path already in the file. Parquet is written as part files in ``<out>.parts/`` that a finished run
-merges into ``<out>``; ``--resume`` reads both. ``--labels`` adds ``<out stem>.eval.json`` and
+merges into ``<out>``; ``--resume`` reads both. One writer per output: a run holds ``<out>.lock``
+(its pid inside) from start to end; a second run on the same --out exits 2 naming that pid, and the
+lock of a killed run is taken over. ``--labels`` adds ``<out stem>.eval.json`` and
 ``<out stem>.confusion.png`` (accuracy, top-5, per-class precision/recall, ECE after and before
 calibration, coverage and accuracy at --min-score and a coverage/accuracy curve), plus
 ``<out stem>.reliability.png`` and ``<out stem>.coverage.png``, and prints them.
@@ -57,10 +64,11 @@ from imgcls.models.core.output_lock import OutputLockedError, output_lock
 from imgcls.models.core.progress import track
 from imgcls.service.predictor import DEFAULT_BATCH_SIZE, Predictor
 from imgcls.service.runtime import DEVICES, DeviceError
-from imgcls.service.scoring.inputs import InputError, select_paths
+from imgcls.service.scoring.inputs import InputError
 from imgcls.service.scoring.outputs import OutputError, open_output
 from imgcls.service.scoring.ray_engine import ENGINES, EngineError
-from imgcls.service.scoring.report import evaluate_output, load_labels
+from imgcls.service.scoring.report import evaluate_output
+from imgcls.service.scoring.splits import SPLITS, select_inputs
 from imgcls.service.scoring.results import (
     EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, Tally, exit_status, summary, to_row,
 )
@@ -88,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--resume", action="store_true", help="skip paths already in --out and append")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--labels", default=None, help="'imagefolder' (label = parent folder) or a CSV with path,label")
+    parser.add_argument("--split", choices=SPLITS, default=None,
+                        help="score the images of the model's training run split (instead of INPUTS), labelled by "
+                             "it: the run's split.json found through the bundle's lineage, or --split-file")
+    parser.add_argument("--split-file", type=Path, default=None, metavar="PATH",
+                        help="the split listing (RUN/split.json or RUN) for --split (default --split val)")
     parser.add_argument("--shard", default=None, help="i/n: score only shard i (1-based) of n")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--device", choices=DEVICES, default="auto")
@@ -108,7 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    if not args.inputs and not args.lists:
+    if args.split_file is not None and args.split is None:
+        args.split = "val"
+    if args.split and (args.inputs or args.lists):
+        parser.error("--split scores the split's images: give no INPUTS or --list with it")
+    if not args.inputs and not args.lists and not args.split:
         parser.error("give at least one input (a directory, glob, image file or list file) or --list FILE")
     for name in ("top_k", "batch_size", "decode_threads", "threads", "actors"):
         value = getattr(args, name)
@@ -155,8 +172,7 @@ def _score_locked(args: argparse.Namespace) -> int:
         from imgcls.service.scoring.ray_score import score_with_ray  # Ray is an optional extra
 
         return score_with_ray(args)
-    paths = select_paths(args.inputs, all_files=args.all_files, shard_spec=args.shard, lists=args.lists)
-    labels = load_labels(args.labels, paths) if args.labels else None
+    paths, labels, trained = select_inputs(args, load_card(args.bundle))
     predictor = Predictor.load(
         args.bundle, precision=args.precision, device=args.device, threads=args.threads,
         decode_threads=args.decode_threads,
@@ -182,7 +198,7 @@ def _score_locked(args: argparse.Namespace) -> int:
         sys.stdout.write(summary(tally, len(paths) - len(todo), elapsed, args.out, earlier_failed) + "\n")
         if labels is not None:
             sys.stdout.write(evaluate_output(args.out, k, labels, predictor.class_names, predictor.temperature,
-                                             min_score_of(args, predictor)) + "\n")
+                                             min_score_of(args, predictor), trained) + "\n")
     return exit_status(tally, earlier_failed)
 
 

@@ -26,30 +26,31 @@ from tqdm import tqdm
 from imgcls.models.core import bundle as bundle_checks
 from imgcls.service.scoring.dataset_dir import is_dataset_dir, prepare_dataset_dir, read_dataset_rows
 from imgcls.models.core.calibration import effective_min_score
-from imgcls.service.scoring.inputs import InputError, select_paths
+from imgcls.service.scoring.inputs import InputError
 from imgcls.service.scoring.outputs import Row, open_output
 from imgcls.service.scoring.ray_engine import (
     WRITE_CPUS, EngineError, RayOptions, actor_spec, connected, import_ray, is_uri, scored_dataset,
 )
-from imgcls.service.scoring.report import evaluate_output, load_labels
+from imgcls.service.scoring.report import evaluate_output
+from imgcls.service.scoring.splits import select_inputs
 from imgcls.service.scoring.results import EXIT_INTERRUPTED, Tally, exit_status, summary
 
 log = logging.getLogger("imgcls.score")
 
 
 
-def _inputs(args: argparse.Namespace) -> tuple[tuple[str, ...], bool]:
-    """(paths or URIs, whether they are URIs)."""
+def _inputs(args: argparse.Namespace, card: Any) -> tuple[tuple[tuple[str, ...], dict[str, str] | None, int], bool]:
+    """((paths or URIs, labels, how many trained the model), whether they are URIs)."""
     uris = [item for item in args.inputs if is_uri(item)]  # --list files hold local paths
     if not uris:
-        return select_paths(args.inputs, all_files=args.all_files, shard_spec=args.shard, lists=args.lists), False
+        return select_inputs(args, card), False
     if len(uris) != len(args.inputs):
         raise InputError("--engine ray: give either URIs (s3://, gs://, ...) or local inputs, not both")
     unsupported = [flag for flag, given in (("--shard", args.shard), ("--resume", args.resume),
                                             ("--labels", args.labels)) if given]
     if unsupported:
         raise InputError(f"--engine ray with URI inputs does not support {', '.join(unsupported)}")
-    return tuple(uris), True
+    return (tuple(uris), None, 0), True
 
 
 def _stream_to_file(dataset: Any, output: Any, total: int | None, no_progress: bool) -> Tally:
@@ -130,8 +131,7 @@ def score_with_ray(args: argparse.Namespace) -> int:
     ray = import_ray()
     card = bundle_checks.load_card(args.bundle)  # fail here, not in every actor
     bundle_checks.model_file(args.bundle, card, args.precision)
-    paths, uris = _inputs(args)
-    labels = load_labels(args.labels, paths) if args.labels else None
+    (paths, labels, trained), uris = _inputs(args, card)
     k = min(args.top_k, card.num_classes)
     output, existing = _open(args, k)
     done, wanted = {row["path"] for row in existing}, set(paths)
@@ -152,5 +152,5 @@ def score_with_ray(args: argparse.Namespace) -> int:
     sys.stdout.write(summary(tally, len(paths) - len(todo), elapsed, args.out, earlier_failed) + "\n")
     if labels is not None:
         sys.stdout.write(evaluate_output(args.out, k, labels, card.class_names, card.temperature,
-                                         effective_min_score(args.min_score, card.min_score)) + "\n")
+                                         effective_min_score(args.min_score, card.min_score), trained) + "\n")
     return exit_status(tally, earlier_failed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -71,13 +72,31 @@ def labelled_arrays(
     return true, ranked, confidence, left_out
 
 
+def unknown_labels(rows: Sequence[Row], labels: Mapping[str, str], class_names: Sequence[str]) -> str:
+    """The labels of scored rows that name no class of the model, most frequent first: 'x (3), y (1)'."""
+    known = set(class_names)
+    counts = Counter(label for row in rows if not row.get("error")
+                     for label in [labels.get(os.path.abspath(row["path"]))] if label is not None and label not in known)
+    shown = ", ".join(f"{label!r} ({n})" for label, n in counts.most_common(10))
+    return shown + (f" and {len(counts) - 10} more" if len(counts) > 10 else "")
+
+
 def evaluate_output(out: str | Path, k: int, labels: Mapping[str, str], class_names: Sequence[str],
-                    temperature: float = 1.0, min_score: float | None = None) -> str:
+                    temperature: float = 1.0, min_score: float | None = None, trained: int = 0) -> str:
+    """The evaluation of ``out``'s labelled rows (files beside it) as text; ``trained``: how many scored
+    images the model was trained on (recorded in the JSON)."""
     rows = read_scored_rows(out, k)
     raw: list[float | None] = []
     true, ranked, confidence, left_out = labelled_arrays(rows, k, labels, class_names, raw)
+    if not true and left_out["unknown_label"]:
+        message = (f"no labelled, scored images: their labels match no class of this model: "
+                   f"{unknown_labels(rows, labels, class_names)}; the model's classes: {', '.join(class_names[:20])}"
+                   + (" ..." if len(class_names) > 20 else ""))
+        log.warning("%s", message)
+        return f"evaluation: {message}"
     if left_out["unknown_label"]:
-        log.warning("%d image(s) have labels that are not classes of this model; left out", left_out["unknown_label"])
+        log.warning("%d image(s) have labels that are not classes of this model, left out: %s",
+                    left_out["unknown_label"], unknown_labels(rows, labels, class_names))
     if not true:
         log.warning("no labelled, scored images to evaluate (%s)", left_out)
         return "evaluation: no labelled, scored images"
@@ -86,7 +105,8 @@ def evaluate_output(out: str | Path, k: int, labels: Mapping[str, str], class_na
     trust = evaluate_trust(correct, confidence, raw, temperature, min_score)
     json_path, png_path = report_paths(out)
     reliability_png, coverage_png = trust_paths(out)
-    payload = {**evaluation.to_dict(), **trust.to_dict(), "left_out": left_out, "output": str(out)}
+    payload = {**evaluation.to_dict(), **trust.to_dict(), "left_out": left_out, "training_images_scored": trained,
+               "output": str(out)}
     write_atomically(json_path, (json.dumps(payload, indent=2) + "\n").encode("utf-8"))
     save_confusion_png(evaluation, png_path, title=f"Confusion matrix: {Path(out).name}")
     save_trust_pngs(trust, reliability_png, coverage_png, Path(out).name)
