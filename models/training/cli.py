@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from imgcls.models.core.errors import ConfigError
 from imgcls.models.training.config import OPTIMIZERS, STRATEGIES, TrainConfig, build_config
@@ -132,13 +131,18 @@ def _remove_run(out: Path) -> None:
     from imgcls.models.training.resume import TRAIN_STATE_FILENAME
     from imgcls.models.training.session import RUN_FILES
 
+    from imgcls.models.training.feature_cache import CACHE_DIRNAME
+
     log.warning("--overwrite: replacing the run in %s", out)
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    for folder in ("checkpoint", CACHE_DIRNAME):
+        shutil.rmtree(out / folder, ignore_errors=True)
     for name in (*RUN_FILES, TRAIN_STATE_FILENAME):
         (out / name).unlink(missing_ok=True)
 
 
 def _setup_distributed(device_option: str) -> Any:
+    import torch
+
     from imgcls.models.training.modes import DistContext
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -174,6 +178,8 @@ def _print_result(report: dict[str, Any], run_dir: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from imgcls.models.training.session import TrainingSession
 
     config, state = _resume_config(args) if args.resume else (_fresh_config(args), None)
@@ -196,25 +202,53 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def next_step(args: argparse.Namespace, argv: list[str]) -> str:
+    """What to run after an interruption, judged by what is on disk now: ``--resume`` once the run
+    has a resume state (written before the first epoch), otherwise the same command again."""
+    from imgcls.models.training.resume import TRAIN_STATE_FILENAME
+
+    run_dir = args.resume or args.out
+    if run_dir and (Path(run_dir) / TRAIN_STATE_FILENAME).is_file():
+        extend = ["--epochs", str(args.epochs)] if args.resume and args.epochs is not None else []
+        return "continue with: " + shlex.join(["imgcls", "train", "--resume", run_dir, *extend])
+    command = ["imgcls", "train", *argv]
+    out = Path(args.out) if args.out else None
+    if out is not None and not args.overwrite and out.is_dir() and any(out.iterdir()):
+        command.append("--overwrite")  # what this command wrote before it was interrupted
+    return "nothing to resume yet; start again with: " + shlex.join(command)
+
+
+def _setup_logging(verbose: bool) -> None:
+    """Our lines at INFO (DEBUG with -v) on rank 0; other libraries' only from WARNING up."""
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("imgcls").setLevel(logging.DEBUG if verbose else logging.INFO if rank == 0 else logging.WARNING)
+
+
+def _run_reporting_errors(args: argparse.Namespace) -> int:
+    """``run``, with bad data or options as one logged line and exit status 2."""
     from imgcls.models.core.dataset import DatasetError
     from imgcls.models.training.resume import ResumeError
-    from imgcls.models.zoo.weights import WeightsError
     from imgcls.models.zoo.registry import UnknownArchError
+    from imgcls.models.zoo.weights import WeightsError
 
-    args = build_parser().parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         return run(args)
     except (DatasetError, ConfigError, ResumeError, WeightsError, UnknownArchError) as exc:
         log.error("imgcls train: %s", exc)
         return 2
-    except KeyboardInterrupt:
-        log.error("imgcls train: interrupted; continue with --resume %s", args.resume or args.out)
-        return 130
 
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return _run_reporting_errors(args)
+    except KeyboardInterrupt:
+        log.error("imgcls train: interrupted; %s", next_step(args, argv))
+        return 130
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
 
-from imgcls.models.training.feature_cache import compute_features, feature_extractor, gather_rows, main_head
+from imgcls.models.training.feature_cache import (CACHE_DIRNAME, FeatureStore, cache_key, feature_extractor,
+                                                 features_in_pieces, gather_rows, main_head, state_digest)
 from imgcls.models.training.strategies import Freezer, backbone_trainable
 from imgcls.models.training.config import TrainConfig
 from imgcls.models.training.data import ImageListDataset
@@ -137,6 +139,7 @@ class CachedFeatureMode:
         self.labels = train_set.labels()
         self.train_features: list[torch.Tensor] = []
         self.val_features = torch.empty(0)
+        self.store = FeatureStore(Path(config.out) / CACHE_DIRNAME)
         self.sampler = DistributedSampler(TensorDataset(self.labels), num_replicas=dist.world_size,
                                           rank=dist.rank, shuffle=True, seed=config.seed)
         Freezer(model, arch).set_backbone_frozen(True)
@@ -145,27 +148,55 @@ class CachedFeatureMode:
     def steps_per_epoch(self) -> int:
         return -(-len(self.sampler) // self.config.batch_size)
 
-    def _features(self, dataset: ImageListDataset, extractor: nn.Module, desc: str) -> torch.Tensor:
-        indices = list(range(self.dist.rank, len(dataset), self.dist.world_size))
-        local = compute_features(extractor, dataset, batch_size=self.config.batch_size, workers=self.config.workers,
-                                 device=self.dist.device, indices=indices, progress=lambda x: _bar(x, self.dist, desc))
-        return gather_rows(local, indices, len(dataset), self.dist.world_size)
+    def _features(self, dataset: ImageListDataset, extractor: nn.Module, part: str, key: str,
+                  desc: str) -> tuple[torch.Tensor, int]:
+        """(features of every image of ``dataset``, how many were read from the run's feature cache)."""
+        local, indices, reused = features_in_pieces(
+            extractor, dataset, self.store, part, key, batch_size=self.config.batch_size,
+            workers=self.config.workers, device=self.dist.device, rank=self.dist.rank,
+            world_size=self.dist.world_size, progress=lambda loader, total: _bar(loader, self.dist, desc, total))
+        if reused and self.dist.is_main:
+            log.info("%s: %d of %d images' features reused from %s", desc, reused, len(indices),
+                     self.store.directory)
+        return gather_rows(local, indices, len(dataset), self.dist.world_size), reused
+
+    def _keys(self, extractor: nn.Module) -> dict[str, str]:
+        """The cache key of each part: what its features depend on."""
+        c, train = self.config, self.train_set
+        common = {"backbone": state_digest(extractor), "listing": train.listing.sha256(),
+                  "preprocess": train.preprocess.to_dict(), "batch_size": c.batch_size}
+        keys = {"train": cache_key(part="train", **common), "val": cache_key(part="val", **common)}
+        for index in range(c.augmented_passes):
+            keys[f"pass{index + 1}"] = cache_key(part=index, seed=c.seed, augmentation=repr(train.augmentation),
+                                                 **common)
+        return keys
 
     def prepare(self) -> None:
         started = time.perf_counter()
         extractor = feature_extractor(self.model, self.arch)
-        passes = self.config.augmented_passes
+        keys = self._keys(extractor)
+        if self.dist.is_main and self.store.forget_other_keys(keys.values()):
+            log.info("feature cache: dropped pieces computed under other settings")
+        passes, reused = self.config.augmented_passes, 0
         if passes == 0:
             self.train_set.augmentation = None  # clean features: exactly the evaluation transform
-            self.train_features = [self._features(self.train_set, extractor, "caching train features")]
+            features, reused = self._features(self.train_set, extractor, "train", keys["train"],
+                                              "caching train features")
+            self.train_features = [features]
         for index in range(passes):
             self.train_set.set_epoch(index, pass_index=index)
-            self.train_features.append(self._features(self.train_set, extractor, f"caching pass {index + 1}/{passes}"))
-        self.val_features = self._features(self.val_set, extractor, "caching val features")
+            part = f"pass{index + 1}"
+            features, count = self._features(self.train_set, extractor, part, keys[part],
+                                             f"caching pass {index + 1}/{passes}")
+            self.train_features.append(features)
+            reused += count
+        self.val_features, count = self._features(self.val_set, extractor, "val", keys["val"], "caching val features")
+        reused += count
         seconds = time.perf_counter() - started
         images = len(self.train_set) * max(1, passes) + len(self.val_set)
-        log.info("cached %d x %d backbone features in %.1f s (%.1f images/s)", images,
-                 self.val_features.shape[1], seconds, images / max(seconds, 1e-9))
+        log.info("cached %d x %d backbone features in %.1f s (%d computed at %.1f images/s, %d reused) in %s",
+                 images, self.val_features.shape[1], seconds, images - reused,
+                 (images - reused) / max(seconds, 1e-9), reused, self.store.directory)
         del extractor
         # A linear head on cached features is a few tiny ops per step: more threads only add
         # synchronisation (10x slower on a busy 2-core machine, measured).

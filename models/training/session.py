@@ -20,7 +20,7 @@ from imgcls.models.training.checkpoint import save_checkpoint
 from imgcls.models.core.dataset import DatasetError, SplitListing, make_split, without_files
 from imgcls.models.training.plots import plot_confusion, plot_curves
 from imgcls.models.core.preprocess import Preprocess
-from imgcls.models.training.resume import Progress, restore_rng_state, save_train_state
+from imgcls.models.training.resume import Progress, restore_rng_state, rng_state, save_train_state
 from imgcls.models.training.config import TrainConfig
 from imgcls.models.training.data import Augmentation, ImageListDataset, find_unreadable
 from imgcls.models.training.loop import EpochContext, class_weight_tensor, make_optimizer, make_scheduler, train_epoch
@@ -130,11 +130,20 @@ class TrainingSession:
                  self.config.arch, len(self.listing.train), len(self.listing.val), len(self.class_names),
                  self.config.strategy, "cached features" if self.config.uses_feature_cache else "full network",
                  self.dist.device, self.dist.world_size)
-        self.mode.prepare()
         ctx = self._context()
-        if self.state is not None:
-            restore_rng_state(self.state["rng"])
-            log.info("resuming after epoch %d of %d", self.progress.completed_epochs, self.config.epochs)
+        if self.state is None:
+            rng = rng_state()
+            if self.dist.is_main:  # from here on an interruption resumes (--resume), even before epoch 1
+                self._save_state(ctx)
+            self.dist.barrier()
+        else:
+            rng = self.state["rng"]
+            if self.progress.completed_epochs:
+                log.info("resuming after epoch %d of %d", self.progress.completed_epochs, self.config.epochs)
+            else:
+                log.info("resuming %s before its first epoch", self.run_dir)
+        self.mode.prepare()  # may take long (feature caching): it keeps its work on disk as it goes
+        restore_rng_state(rng)  # the same random state after preparing, however much of it was resumed
         for epoch in range(self.progress.completed_epochs, self.config.epochs):
             if self.progress.stopped_early:
                 break
@@ -188,6 +197,9 @@ class TrainingSession:
             save_checkpoint(self.run_dir / "checkpoint", self.model, self._card(card_metrics, calibration))
             report = {"epoch": record["epoch"], "class_names": list(self.class_names), **metrics, **(fitted or {})}
             (self.run_dir / VAL_REPORT_FILENAME).write_text(json.dumps(report, indent=1))
+        self._save_state(ctx)
+
+    def _save_state(self, ctx: EpochContext) -> None:
         self.progress.skipped_unreadable = self.skipped
         save_train_state(self.run_dir, config=self.config.to_dict(), progress=self.progress, model=self.model,
                          optimizer=ctx.optimizer, scheduler=ctx.scheduler, scaler=ctx.scaler)
