@@ -19,6 +19,7 @@ from imgcls.export.images import check_classes, load_split, parity_pixels
 from imgcls.export.validate import check_graph, check_parity
 from imgcls.models.core.atomic import sha256_file, staged_directory, write_atomically
 from imgcls.models.core.card import ModelCard
+from imgcls.models.core.ownership import write_marker
 from imgcls.models.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig
         with staged_directory(out_dir) as staging:
             owner = staging / OWNER_FILENAME
             owner.write_text(str(os.getpid()))
+            write_marker(staging, "bundle")
             fp32_path = staging / FP32_FILENAME
             proto = to_onnx(model, card.preprocess, opset=config.opset, exporter=config.exporter)
             save_onnx(embed_card(proto, card), fp32_path)

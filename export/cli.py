@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from imgcls.export.config import CALIBRATION_METHODS, DEFAULT_OPSET, EXPORTERS, INT8_TARGETS, ExportConfig
 from imgcls.stage_parser import StageParser
@@ -46,14 +47,28 @@ def resolve_run(path: Path) -> Path:
     raise RunError(f"{path}: not a training run (no checkpoint/card.json)")
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse an existing, non-empty --out unless --overwrite (replacing it drops its variants)."""
-    if out.exists() and not out.is_dir():
-        raise RunError(f"--out {out} is a file, not a bundle directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        held = ", ".join(sorted(p.name for p in out.iterdir())[:6])
-        raise RunError(f"--out {out} already exists ({held}): pass --overwrite to replace it "
-                       "(files not written again, e.g. an fp16 variant, are dropped) or choose another --out")
+def export_inputs(args: argparse.Namespace, run: Path | None) -> list[tuple[str, Path | None]]:
+    """What the export reads: the run, its images (split.json's root), --data, a --weights file."""
+    from imgcls.models.core.dataset import DatasetError, SplitListing
+
+    inputs: list[tuple[str, Path | None]] = [("RUN", run), ("--data", args.data)]
+    if run is not None:
+        try:
+            inputs.append(("the run's images", Path(SplitListing.load(run).root)))
+        except DatasetError:
+            pass  # no split.json: load_split names the problem later
+    if args.pretrained and args.weights not in (None, "imagenet", "none"):
+        inputs.append(("--weights", Path(args.weights)))
+    return inputs
+
+
+def check_out(out: Path, overwrite: bool, inputs: Sequence[tuple[str, Path | None]] = ()) -> None:
+    """Refuse an --out that overlaps an input or holds anything but a bundle (a bundle: only with --overwrite)."""
+    from imgcls.models.core.ownership import check_disjoint, check_replaceable
+
+    check_disjoint(out, inputs)
+    check_replaceable(out, "bundle", overwrite, how="pass --overwrite to replace it (files not written again, "
+                      "e.g. an fp16 variant, are dropped)")
 
 
 def _one_line(text: object) -> str:
@@ -201,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from(args)  # flag values first: they are wrong whatever the run
         run = None if args.pretrained else resolve_run(args.run)
         out = args.out or Path("bundles") / (f"{args.pretrained}-imagenet" if run is None else run.resolve().name)
-        check_out(out, args.overwrite)
+        check_out(out, args.overwrite, export_inputs(args, run))
     except ValueError as exc:
         sys.stderr.write(f"imgcls export: {_one_line(exc)}\n")
         return EXIT_USAGE

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from imgcls.models.core.ownership import check_replaceable, write_marker
 from imgcls.stage_parser import StageParser
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def write_digits(out: str | Path, limit_per_class: int | None = None, size: int 
         raise ValueError(f"size must be at least 8, got {size}")
     digits = load_digits()
     out = Path(out)
+    write_marker(out, "digits")
     counts: Counter[str] = Counter()
     for index, (pixels, target) in enumerate(zip(digits.images, digits.target)):
         name = str(int(target))
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("imgcls digits: %s exists and is not a directory; give a folder to write the images into", args.out)
         return 2
     try:
+        check_replaceable(args.out, "digits", overwrite=True, flag="OUT")  # its own dataset: rewritten in place
         counts = write_digits(args.out, args.limit_per_class, args.size)
     except ValueError as exc:
         log.error("imgcls digits: %s", exc)

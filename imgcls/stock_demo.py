@@ -22,8 +22,10 @@ PHOTOS = ("chelsea", "coffee", "rocket", "stereo_motorcycle", "astronaut", "came
 
 def write_photos(folder: Path) -> list[Path]:
     from imgcls.export.pretrained import reference_photo
+    from imgcls.models.core.ownership import check_replaceable, write_marker
 
-    folder.mkdir(parents=True, exist_ok=True)
+    check_replaceable(folder, "stock-photos", overwrite=True, flag="the photo folder")  # adds only missing photos
+    write_marker(folder, "stock-photos")
     paths = []
     for name in PHOTOS:
         path = folder / f"{name}.png"
@@ -53,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     bundle = args.workdir / "bundles" / f"{args.arch}-imagenet"
     if not (bundle / "card.json").is_file():
         run_stage("export", "--pretrained", args.arch, "--out", str(bundle))
-    photos = write_photos(args.workdir / "stock-photos")
+    try:
+        photos = write_photos(args.workdir / "stock-photos")
+    except ValueError as exc:  # a folder of that name that the demo did not write
+        raise SystemExit(f"stock demo: {exc}") from None
     try:
         server = start_server(bundle, ready_timeout=args.ready_timeout)
     except RuntimeError as exc:

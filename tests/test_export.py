@@ -29,7 +29,8 @@ def tiny_bundle(tmp_path_factory):
 
 
 def test_bundle_layout_metadata_and_parity(tiny_bundle):
-    assert sorted(p.name for p in tiny_bundle.iterdir()) == ["card.json", "export_report.json", "model.onnx"]
+    assert sorted(p.name for p in tiny_bundle.iterdir()) == [".imgcls.json", "card.json", "export_report.json",
+                                                             "model.onnx"]
     assert not [p for p in tiny_bundle.parent.iterdir() if p.name.startswith(".")]  # no staging left
     card = ModelCard.load(tiny_bundle)
     proto = onnx.load(str(tiny_bundle / "model.onnx"))

@@ -41,7 +41,7 @@ def test_int8_and_fp16_pass_the_gate(fitted_run, tmp_path, capsys):
     assert main([str(fitted_run), "--out", str(out), "--int8", "--fp16", "--no-progress",
                  "--calibration-method", "percentile"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "card.json", "edge", "export_report.json", "model.fp16.onnx", "model.int8.onnx", "model.onnx"]
+        ".imgcls.json", "card.json", "edge", "export_report.json", "model.fp16.onnx", "model.int8.onnx", "model.onnx"]
     card = ModelCard.load(out)
     int8 = card.export["int8"]
     assert int8["status"] == "passed" and int8["mode"] == "static" and int8["format"] == "QDQ"
@@ -71,7 +71,7 @@ def test_too_strict_gate_refuses_int8_and_keeps_fp32(fitted_run, tmp_path, capsy
     code = main([str(fitted_run), "--out", str(out), "--int8", "--max-accuracy-drop", "-1", "--no-progress",
                  "--int8-target", "arm64"])
     assert code == EXIT_REFUSED
-    assert sorted(p.name for p in out.iterdir()) == ["card.json", "export_report.json", "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == [".imgcls.json", "card.json", "export_report.json", "model.onnx"]
     card = ModelCard.load(out)
     assert card.export["int8"]["status"] == "refused" and "exceeds the allowed -1" in card.export["int8"]["reason"]
     assert card.export["int8"]["activation_type"] == "QInt8"  # arm64: S8S8
@@ -156,7 +156,7 @@ def test_sigkill_leaves_no_partial_bundle_and_rerun_succeeds_offline(fitted_run,
     assert not out.exists(), "a killed export must not leave a bundle"
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["card.json", "edge", "export_report.json",
+    assert sorted(p.name for p in out.iterdir()) == [".imgcls.json", "card.json", "edge", "export_report.json",
                                                      "model.int8.onnx", "model.onnx"]
     assert not list(out.parent.glob(".run.staging-*")), "the rerun removes the killed export's staging dir"
     assert ModelCard.load(out).export["int8"]["status"] == "passed"

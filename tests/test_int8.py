@@ -90,7 +90,7 @@ def test_too_strict_gate_tries_every_rung_then_refuses_with_no_int8_file(fitted_
                  "--int8-target", "arm64", "--max-fp32-nodes", "2", "--mixed-size-budget", "1",
                  "--qat", "--qat-epochs", "1", "--qat-images", "20"])
     assert code == EXIT_REFUSED
-    assert sorted(p.name for p in out.iterdir()) == ["card.json", "export_report.json", "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == [".imgcls.json", "card.json", "export_report.json", "model.onnx"]
     int8 = ModelCard.load(out).export["int8"]
     assert int8["status"] == "refused" and int8["target"] == "arm64" and int8["target_choice"] == "--int8-target"
     assert [a["method"] for a in int8["attempts"]] == ["ptq", "ptq + retrained head", "mixed (1 nodes fp32)", "mixed (2 nodes fp32)",

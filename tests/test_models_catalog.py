@@ -2,6 +2,8 @@
 computed, a stable JSON schema, filters and sorting, and weights availability as it really is."""
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 
@@ -88,6 +90,12 @@ def test_shortlist_filters_and_sorts(rows):
     unknown_last = Shortlist(sort="imagenet_top1").apply(list(rows.values()))
     assert {r.arch for r in unknown_last[-2:]} == {"efficientnet_lite0", "tiny"}
     assert Shortlist(max_latency_ms=1e9).apply(list(rows.values())) == []  # nothing measured: nothing qualifies
+    report = Shortlist(max_params=10e6, max_latency_ms=1e9).report(list(rows.values()))
+    assert report["kept"] == 0 and report["total"] == len(ZOO)
+    latency = report["by_filter"][1]
+    assert (latency["option"], latency["unknown"], latency["unknown_reason"]) == \
+        ("--max-latency-ms", len(ZOO), "not measured on this machine")
+    assert report["unmeasured"] == [a for a, r in rows.items() if r.params <= 10e6]  # what measuring could bring in
 
 
 @pytest.mark.slow  # a fresh interpreter imports torch: ~20 s on a shared 2-core machine
@@ -96,7 +104,7 @@ def test_json_schema_is_stable_and_filters_apply(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     data = json.loads(done.stdout)
     assert FIELDS == SCHEMA
-    assert set(data) == {"machine", "rows"} and data["machine"]["onnxruntime"]
+    assert set(data) == {"machine", "rows", "filtered", "notes"} and data["machine"]["onnxruntime"]
     assert data["rows"], "no rows under 6M parameters"
     for r in data["rows"]:
         assert tuple(r) == SCHEMA
@@ -106,6 +114,69 @@ def test_json_schema_is_stable_and_filters_apply(tmp_path):
     assert flops == sorted(flops)
     assert {"mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"} <= {r["arch"] for r in data["rows"]}
 
+
+
+def readme_example() -> list[str]:
+    line = next(line for line in (REPO_ROOT / "README.md").read_text().splitlines()
+                if line.startswith("imgcls models --max-params"))
+    return shlex.split(line)[2:]
+
+
+def printed_commands(text: str) -> list[list[str]]:
+    """The `imgcls models ...` commands a listing prints, as argument lists after `imgcls models`."""
+    return [shlex.split(found)[2:] for found in re.findall(r"`(imgcls models [^`]+)`", text)]
+
+
+@pytest.mark.slow
+def test_readme_example_says_what_it_filtered_out(tmp_path, rows):
+    """On a machine that measured nothing, the README's example lists nothing and says why, naming the
+    models that pass every other filter and the command that measures them."""
+    args = readme_example()
+    assert "--max-latency-ms" in args and "--json" in args
+    done = cli(*args, "--cache-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads(done.stdout)
+    assert data["rows"] == [] and data["filtered"]["kept"] == 0 and data["filtered"]["total"] == len(ZOO)
+    latency = next(f for f in data["filtered"]["by_filter"] if f["option"] == "--max-latency-ms")
+    assert latency["unknown"] == len(ZOO) and latency["unknown_reason"] == "not measured on this machine"
+    top1 = next(f for f in data["filtered"]["by_filter"] if f["option"] == "--min-top1")
+    assert set(top1["unknown_archs"]) == {a for a, r in rows.items() if r.imagenet_top1 is None}
+    candidates = [a for a, r in rows.items() if r.params <= 10e6 and (r.imagenet_top1 or 0) >= 75]
+    assert candidates and data["filtered"]["unmeasured"] == candidates
+    (step,) = [c for n in data["notes"] for c in printed_commands(n) if "--benchmark" in c]
+    assert step[step.index("--benchmark") + 1:][:len(candidates)] == candidates
+
+
+@pytest.mark.slow  # a benchmark of the tiny net, in a fresh interpreter
+def test_printed_benchmark_step_measures_and_brings_the_rows_in(tmp_path):
+    quick = ["--cache-dir", str(tmp_path), "--batch", "1", "--max-seconds", "1", "--no-int8", "--no-progress"]
+    first = cli("--max-params", "1M", "--max-latency-ms", "10000", *quick)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "not measured on this machine were left out by --max-latency-ms" in first.stdout
+    (step,) = printed_commands(first.stdout.split("were left out by")[1])
+    assert step[:2] == ["--benchmark", "tiny"] and "--max-latency-ms" in step and str(tmp_path) in step
+    measured = cli(*step)
+    assert measured.returncode == 0, measured.stderr[-2000:]
+    (tiny,) = [line for line in measured.stdout.splitlines() if line.startswith("tiny ")]
+    cells = re.split(r"\s{2,}", tiny)  # arch ... weights, then fp32 ms
+    assert float(cells[8]) <= 10000 and "left out by --max-latency-ms" not in measured.stdout
+
+
+@pytest.mark.slow
+def test_models_without_weights_here_are_named_and_weights_here_lists_only_usable_ones(tmp_path):
+    env = {"TORCH_HOME": str(tmp_path / "torch")}  # no torchvision weights cached
+    listed = cli("--max-params", "6M", "--json", "--cache-dir", str(tmp_path), env=env)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    data = json.loads(listed.stdout)
+    absent = [r["arch"] for r in data["rows"] if not r["weights_available"] and r["weights"] != "none"]
+    assert "mobilenet_v2" in absent
+    (note,) = [n for n in data["notes"] if "no pretrained weights on this machine" in n]
+    assert all(arch in note for arch in absent) and "`--weights-here`" in note
+    here = cli("--max-params", "6M", "--json", "--cache-dir", str(tmp_path), "--weights-here", env=env)
+    assert here.returncode == 0, here.stderr[-2000:]
+    usable = json.loads(here.stdout)
+    assert [r["arch"] for r in usable["rows"]] == [r["arch"] for r in data["rows"] if r["weights_available"]]
+    assert usable["rows"] and not any("no pretrained weights" in n for n in usable["notes"])
 
 def test_table_lists_every_arch_and_names_the_machine(tmp_path, capsys):
     assert main(["--markdown", "--cache-dir", str(tmp_path)]) == 0

@@ -69,8 +69,12 @@ def test_option_and_run_directory_problems(tmp_path, caplog):
     assert main(["--arch", "tiny"]) == 2 and "missing --data, --out" in caplog.text
     assert main(["--resume", str(tmp_path / "nothing")]) == 2 and "train_state.pt is missing" in caplog.text
     (tmp_path / "taken" / "checkpoint").mkdir(parents=True)
+    assert main(["--data", str(data), "--out", str(tmp_path / "taken"), *TINY, "--overwrite"]) == 2
+    assert "holds files imgcls did not write as a training run (checkpoint/)" in caplog.text  # not a run
+    for name in ("card.json", "weights.safetensors"):  # a run of an imgcls that wrote no marker
+        (tmp_path / "taken" / "checkpoint" / name).write_text("{}")
     assert main(["--data", str(data), "--out", str(tmp_path / "taken"), *TINY]) == 2
-    assert "already holds a run: pass --resume" in caplog.text
+    assert "already exists and holds a training run" in caplog.text and "pass --resume" in caplog.text
     (tmp_path / "taken" / "keep.txt").write_text("not ours")
     assert main(["--data", str(data), "--out", str(tmp_path / "taken"), *TINY, "--overwrite"]) == 0
     assert (tmp_path / "taken" / "keep.txt").exists() and (tmp_path / "taken" / "checkpoint" / "card.json").exists()

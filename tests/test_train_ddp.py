@@ -33,7 +33,7 @@ def test_torchrun_two_processes_writes_one_checkpoint(tmp_path, case):
     assert card.train["world_size"] == 2
     assert sorted(p.name for p in (out / "checkpoint").iterdir()) == ["card.json", "weights.safetensors"]
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp"]
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".imgcls.json"]  # the run's marker only
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]  # one writer, not two
     # 80 training images, 40 per rank: the reported count sums both ranks' shards, and every image

@@ -3,8 +3,8 @@ the Ray engine's workers (``Dataset.write_parquet``), read back as one table.
 
 The rows have the schema of every other output (``outputs.columns`` / ``outputs.arrow_schema``).
 ``--resume`` reads the parts already there and appends new ones (new file names); ``--overwrite``
-removes the directory first, but only when it holds nothing but Parquet files, so a mistyped
-``--out`` never deletes unrelated data.
+removes the directory first, but only when it is a scores directory imgcls wrote (its marker, or
+nothing but Parquet files: ``core.ownership``), so a mistyped ``--out`` never deletes unrelated data.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from imgcls.models.core.ownership import OwnershipError, check_replaceable, write_marker
 from imgcls.service.scoring.outputs import FORMATS, OutputError, Row, columns, read_rows
 
 log = logging.getLogger(__name__)
@@ -50,18 +51,16 @@ def prepare_dataset_dir(out: Path, k: int, resume: bool, overwrite: bool) -> lis
         raise OutputError(f"--out {out} is a file; a Parquet dataset needs a directory")
     if out.suffix.lower() in FORMATS:
         raise OutputError(f"--out {out}: a {out.suffix} name is a file, not a dataset directory")
-    entries = [p for p in out.iterdir()] if out.is_dir() else []
-    if entries and not resume:
-        if not overwrite:
-            raise OutputError(f"--out {out} is not empty: pass --resume to continue it or --overwrite to replace it")
-        strangers = [p for p in out.rglob("*") if p.is_file() and p.suffix != ".parquet"]
-        if strangers:
-            raise OutputError(f"--out {out} holds files that are not Parquet parts (e.g. {strangers[0].name}); "
-                              "refusing to delete it")
+    try:
+        held = check_replaceable(out, "scores", overwrite or resume,
+                                 how="pass --resume to continue it or --overwrite to replace it")
+    except OwnershipError as exc:
+        raise OutputError(str(exc)) from None
+    if held and not resume:
         log.info("removing the earlier dataset %s (--overwrite)", out)
         shutil.rmtree(out)
     existing = read_dataset_rows(out, k) if out.is_dir() else []
-    out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, "scores")
     return existing
 
 

@@ -284,6 +284,63 @@ class ParquetOutput:
         """Leave the parts in place: an unfinished run resumes from them."""
 
 
+def _leading_columns(path: Path, kind: str) -> list[str]:
+    """The column names a results file starts with (its CSV header, first JSON line's keys, Parquet schema)."""
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    with open(path, encoding="utf-8", newline="") as handle:
+        first = handle.readline(1 << 16)
+    if kind == "csv":
+        return next(csv.reader([first]), [])
+    record = json.loads(first)
+    return list(record) if isinstance(record, dict) else []
+
+
+def is_scores_file(path: str | Path) -> bool:
+    """``path`` is a results file imgcls score wrote (any version, any --top-k): recognised by its columns."""
+    try:
+        names = _leading_columns(Path(path), output_format(path))
+    except Exception:  # unreadable, not UTF-8 / JSON / Parquet (pyarrow raises its own types)
+        return False
+    return names[:3] == ["path", "label_1", "score_1"]
+
+
+def _is_parts_dir(parts: Path) -> bool:
+    """``<out>.parts/`` holds only part files (and their temporaries) of an unfinished Parquet run."""
+    return parts.is_dir() and all(
+        p.is_file() and p.name.startswith(("part-", ".part-")) and p.name.endswith((".parquet", ".parquet.tmp"))
+        for p in parts.rglob("*"))
+
+
+def check_ours(path: Path, kind: str) -> None:
+    """Before resuming or replacing: ``path`` (and a Parquet file's parts) must be results imgcls wrote."""
+    from imgcls.models.core.ownership import OwnershipError, check_replaceable_file
+
+    try:
+        check_replaceable_file(path, f"a {kind.upper() if kind != 'parquet' else 'Parquet'} results file",
+                               is_scores_file)
+    except OwnershipError as exc:
+        raise OutputError(str(exc)) from None
+    parts = path.with_name(path.name + ".parts")
+    if kind == "parquet" and parts.exists() and not _is_parts_dir(parts):
+        raise OutputError(f"{parts} holds files imgcls score did not write as part files; it is left untouched: "
+                          "choose another --out")
+
+
+def check_out_apart(out: Path, bundle: Path, inputs: Sequence[str], lists: Sequence[str]) -> None:
+    """``--out`` may not be, hold or sit inside the bundle, nor be or hold an input; it may sit in an input folder."""
+    from imgcls.models.core.ownership import OwnershipError, check_disjoint
+
+    local = [("input", Path(p)) for p in inputs if "://" not in p and Path(p).exists()]
+    try:
+        check_disjoint(out, [("the bundle", bundle), *local, *(("--list", Path(p)) for p in lists)],
+                       inside_ok=("input",))
+    except OwnershipError as exc:
+        raise OutputError(str(exc)) from None
+
+
 def open_output(path: str | Path, k: int, resume: bool, overwrite: bool, provenance: Mapping[str, Any] | None = None):
     """A CsvOutput / JsonlOutput / ParquetOutput whose ``existing`` rows are the ones to skip.
 
@@ -295,6 +352,7 @@ def open_output(path: str | Path, k: int, resume: bool, overwrite: bool, provena
     parts = path.with_name(path.name + ".parts")
     if not resume and not overwrite and (path.exists() or (kind == "parquet" and parts.exists())):
         raise OutputError(f"--out {path} already exists: pass --resume to continue it or --overwrite to replace it")
+    check_ours(path, kind)
     names = columns(k)
     kinds = {"csv": CsvOutput, "jsonl": JsonlOutput, "parquet": ParquetOutput}
     output = kinds[kind](path, names, resume, provenance)
