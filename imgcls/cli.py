@@ -35,7 +35,10 @@ def usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # a usage error: no stage named
+        sys.stderr.write(usage() + "\n")
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         sys.stdout.write(usage() + "\n")
         return 0
     stage, rest = argv[0], argv[1:]

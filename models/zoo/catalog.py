@@ -14,10 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
-from imgcls.models.zoo.registry import ZOO, build, default_preprocess, entry_for
+# torch and the zoo are imported where used: ``imgcls models --help`` needs only FIELDS (and takes 0.1 s
+# instead of seconds).
 
 # JSON keys, in order: a stable schema (tests/test_models_catalog.py pins it).
 FIELDS = (
@@ -61,6 +59,11 @@ class CatalogRow:
 @functools.lru_cache(maxsize=None)
 def computed_size(arch: str) -> tuple[int, float]:
     """(parameters, GFLOPs per image) of ``arch`` with its 1000-class head, counted on the meta device."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from imgcls.models.zoo.registry import build, default_preprocess
+
     size = default_preprocess(arch).crop_size
     with torch.device("meta"):
         model = build(arch, 1000).eval()
@@ -79,6 +82,8 @@ def _accuracy(meta: Mapping[str, Any]) -> tuple[float | None, float | None, str]
 
 
 def _weights_file_mb(arch: str, meta: Mapping[str, Any]) -> float | None:
+    from imgcls.models.zoo.registry import entry_for
+
     if "_file_size" in meta:
         return float(meta["_file_size"])
     source = entry_for(arch).weights
@@ -89,6 +94,8 @@ def _weights_file_mb(arch: str, meta: Mapping[str, Any]) -> float | None:
 
 def weights_status(arch: str) -> tuple[str, bool, str, str | None]:
     """(kind, available offline now, status in words, location) of ``arch``'s pretrained weights."""
+    from imgcls.models.zoo.registry import entry_for
+
     source = entry_for(arch).weights
     if source is None:
         return "none", False, "none (random init only)", None
@@ -120,6 +127,8 @@ def _measured(entry: Mapping[str, Any] | None) -> tuple[float | None, float | No
 
 def row(arch: str, measured: Mapping[str, Any] | None = None) -> CatalogRow:
     """The catalog row of ``arch``; ``measured`` is its entry in this machine's benchmark cache."""
+    from imgcls.models.zoo.registry import default_preprocess, entry_for
+
     source = entry_for(arch).weights
     meta = source.meta() if source is not None else {}
     params, params_source, gflops, gflops_source = _figures(arch, meta)
@@ -142,6 +151,8 @@ def row(arch: str, measured: Mapping[str, Any] | None = None) -> CatalogRow:
 
 def catalog(measurements: Mapping[str, Mapping[str, Any]] | None = None) -> list[CatalogRow]:
     """Every zoo architecture, in the zoo's order, with this machine's measurements where present."""
+    from imgcls.models.zoo.registry import ZOO
+
     measurements = measurements or {}
     return [row(arch, measurements.get(arch)) for arch in ZOO]
 
