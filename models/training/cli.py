@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from imgcls.models.core.errors import ConfigError
+from imgcls.models.core.ownership import OwnershipError, check_disjoint, check_replaceable
 from imgcls.models.training.config import OPTIMIZERS, STRATEGIES, TrainConfig, build_config
 from imgcls.stage_parser import StageParser
 
@@ -109,12 +110,10 @@ def _fresh_config(args: argparse.Namespace) -> TrainConfig:
 
     entry_for(args.arch)  # unknown architecture: a message listing the zoo
     out = Path(args.out)
-    if any((out / name).exists() for name in ("checkpoint", "train_state.pt", "split.json")):
-        if not args.overwrite:
-            raise ConfigError(f"{out} already holds a run: pass --resume {out} to continue it, --overwrite to "
-                              "replace it, or choose another --out")
-        if int(os.environ.get("RANK", "0")) == 0:
-            _remove_run(out)
+    check_disjoint(out, [("--data", args.data)])
+    if check_replaceable(out, "run", args.overwrite, how=f"pass --resume {out} to continue it, --overwrite to "
+                         "replace it") and int(os.environ.get("RANK", "0")) == 0:
+        _remove_run(out)
     options = _options(args)
     if options.get("workers") is None:
         options["workers"] = _default_workers()
@@ -235,7 +234,7 @@ def _run_reporting_errors(args: argparse.Namespace) -> int:
 
     try:
         return run(args)
-    except (DatasetError, ConfigError, ResumeError, WeightsError, UnknownArchError) as exc:
+    except (DatasetError, ConfigError, OwnershipError, ResumeError, WeightsError, UnknownArchError) as exc:
         log.error("imgcls train: %s", exc)
         return 2
 

@@ -18,6 +18,7 @@ from imgcls.models.core.card import ModelCard
 from imgcls.models.training.calibrate import RELIABILITY_FILENAME, calibrate_validation, plot_reliability
 from imgcls.models.training.checkpoint import save_checkpoint
 from imgcls.models.core.dataset import DatasetError, SplitListing, make_split, without_files
+from imgcls.models.core.ownership import write_marker
 from imgcls.models.training.plots import plot_confusion, plot_curves
 from imgcls.models.core.preprocess import Preprocess
 from imgcls.models.training.resume import Progress, restore_rng_state, rng_state, save_train_state
@@ -120,7 +121,7 @@ class TrainingSession:
 
     def run(self) -> dict[str, Any]:
         if self.dist.is_main and self.state is None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_marker(self.run_dir, "run")
             self.listing.save(self.run_dir)
             (self.run_dir / METRICS_FILENAME).write_text("")
         elif self.dist.is_main:  # drop lines of an epoch that was interrupted before its state was saved
