@@ -15,7 +15,8 @@ bundle missing on a node), Ray gives up after a few consecutive failures and the
 ``EngineError`` (exit 2).
 
 Ray is imported lazily (``import_ray``), so this module imports without it; usage statistics are
-off and a local Ray starts without the dashboard (nothing here needs the network).
+off and a local Ray starts without the dashboard (nothing here needs the network). Ray's own log
+lines stay in its session log files, out of the command's stderr (``ray_logs``).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from imgcls.service.scoring.outputs import arrow_schema, columns
+from imgcls.service.scoring.ray_logs import RAY_LOG_LEVEL, native_lines_dropped, quiet_ray_data
 from imgcls.service.scoring.results import to_row
 
 log = logging.getLogger("imgcls.score")
@@ -53,6 +55,7 @@ def import_ray() -> Any:
         import ray.data  # noqa: F401 - Ray Data is what the extra adds
     except ImportError as exc:
         raise EngineError(f"--engine ray needs Ray Data, which is not installed ({exc}): {EXTRA_HINT}") from exc
+    quiet_ray_data()
     return ray
 
 
@@ -116,20 +119,21 @@ def connected(ray: Any, options: RayOptions) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    try:
-        if options.address:
-            ray.init(address=options.address, logging_level=logging.WARNING)
-        else:
-            from imgcls.service.runtime import available_cpus
+    with native_lines_dropped():
+        try:
+            if options.address:
+                ray.init(address=options.address, logging_level=RAY_LOG_LEVEL, log_to_driver=False)
+            else:
+                from imgcls.service.runtime import available_cpus
 
-            ray.init(num_cpus=max(1, math.floor(available_cpus())), include_dashboard=False,
-                     logging_level=logging.WARNING)
-    except Exception as exc:  # noqa: BLE001 - Ray raises many types for an unreachable cluster
-        raise EngineError(f"cannot start or join Ray (address {options.address or 'local'}): {exc}") from exc
-    try:
-        yield
-    finally:
-        ray.shutdown()
+                ray.init(num_cpus=max(1, math.floor(available_cpus())), include_dashboard=False,
+                         logging_level=RAY_LOG_LEVEL, log_to_driver=False)
+        except Exception as exc:  # noqa: BLE001 - Ray raises many types for an unreachable cluster
+            raise EngineError(f"cannot start or join Ray (address {options.address or 'local'}): {exc}") from exc
+        try:
+            yield
+        finally:
+            ray.shutdown()
 
 
 def pool_size(ray: Any, options: RayOptions, reserve_cpus: float = 0.0) -> int:

@@ -21,11 +21,10 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from tqdm import tqdm
-
 from imgcls.models.core import bundle as bundle_checks
 from imgcls.service.scoring.dataset_dir import is_dataset_dir, prepare_dataset_dir, read_dataset_rows
 from imgcls.models.core.calibration import effective_min_score
+from imgcls.models.core.progress import track
 from imgcls.service.scoring.inputs import InputError
 from imgcls.service.scoring.outputs import Row, open_output
 from imgcls.service.scoring.ray_engine import (
@@ -54,16 +53,15 @@ def _inputs(args: argparse.Namespace, card: Any) -> tuple[tuple[tuple[str, ...],
 
 
 def _stream_to_file(dataset: Any, output: Any, total: int | None, no_progress: bool) -> Tally:
-    """Rows back to this process, written batch by batch by the local scorer's writer."""
+    """Rows back to this process, written batch by batch by the local scorer's writer; progress as the
+    local scorer's (a bar on a terminal, log lines otherwise)."""
     tally = Tally()
-    with tqdm(total=total, unit="img", desc="scoring (ray)", disable=no_progress, dynamic_ncols=True) as bar:
-        for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-            rows = table.to_pylist()
-            output.write(rows)
-            for row in rows:
-                tally.add(row)
-            bar.update(len(rows))
-            bar.set_postfix(failed=tally.failed, refresh=False)
+    tables = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+    for table in track(tables, "scoring (ray)", total, enabled=not no_progress, count=len, logger=log):
+        rows = table.to_pylist()
+        output.write(rows)
+        for row in rows:
+            tally.add(row)
     return tally
 
 
@@ -88,8 +86,8 @@ def _execute(
                       args.decode_threads, min_score)
     with connected(ray, options):
         to_file = output is not None
-        dataset = scored_dataset(ray, todo, spec, options, progress=not (args.no_progress or to_file), uris=uris,
-                                 written_by_ray=not to_file)
+        bars = not (args.no_progress or to_file) and sys.stderr.isatty() and sys.stdout.isatty()  # Ray Data's own
+        dataset = scored_dataset(ray, todo, spec, options, progress=bars, uris=uris, written_by_ray=not to_file)
         try:
             if to_file:
                 return _stream_to_file(dataset, output, None if uris else len(todo), args.no_progress)
