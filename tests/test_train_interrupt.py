@@ -1,12 +1,14 @@
 """Ctrl-C (SIGINT) at any point of ``imgcls train``: the printed next step works.
 
-Each test starts the real CLI, waits for a phase's own progress line on stderr, sends SIGINT, runs
-the command the interrupted run printed, and checks that it completes. Interrupted while caching
+Each test starts the real CLI in its own session, waits for a phase's own progress line on stderr,
+sends SIGINT to the whole process group (as Ctrl-C on a terminal does, data-loading workers
+included), runs the command the interrupted run printed, and checks that it completes. Interrupted while caching
 backbone features, the resumed run reuses the pieces already on disk and ends with the same weights
 as a run that was never interrupted.
 """
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import signal
@@ -25,9 +27,10 @@ from tests.conftest import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 # A real backbone (random init, offline) is slow enough on CPU (~150 images/s on one thread) that
-# caching 400 images takes seconds; batches of 8 make pieces of 32 images.
+# caching 400 images takes seconds; batches of 8 make pieces of 32 images; one loader worker, as
+# by default on two cores.
 HEAD = ["--arch", "mobilenet_v3_small", "--weights", "none", "--strategy", "head", "--epochs", "2",
-        "--batch-size", "8", "--loader-workers", "0", "--threads", "1", "--no-augment", "--patience", "0"]
+        "--batch-size", "8", "--loader-workers", "1", "--threads", "1", "--no-augment", "--patience", "0"]
 STEP = re.compile(r"interrupted; (?:continue with|nothing to resume yet; start again with): (.+)$", re.M)
 
 
@@ -38,7 +41,7 @@ def _imgcls(args: list[str]) -> list[str]:
 def interrupt_at(args: list[str], phase: re.Pattern[str], timeout: float = 120) -> tuple[int, str]:
     """Run ``imgcls ARGS``, send SIGINT when a stderr line matches ``phase``; (exit status, stderr)."""
     process = subprocess.Popen(_imgcls(args), cwd=REPO_ROOT, env=cli_env(IMGCLS_PROGRESS_INTERVAL_S="0"),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     lines: list[str] = []
 
     def read() -> None:
@@ -46,7 +49,7 @@ def interrupt_at(args: list[str], phase: re.Pattern[str], timeout: float = 120) 
         for line in process.stderr:
             lines.append(line)
             if phase.search(line) and process.poll() is None:
-                process.send_signal(signal.SIGINT)
+                os.killpg(process.pid, signal.SIGINT)
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -75,6 +78,14 @@ def _complete(run: Path, epochs: int = 2) -> dict:
 def digits(tmp_path_factory) -> Path:
     data = tmp_path_factory.mktemp("interrupt") / "data"
     write_digits(data, limit_per_class=40)
+    return data
+
+
+@pytest.fixture(scope="module")
+def all_digits(tmp_path_factory) -> Path:
+    """1,797 images: checking them takes long enough (~0.5 s) to be interrupted reliably."""
+    data = tmp_path_factory.mktemp("interrupt") / "all"
+    write_digits(data)
     return data
 
 
@@ -107,9 +118,10 @@ def test_interrupted_while_caching_resumes_with_the_features_already_cached(digi
     assert all(torch.equal(best[k], best_resumed[k]) for k in best)
 
 
-def test_interrupted_while_checking_images_starts_again(digits, tmp_path):
+def test_interrupted_while_checking_images_starts_again(all_digits, tmp_path):
     run = tmp_path / "run"
-    status, stderr = interrupt_at(["train", "--data", str(digits), "--out", str(run), *HEAD],
+    tiny = ["--arch", "tiny", "--weights", "none", "--epochs", "2", "--loader-workers", "1", "--threads", "1"]
+    status, stderr = interrupt_at(["train", "--data", str(all_digits), "--out", str(run), *tiny],
                                   re.compile(r"checking images: \d+/"))
     assert status == 130, stderr[-2000:]
     assert "nothing to resume yet; start again with: imgcls train --data" in stderr
