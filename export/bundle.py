@@ -5,17 +5,15 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import onnx
-from tqdm import tqdm
 
 from imgcls.export.config import FP32_FILENAME, INPUT_NAME, OUTPUT_NAME, REPORT_FILENAME, ExportConfig
 from imgcls.export.convert import embed_card, save_onnx, to_onnx
-from imgcls.export.images import check_classes, load_split, parity_pixels
+from imgcls.export.images import check_classes, check_gate_split, load_split, parity_pixels
 from imgcls.export.validate import check_graph, check_parity
 from imgcls.models.core.atomic import sha256_file, staged_directory, write_atomically
 from imgcls.models.core.card import ModelCard
@@ -23,6 +21,7 @@ from imgcls.models.core.ownership import write_marker
 from imgcls.models.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
+progress_log = logging.getLogger("imgcls.progress")  # the CLI shows it at INFO unless --no-progress
 
 OWNER_FILENAME = ".owner-pid"
 
@@ -97,61 +96,57 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     started = time.perf_counter()
     steps = ["load", "convert", "check", "parity"] + (["int8"] if config.int8 else []) + (["fp16"] if config.fp16 else []) + ["write"]
-    # a bar on a terminal only: in a log file it would leave \r fragments (the steps' timings go to the report)
-    progress = tqdm(total=len(steps), desc="export", unit="step", leave=False,
-                    disable=not config.progress or not sys.stderr.isatty())
     timings: dict[str, float] = {}
     report: dict[str, Any] = {"run": source or str(run_dir.resolve()), "config": _config_dict(config),
                               "versions": _versions()}
 
-    def step(name: str) -> None:
+    def step(name: str) -> None:  # one log line per finished step (no bar: a log file gets no \r fragments)
         timings[name] = round(time.perf_counter() - started - sum(timings.values()), 3)
-        progress.update(1)
-        following = steps[len(timings)] if len(timings) < len(steps) else "done"
-        progress.set_description(f"export: {following}")
+        if config.progress:
+            following = steps[len(timings)] if len(timings) < len(steps) else "done"
+            progress_log.info("export: %s done in %.1f s (step %d/%d; next: %s)", name, timings[name],
+                              len(timings), len(steps), following)
 
-    progress.set_description("export: load")
     remove_stale_staging(out_dir)
-    try:
-        model, card = load_checkpoint(run_dir)
-        split = load_split(run_dir, config.data_dir)
-        check_classes(split, card.class_names)
-        pixels = parity_pixels(split, card.preprocess, config.parity_images)
-        step("load")
-        card = card.updated(export=_io_section(card, config))
-        if config.min_score is not None:
-            card = card.updated(calibration={"min_score": config.min_score})
-        with staged_directory(out_dir) as staging:
-            owner = staging / OWNER_FILENAME
-            owner.write_text(str(os.getpid()))
-            write_marker(staging, "bundle")
-            fp32_path = staging / FP32_FILENAME
-            proto = to_onnx(model, card.preprocess, opset=config.opset, exporter=config.exporter)
-            save_onnx(embed_card(proto, card), fp32_path)
-            del proto
-            step("convert")
-            report["graph"] = check_graph(fp32_path, card, config.opset)
-            step("check")
-            parity = check_parity(fp32_path, model, card.preprocess, pixels.pixels,
-                                  atol=config.parity_atol, batch=config.parity_batch)
-            report["parity"] = parity
-            card = card.updated(export={"parity": parity})
-            step("parity")
-            files: dict[str, dict[str, Any]] = {FP32_FILENAME: {"precision": "fp32"}}
-            card, files = _variants(staging, model, card, split, files, config, report, step)
-            card = _finish_files(staging, card, files)
-            card = _edge(staging, card, config, pixels.pixels, report)
-            card.save(staging)
-            if "edge" in card.export:
-                card.save(staging / card.export["edge"]["dir"])  # labels + preprocessing beside the .ort
-            report["files"] = card.export["files"]
-            report["lineage"] = dict(card.lineage)
-            step("write")
-            report["seconds"] = timings
-            write_atomically(staging / REPORT_FILENAME, json.dumps(report, indent=2).encode("utf-8"))
-            owner.unlink()
-    finally:
-        progress.close()
+    model, card = load_checkpoint(run_dir)
+    split = load_split(run_dir, config.data_dir)
+    check_classes(split, card.class_names)
+    if config.int8 or config.fp16:
+        check_gate_split(run_dir, split, card.lineage.get("dataset_sha256"))
+    pixels = parity_pixels(split, card.preprocess, config.parity_images)
+    step("load")
+    card = card.updated(export=_io_section(card, config))
+    if config.min_score is not None:
+        card = card.updated(calibration={"min_score": config.min_score})
+    with staged_directory(out_dir) as staging:
+        owner = staging / OWNER_FILENAME
+        owner.write_text(str(os.getpid()))
+        write_marker(staging, "bundle")
+        fp32_path = staging / FP32_FILENAME
+        proto = to_onnx(model, card.preprocess, opset=config.opset, exporter=config.exporter)
+        save_onnx(embed_card(proto, card), fp32_path)
+        del proto
+        step("convert")
+        report["graph"] = check_graph(fp32_path, card, config.opset)
+        step("check")
+        parity = check_parity(fp32_path, model, card.preprocess, pixels.pixels,
+                              atol=config.parity_atol, batch=config.parity_batch)
+        report["parity"] = parity
+        card = card.updated(export={"parity": parity})
+        step("parity")
+        files: dict[str, dict[str, Any]] = {FP32_FILENAME: {"precision": "fp32"}}
+        card, files = _variants(staging, model, card, split, files, config, report, step)
+        card = _finish_files(staging, card, files)
+        card = _edge(staging, card, config, pixels.pixels, report)
+        card.save(staging)
+        if "edge" in card.export:
+            card.save(staging / card.export["edge"]["dir"])  # labels + preprocessing beside the .ort
+        report["files"] = card.export["files"]
+        report["lineage"] = dict(card.lineage)
+        step("write")
+        report["seconds"] = timings
+        write_atomically(staging / REPORT_FILENAME, json.dumps(report, indent=2).encode("utf-8"))
+        owner.unlink()
     log.info("exported %s -> %s in %.1f s", run_dir, out_dir, time.perf_counter() - started)
     return card
 

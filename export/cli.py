@@ -71,6 +71,21 @@ def check_out(out: Path, overwrite: bool, inputs: Sequence[tuple[str, Path | Non
                       "e.g. an fp16 variant, are dropped)")
 
 
+class _ThirdPartyAtWarning(logging.Filter):
+    """Passes imgcls's own records at any level, other libraries' only from WARNING up (ORT's tools
+    set their own loggers to DEBUG, e.g. ``ort_format_model.utils``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name == "imgcls" or record.name.startswith("imgcls.") or record.levelno >= logging.WARNING
+
+
+def quiet_third_party() -> None:
+    """Keep every non-imgcls logger at WARNING on the root handlers, whatever level it sets itself."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _ThirdPartyAtWarning) for f in handler.filters):
+            handler.addFilter(_ThirdPartyAtWarning())
+
+
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
@@ -79,8 +94,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = StageParser(prog="imgcls export", description=__doc__.splitlines()[0].strip("`"))
     parser.add_argument("run", type=Path, nargs="?", help="run directory (runs/<run>) or its checkpoint directory")
     parser.add_argument("--pretrained", metavar="ARCH", help="instead of RUN: the zoo's stock ImageNet model ARCH")
-    parser.add_argument("--weights", default="imagenet",
-                        help="with --pretrained: imagenet (the zoo's weights) or FILE (a local state dict)")
+    parser.add_argument("--weights", default=None,
+                        help="with --pretrained only: imagenet (the zoo's weights, default) or FILE (a local state "
+                             "dict); a run's export always uses the run's own checkpoint")
     parser.add_argument("--out", type=Path, help="bundle directory (default: bundles/<run name> or bundles/<ARCH>-imagenet)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --out (by default an existing bundle is refused)")
@@ -122,7 +138,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-accuracy-drop", type=float, default=1.0,
                         help="refuse INT8/fp16 if val top-1 drops more than this many points (default 1.0)")
     parser.add_argument("--gate-images", type=int, help="at most this many validation images for the gate")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress (default: a bar on a terminal, a log line every 15 s otherwise)")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -149,12 +166,16 @@ def summary(card, out: Path) -> str:
     parity = export["parity"]
     worst = max(v["max_abs_logit_diff"] for v in parity.values() if isinstance(v, dict))
     rows.append(f"  parity vs PyTorch on {parity['images']} images: max |Δlogit| {worst:.2e}, top-1 agreement 100%")
-    rows.append(f"  {'file':<18}{'precision':>10}{'MB':>9}{'top-1':>9}{'Δ points':>10}{'agree':>8}{'speed×':>8}")
+    gates = [export[p]["gate"] for p in ("int8", "fp16") if export.get(p, {}).get("gate")]
+    if gates:
+        rows.append(f"  top-1 on the gate's {gates[0]['images']} held-out images; Δ vs fp32 in points "
+                    "(+: better than fp32, -: worse)")
+    rows.append(f"  {'file':<18}{'precision':>10}{'MB':>9}{'top-1':>9}{'Δ vs fp32':>10}{'agree':>8}{'speed×':>8}")
     for name, info in export["files"].items():
         gate = export.get(info["precision"], {}).get("gate", {}) if info["precision"] != "fp32" else {}
-        top1 = gate.get(f"{info['precision']}_top1")
+        top1 = gate.get(f"{info['precision']}_top1") if gate else (gates[0]["fp32_top1"] if gates else None)
         cells = (f"{100 * top1:.2f}" if top1 is not None else "-",
-                 f"{gate['accuracy_drop_points']:.2f}" if gate else "-",
+                 f"{-gate['accuracy_drop_points']:+.2f}" if gate else "-",
                  f"{100 * gate['top1_agreement']:.1f}%" if gate else "-",
                  f"{gate['speed_ratio']:.2f}" if gate else "1.00")
         rows.append(f"  {name:<18}{info['precision']:>10}{info['bytes'] / 1e6:>9.2f}{cells[0]:>9}{cells[1]:>10}"
@@ -171,6 +192,8 @@ def summary(card, out: Path) -> str:
 
 def int8_rows(export: dict) -> list[str]:
     """What each INT8 rung measured, the one kept, what stayed fp32, the edge file."""
+    from imgcls.export.int8_search import versus_fp32
+
     section = export.get("int8")
     if not section or "attempts" not in section:
         return []
@@ -179,9 +202,12 @@ def int8_rows(export: dict) -> list[str]:
             f"[{' '.join(gated['flags']) or 'no INT8 flags'}]"]
     for attempt in section["attempts"]:
         gate = attempt.get("gate") or {}
-        figures = (f"top-1 {100 * gate['int8_top1']:.2f}% (Δ {gate['accuracy_drop_points']:.2f} points), "
-                   f"{100 * gate['size_ratio']:.1f}% size, speed×{gate['speed_ratio']:.2f}") if gate else attempt.get("reason", "")
+        figures = (f"top-1 {100 * gate['int8_top1']:.2f}% vs fp32 {100 * gate['fp32_top1']:.2f}% "
+                   f"({versus_fp32(gate, 'int8')}), {100 * gate['size_ratio']:.1f}% size, "
+                   f"speed×{gate['speed_ratio']:.2f}") if gate else attempt.get("reason", "")
         rows.append(f"    {attempt['method']:<26} {'PASSED' if attempt['passed'] else 'refused':<8} {figures}")
+    for skipped in section.get("skipped", []):
+        rows.append(f"    {skipped['method']:<26} {'skipped':<8} {skipped['reason']}")
     if section["status"] == "passed":
         rows.append(f"  int8 kept: {section['method']}")
         for kept in section.get("kept_fp32", []):
@@ -209,9 +235,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    quiet_third_party()
+    if not args.no_progress:
+        logging.getLogger("imgcls.progress").setLevel(logging.INFO)
     if (args.run is None) == (args.pretrained is None):
         sys.stderr.write("imgcls export: give either RUN or --pretrained ARCH (exactly one)\n")
         return EXIT_USAGE
+    if args.weights is not None and args.pretrained is None:
+        sys.stderr.write(f"imgcls export: --weights applies only with --pretrained; exporting {args.run} always "
+                         "uses the run's own checkpoint (drop --weights)\n")
+        return EXIT_USAGE
+    if args.pretrained and args.weights is None:
+        args.weights = "imagenet"
     try:
         config = config_from(args)  # flag values first: they are wrong whatever the run
         run = None if args.pretrained else resolve_run(args.run)
@@ -221,13 +256,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"imgcls export: {_one_line(exc)}\n")
         return EXIT_USAGE
     from imgcls.export.bundle import export_bundle  # torch is imported only past argument parsing
-    from imgcls.export.errors import ExportError
+    from imgcls.export.errors import ExportError, UsageError
     from imgcls.models.core.card import CardError
     from imgcls.models.training.checkpoint import CheckpointError
 
     try:
         card = export_pretrained(args, out, config) if args.pretrained else export_bundle(run, out, config)
-    except (CheckpointError, CardError) as exc:
+    except (CheckpointError, CardError, UsageError) as exc:
         sys.stderr.write(f"imgcls export: {_one_line(exc)} (no bundle was written to {out})\n")
         return EXIT_USAGE
     except ExportError as exc:

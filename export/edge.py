@@ -31,14 +31,20 @@ OPS_CONFIG_FILENAME = "model.int8.required_operators.config"
 
 
 @contextlib.contextmanager
-def _quiet(logger_name: str):
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.WARNING)
+def _quiet(prefix: str):
+    """``prefix`` and its child loggers at WARNING (ORT's tools set e.g. ``ort_format_model.utils``
+    to DEBUG themselves, so quieting the parent alone lets their INFO lines through)."""
+    import onnxruntime.tools.ort_format_model.utils  # noqa: F401  (creates its logger at import)
+
+    names = [prefix] + [n for n in logging.root.manager.loggerDict if n.startswith(prefix + ".")]
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def convert_to_ort(int8_path: Path, out_dir: Path, target: str) -> tuple[Path, Path]:

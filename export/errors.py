@@ -32,3 +32,8 @@ class QuantizationRefused(ExportError):
     def __init__(self, message: str, figures: dict) -> None:
         super().__init__(message)
         self.figures = figures
+
+
+class UsageError(ExportError):
+    """Bad input the user can fix (an unknown architecture, a missing weights file, unusable --data):
+    the CLI exits 2."""

@@ -9,7 +9,7 @@ import numpy as np
 
 from imgcls.export.config import INPUT_NAME, OUTPUT_NAME, ExportConfig
 from imgcls.export.errors import QuantizationRefused
-from imgcls.export.images import load_pixels
+from imgcls.export.images import images_sha256, load_pixels
 from imgcls.export.validate import run_batches, session
 from imgcls.models.core.card import ModelCard
 from imgcls.models.core.dataset import SplitListing
@@ -52,7 +52,7 @@ def precision_gate(fp32_path: Path, other_path: Path, split: SplitListing, card:
     sizes = {"fp32": fp32_path.stat().st_size, precision: other_path.stat().st_size}
     drop = 100.0 * (accuracy["fp32"] - accuracy[precision])
     figures = {
-        "images": int(len(val.labels)),
+        "images": int(len(val.labels)), "images_sha256": images_sha256(val.paths),
         "fp32_top1": accuracy["fp32"], f"{precision}_top1": accuracy[precision], "accuracy_drop_points": drop,
         "max_accuracy_drop_points": config.max_accuracy_drop,
         "top1_agreement": float(np.mean(preds["fp32"] == preds[precision])),
@@ -64,7 +64,7 @@ def precision_gate(fp32_path: Path, other_path: Path, split: SplitListing, card:
     if drop > config.max_accuracy_drop:
         raise QuantizationRefused(
             f"{precision} top-1 {100 * accuracy[precision]:.2f}% vs fp32 {100 * accuracy['fp32']:.2f}% on "
-            f"{len(val.labels)} validation images: a drop of {drop:.2f} points exceeds the allowed "
+            f"{len(val.labels)} held-out (validation) images: a drop of {drop:.2f} points exceeds the allowed "
             f"{config.max_accuracy_drop:g}; the bundle keeps fp32 only", figures)
     return figures
 

@@ -1,14 +1,21 @@
-"""Real images for export: the run's split (split.json) through the one ``Preprocess``."""
+"""Real images for export: the run's split (split.json) through the one ``Preprocess``.
+
+Fitting and grading never share an image: ``held_out`` removes the gate's images (the split's
+``val``) from the images anything is fitted on (``train``: INT8 calibration ranges, the retrained
+head, QAT, sensitivity ranking), and ``image_set`` records each set in the card as a count and the
+SHA-256 of its sorted path list, refusing a set that overlaps the gate's.
+"""
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from imgcls.export.errors import ExportError
+from imgcls.export.errors import ExportError, UsageError
 from imgcls.models.core.dataset import SPLIT_FILENAME, DatasetError, Sample, SplitListing, make_split
 from imgcls.models.core.preprocess import ImageDecodeError, Preprocess
 
@@ -40,6 +47,43 @@ def load_split(run_dir: Path, data_dir: Path | None) -> SplitListing:
         f"export needs real images for parity and calibration: {split_path} does not exist; "
         "pass --data DIR (an ImageFolder with the run's classes)"
     )
+
+
+def check_gate_split(run_dir: Path, split: SplitListing, dataset_sha256: str | None) -> None:
+    """The gates grade on ``split.val``: refuse a split that is not the run's own (a split made from
+    --data when split.json is gone), whose validation images may be images the run trained on."""
+    if (run_dir / SPLIT_FILENAME).is_file() or dataset_sha256 == split.sha256():
+        return
+    raise UsageError(
+        f"{run_dir} has no {SPLIT_FILENAME}, and a split of {split.root} is not the listing the run trained "
+        "with (its hash differs from the card's lineage), so an INT8/fp16 gate could grade on training images; "
+        f"restore {run_dir / SPLIT_FILENAME}, or export without --int8/--fp16")
+
+
+def held_out(split: SplitListing) -> SplitListing:
+    """``split`` with every gate (``val``) image removed from its fitting (``train``) images."""
+    gate = {s.path for s in split.val}
+    fit = tuple(s for s in split.train if s.path not in gate)
+    if len(fit) < len(split.train):
+        log.warning("%d of the %d training images are also validation images: nothing is fitted on them",
+                    len(split.train) - len(fit), len(split.train))
+    return SplitListing(split.root, split.class_names, fit, split.val, split.method, split.seed, split.val_fraction)
+
+
+def images_sha256(paths: Iterable[str]) -> str:
+    """SHA-256 of the sorted, newline-joined relative paths: names an image set in the card."""
+    return hashlib.sha256("\n".join(sorted(paths)).encode("utf-8")).hexdigest()
+
+
+def image_set(paths: Sequence[str], gate: SplitListing | None = None, what: str = "fitted") -> dict[str, Any]:
+    """``{"images": n, "images_sha256": ...}`` for a set; ``ExportError`` if it shares an image with
+    ``gate.val`` (the images the gates grade on)."""
+    if gate is not None:
+        shared = sorted(set(paths) & {s.path for s in gate.val})
+        if shared:
+            raise ExportError(f"{len(shared)} image(s) {what} on are also graded on (e.g. {shared[0]}); "
+                              "export never grades a model on images it was fitted on")
+    return {"images": len(paths), "images_sha256": images_sha256(paths)}
 
 
 def check_classes(split: SplitListing, class_names: Sequence[str]) -> None:

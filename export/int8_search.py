@@ -9,7 +9,11 @@
 4. quantization-aware training (``imgcls.export.qat``), when allowed and the run's images are there.
 
 The gate is the same for every rung (``precision_gate``: top-1 drop on the validation split) and is
-never loosened. Calibration runs once (ORT's calibration cache), so later rungs cost a quantization
+never loosened. Nothing a rung fits (calibration ranges, the retrained head, QAT, the sensitivity
+ranking) sees a gate image: the ladder works on ``held_out(split)``, and each set is recorded in the
+card (count and SHA-256 of its sorted paths) after a check that it shares no image with the gate's.
+A rung with too few images to fit on apart from the gate's is skipped, and the report says why.
+Calibration runs once (ORT's calibration cache), so later rungs cost a quantization
 and a gate each. The report lists every attempt with its figures, the method kept, what was kept in
 fp32 and why, the target and the CPU features of the machine whose kernels ran the gate.
 """
@@ -28,13 +32,16 @@ from imgcls.export.config import FP32_FILENAME, INT8_FILENAME, ExportConfig
 from imgcls.export.cpu import cpu_features, local_target
 from imgcls.export.errors import QuantizationRefused
 from imgcls.export.gate import precision_gate
-from imgcls.export.images import load_pixels
-from imgcls.export.quantize import DYNAMIC_MATMUL_ARCHS, Recipe, calibration_pixels, prepare, quantize_prepared, recipe_for
+from imgcls.export.images import held_out, image_set, load_pixels
+from imgcls.export.quantize import (DYNAMIC_MATMUL_ARCHS, Recipe, calibration_images, prepare, quantize_prepared,
+                                    recipe_for)
 from imgcls.export.validate import check_graph
 from imgcls.models.core.card import ModelCard
 from imgcls.models.core.dataset import SplitListing
 
 log = logging.getLogger(__name__)
+progress_log = logging.getLogger("imgcls.progress")  # each rung's result, shown unless --no-progress
+HEAD_METHOD = "ptq + retrained head"
 
 
 def resolve_target(config: ExportConfig) -> str:
@@ -51,10 +58,10 @@ def _attempt(method: str, candidate: Path, fp32: Path, split: SplitListing, card
     except QuantizationRefused as refusal:
         attempt = {"method": method, "passed": False, "reason": str(refusal), "gate": refusal.figures}
     gate = attempt["gate"]
-    if gate:
-        log.info("int8 %s: top-1 %.2f%% vs fp32 %.2f%% (drop %.2f points), %.1f%% of fp32 size -> %s",
-                 method, 100 * gate["int8_top1"], 100 * gate["fp32_top1"], gate["accuracy_drop_points"],
-                 100 * gate["size_ratio"], "passed" if attempt["passed"] else "refused")
+    if gate and config.progress:
+        progress_log.info("int8 %s: top-1 %.2f%% vs fp32 %.2f%% (%s) on %d held-out images, %.1f%% of fp32 size -> %s",
+                          method, 100 * gate["int8_top1"], 100 * gate["fp32_top1"], versus_fp32(gate, "int8"),
+                          gate["images"], 100 * gate["size_ratio"], "passed" if attempt["passed"] else "refused")
     return {**attempt, "settings": settings}
 
 
@@ -68,8 +75,20 @@ def _mixed_counts(limit: int) -> list[int]:
     return counts
 
 
+def versus_fp32(gate: dict[str, Any], precision: str) -> str:
+    """``"INT8 1.39 points better than fp32"`` / ``"... worse ..."`` / ``"same top-1 as fp32"``."""
+    drop = gate["accuracy_drop_points"]
+    if abs(drop) < 0.005:
+        return "same top-1 as fp32"
+    return f"{precision.upper()} {abs(drop):.2f} points {'worse' if drop > 0 else 'better'} than fp32"
+
+
 class Ladder:
-    """State shared by the rungs: the prepared graph, calibration cache, images, attempts."""
+    """State shared by the rungs: the prepared graph, calibration cache, images, attempts.
+
+    ``split`` is ``held_out``: its ``train`` (what rungs fit on) shares no image with its ``val``
+    (what the gate grades on).
+    """
 
     def __init__(self, staging: Path, scratch: Path, card: ModelCard, split: SplitListing, config: ExportConfig) -> None:
         self.staging, self.scratch, self.card, self.split, self.config = staging, scratch, card, split, config
@@ -78,14 +97,29 @@ class Ladder:
         self.cache = scratch / "calibration.json"
         self.target = resolve_target(config)
         self.attempts: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, str]] = []
         prepare(self.fp32, self.prepared)
-        dynamic = card.arch in DYNAMIC_MATMUL_ARCHS  # dynamic quantization needs no calibration images
-        self.pixels = np.zeros((0,), np.uint8) if dynamic else calibration_pixels(split, card, config.calibration_size)
+        self.calibration: dict[str, Any] = {}
+        if card.arch in DYNAMIC_MATMUL_ARCHS:  # dynamic quantization needs no calibration images
+            self.pixels = np.zeros((0,), np.uint8)
+        else:
+            chosen = calibration_images(split, card, config.calibration_size)
+            self.pixels = chosen.pixels
+            self.calibration = image_set(chosen.paths, split, "calibrated")
 
-    def quantized(self, recipe: Recipe, name: str) -> tuple[Path, dict[str, Any]]:
+    def quantized(self, recipe: Recipe, name: str, source: Path | None = None) -> tuple[Path, dict[str, Any]]:
+        """``scratch/name``: ``source`` (default: the prepared fp32 graph) quantized with the cached ranges."""
         path = self.scratch / name
-        settings = quantize_prepared(self.prepared, path, recipe, self.pixels, self.config.progress, self.cache)
+        settings = quantize_prepared(source or self.prepared, path, recipe, self.pixels, self.config.progress,
+                                     self.cache)
+        if self.calibration:
+            settings["calibration_images_sha256"] = self.calibration["images_sha256"]
         return path, settings
+
+    def skip(self, method: str, reason: str, warn: bool = True) -> None:
+        """A rung not tried: said in the log (a warning when it is about the images) and the report."""
+        (log.warning if warn else log.info)("int8 %s: skipped: %s", method, reason)
+        self.skipped.append({"method": method, "reason": reason})
 
     def gate(self, method: str, path: Path, settings: dict[str, Any]) -> bool:
         attempt = _attempt(method, path, self.fp32, self.split, self.card, self.config, settings)
@@ -102,32 +136,41 @@ class Ladder:
         """PTQ with the classifier left fp32 and retrained on the INT8 model's own training features."""
         import onnx
 
-        from imgcls.export.head_refit import (HeadRecipe, find_head, head_samples, head_weights, int8_features,
-                                              refit, write_head)
+        from imgcls.export.head_refit import (MIN_FIT_IMAGES, HeadRecipe, find_head, head_samples, head_weights,
+                                              int8_features, refit, write_head)
 
         prepared = onnx.load(str(self.prepared))
         head = find_head(prepared)
         if head is None:
-            log.info("int8 head: skipped (the graph does not end in a Gemm with constant weights)")
+            self.skip(HEAD_METHOD, "the graph does not end in a Gemm with constant weights", warn=False)
             return None
+        samples = head_samples(self.split, self.config.head_images)
+        if len(samples) < MIN_FIT_IMAGES:
+            self.skip(HEAD_METHOD, f"only {len(samples)} images to retrain the classifier on apart from the gate's "
+                                   f"{len(self.split.val)}; an honest refit needs at least {MIN_FIT_IMAGES} "
+                                   "(fewer are memorised, not learned)")
+            return None
+        fitted = image_set([s.path for s in samples], self.split, "retrained the head")
         recipe = HeadRecipe.from_card(self.card)
         backbone, settings = self.quantized(self.base_recipe.excluding((head.name,)), "head-backbone.onnx")
-        samples = head_samples(self.split, self.config.head_images)
         features, labels = int8_features(backbone, head, self.split, samples, self.card, self.config.progress)
         weight, bias, figures = refit(*head_weights(prepared, head), features, labels, recipe)
         path = self.scratch / "head.onnx"
         write_head(backbone, path, head, weight, bias)
-        settings["head_refit"] = {"node": head.name, "images": int(len(labels)), "recipe": asdict(recipe),
+        settings["head_refit"] = {"node": head.name, **fitted, "images_read": int(len(labels)), "recipe": asdict(recipe),
                                   **{k: round(v, 6) for k, v in figures.items()}}
         log.info("int8 head: classifier retrained on %d INT8 training features (train top-1 %.2f%% -> %.2f%%)",
                  len(labels), 100 * figures["train_top1_before"], 100 * figures["train_top1_after"])
-        return path if self.gate("ptq + retrained head", path, settings) else None
+        return path if self.gate(HEAD_METHOD, path, settings) else None
 
     def mixed(self) -> Path | None:
         from imgcls.export.sensitivity import rank_nodes
 
-        val = load_pixels(self.split, self.split.val, self.card.preprocess, self.config.sensitivity_images)
-        ranked = rank_nodes(self.prepared, self.base_path, val.pixels)
+        train = list(self.split.train)  # ranked on fitting images: choosing nodes is fitting too
+        ranking = load_pixels(self.split, train[::max(1, len(train) // self.config.sensitivity_images)],
+                              self.card.preprocess, self.config.sensitivity_images)
+        ranked_on = image_set(ranking.paths, self.split, "ranked nodes")
+        ranked = rank_nodes(self.prepared, self.base_path, ranking.pixels, self.config.progress)
         fp32_bytes = self.fp32.stat().st_size
         fitting = within_budget(ranked, self.config.mixed_size_budget * fp32_bytes)
         for count in _mixed_counts(min(self.config.max_fp32_nodes, len(fitting))):
@@ -135,6 +178,7 @@ class Ladder:
             recipe = self.base_recipe.excluding(tuple(s.node for s in kept))
             path, settings = self.quantized(recipe, f"mixed-{count}.onnx")
             settings["kept_fp32"] = [{"node": s.node, "op_type": s.op_type, "why": s.reason()} for s in kept]
+            settings["sensitivity"] = ranked_on
             if self.gate(f"mixed ({count} nodes fp32)", path, settings):
                 return path
         return None
@@ -159,7 +203,7 @@ def search(staging: Path, card: ModelCard, split: SplitListing, config: ExportCo
            extra_rungs: tuple[tuple[str, Rung], ...] = ()) -> tuple[Path | None, dict[str, Any]]:
     """Try the rungs in order; ``(staging/model.int8.onnx or None, report section)``."""
     with tempfile.TemporaryDirectory(prefix="imgcls-int8-") as scratch:
-        ladder = Ladder(staging, Path(scratch), card, split, config)
+        ladder = Ladder(staging, Path(scratch), card, held_out(split), config)
         rungs: list[tuple[str, Rung]] = [("ptq", Ladder.ptq)]
         if config.head_refit and card.arch not in DYNAMIC_MATMUL_ARCHS:
             rungs.append(("head", Ladder.head))
@@ -181,7 +225,7 @@ def search(staging: Path, card: ModelCard, split: SplitListing, config: ExportCo
 def _attempt_record(attempt: dict[str, Any]) -> dict[str, Any]:
     record = {k: v for k, v in attempt.items() if k != "settings"}
     record["exclude_nodes"] = attempt["settings"].get("exclude_nodes", [])
-    for key in ("qat", "head_refit"):
+    for key in ("qat", "head_refit", "sensitivity"):
         if key in attempt["settings"]:
             record[key] = attempt["settings"][key]
     return record
@@ -196,6 +240,8 @@ def _section(ladder: Ladder, kept: Path | None) -> dict[str, Any]:
         "gated_on": cpu_features(), **final["settings"], "gate": final["gate"],
         "attempts": [_attempt_record(a) for a in ladder.attempts],
     }
+    if ladder.skipped:
+        section["skipped"] = ladder.skipped
     if kept is None:
         tried = ", ".join(a["method"] for a in ladder.attempts)
         section["reason"] = f"no INT8 variant passed the gate (tried {tried}); last: {final.get('reason', '')}"

@@ -6,18 +6,23 @@ folder, so conversion, parity, INT8 and fp16 are the very code of a fine-tuned e
 - the card lists the weights' own 1000 ImageNet class names, in logit order (their metadata);
 - without ``--data``, the images are reference photos that ship with scikit-image
   (``skimage.data``: a cat, a cup of coffee, a rocket, an astronaut...), each also flipped and
-  cropped: parity runs on the photos, INT8 is calibrated on all variants, and the INT8 gate
-  measures top-1 *agreement with the PyTorch model* on them (the label of each image is the fp32
-  model's own top-1, recorded as ``label_source``): there is no labelled ImageNet data offline,
-  so the gate refuses INT8 when it changes the answer on more than ``--max-accuracy-drop`` points
-  of the images. No temperature is fitted (there are no labels).
+  cropped, split by photo into two disjoint halves (``FIT_PHOTOS``, ``GATE_PHOTOS``): INT8 is
+  calibrated (and anything else is fitted) on the first half's variants, and the INT8 gate
+  measures top-1 *agreement with the PyTorch model* on the second half's (the label of each image
+  is the fp32 model's own top-1, recorded as ``gate_labels``): there is no labelled ImageNet data
+  offline, so the gate refuses INT8 when it changes the answer on more than
+  ``--max-accuracy-drop`` points of the held-out images. No temperature is fitted (there are no
+  labels): the scores are the model's own softmax.
 - with ``--data DIR`` (an ImageFolder whose folder names are ImageNet class names of the weights,
-  any subset), those labelled images are used for parity, INT8 calibration and a real-accuracy
-  gate, and temperature scaling is fitted on them and recorded in the card.
+  any subset; or ``DIR/train`` + ``DIR/val``), the labelled images are split per class into two
+  halves (``make_split``): temperature scaling is fitted and INT8 calibrated on one, the gate and
+  the held-out calibration figures use the other.
 """
 from __future__ import annotations
 
+import difflib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -25,12 +30,12 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageOps
 
-from imgcls.export.errors import ExportError
-from imgcls.export.images import load_pixels
+from imgcls.export.errors import UsageError
+from imgcls.export.images import LabelledPixels, image_set, load_pixels
 from imgcls.export.validate import torch_reference
-from imgcls.models.core.calibration import fit_calibration
+from imgcls.models.core.calibration import calibration_figures, fit_calibration
 from imgcls.models.core.card import ModelCard
-from imgcls.models.core.dataset import DatasetError, Sample, SplitListing, scan_image_folder
+from imgcls.models.core.dataset import DatasetError, Sample, SplitListing, make_split
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +44,10 @@ REFERENCE_PHOTOS = (
     "chelsea", "coffee", "rocket", "astronaut", "stereo_motorcycle", "camera", "clock", "coins", "horse",
     "hubble_deep_field", "immunohistochemistry", "retina", "colorwheel", "page", "brick", "grass", "gravel", "moon",
 )
+FIT_PHOTOS, GATE_PHOTOS = REFERENCE_PHOTOS[0::2], REFERENCE_PHOTOS[1::2]  # disjoint: no photo in both
 VARIANTS = ("full", "flip", "crop_tl", "crop_tr", "crop_bl", "crop_br", "crop_centre")
 LOGIT_BATCH = 32  # images per PyTorch forward pass (bounded memory for large --data folders)
+DATA_VAL_FRACTION = 0.5  # --data: the half of each class's images the gate grades on
 PSEUDO_LABELS = "the fp32 PyTorch model's own top-1 (no labelled ImageNet data offline)"
 
 
@@ -98,10 +105,11 @@ def imagenet_card(arch: str, weights: str) -> ModelCard:
 
     source = entry_for(arch).weights
     if source is None:
-        raise ExportError(f"{arch} has no ImageNet weights in the zoo, so it has no ImageNet class names")
+        raise UsageError(f"--pretrained {arch}: {arch} has no ImageNet weights in the zoo, so it has no ImageNet "
+                         "class names; choose an architecture with ImageNet weights (imgcls models)")
     names = tuple(source.categories())
     if len(names) != 1000 or len(set(names)) != len(names):
-        raise ExportError(f"{arch}: the weights' metadata lists {len(names)} categories "
+        raise UsageError(f"{arch}: the weights' metadata lists {len(names)} categories "
                           f"({len(set(names))} distinct); expected 1000 distinct ImageNet classes")
     return ModelCard(
         arch=arch, base_weights=describe_weights(arch, weights), class_names=names,
@@ -120,68 +128,118 @@ def _categories_origin(source: Any) -> str:
 
 
 def labelled_split(data_dir: Path, class_names: tuple[str, ...]) -> SplitListing:
-    """Every image of ``data_dir/<ImageNet class name>/`` as both train (INT8 calibration) and val."""
+    """``data_dir``'s labelled images, split per class into fitting (train) and gate (val) halves,
+    labelled with the weights' ImageNet indices."""
     try:
-        folders, files = scan_image_folder(data_dir)
+        folders = make_split(data_dir, val_fraction=DATA_VAL_FRACTION)
     except DatasetError as exc:
-        raise ExportError(f"--data {data_dir}: {exc}") from exc
+        raise UsageError(f"--data {data_dir}: {exc} (one half of each class's images is fitted on, "
+                         "the other graded on)") from exc
     index = {name: i for i, name in enumerate(class_names)}
-    unknown = [f for f in folders if f not in index]
+    unknown = [f for f in folders.class_names if f not in index]
     if unknown:
-        raise ExportError(
+        raise UsageError(
             f"--data {data_dir}: folder(s) {unknown[:5]} are not ImageNet class names of these weights "
             f"(e.g. {class_names[281]!r}, {class_names[967]!r}; see card.class_names)")
-    root = Path(data_dir).resolve()
-    samples = tuple(Sample(path.resolve().relative_to(root).as_posix(), index[folder])
-                    for folder in folders for path in files[folder])
-    return SplitListing(str(root), class_names, samples, samples, "pretrained-labelled", 0, 1.0)
+
+    def relabel(samples: tuple[Sample, ...]) -> tuple[Sample, ...]:
+        return tuple(Sample(s.path, index[folders.class_names[s.label]]) for s in samples)
+
+    return SplitListing(folders.root, class_names, relabel(folders.train), relabel(folders.val),
+                        "pretrained-labelled", folders.seed, DATA_VAL_FRACTION)
 
 
 def photo_split(root: Path, class_names: tuple[str, ...], labels_of: Callable[[SplitListing], np.ndarray]) -> SplitListing:
-    """The reference photos, labelled with the model's own top-1 (see the module docstring)."""
+    """The reference photos, labelled with the model's own top-1 (see the module docstring): the
+    variants of ``FIT_PHOTOS`` as ``train``, those of ``GATE_PHOTOS`` as ``val`` (originals first)."""
     paths = write_reference_photos(root)
     unlabelled = SplitListing(str(root.resolve()), class_names, tuple(Sample(p, 0) for p in paths), (),
                               "reference-photos", 0, 0.0)
     labels = labels_of(unlabelled)
     samples = tuple(Sample(p, int(label)) for p, label in zip(paths, labels))
-    val = tuple(s for s in samples if s.path.endswith("_full.png")) + \
-        tuple(s for s in samples if not s.path.endswith("_full.png"))  # parity checks the untouched photos first
-    return SplitListing(str(root.resolve()), class_names, samples, val, "reference-photos", 0, 1.0)
+
+    def of(photos: tuple[str, ...]) -> tuple[Sample, ...]:
+        return tuple(s for s in samples if _photo(s.path) in photos)
+
+    gate = of(GATE_PHOTOS)
+    val = tuple(s for s in gate if s.path.endswith("_full.png")) + \
+        tuple(s for s in gate if not s.path.endswith("_full.png"))  # parity checks the untouched photos first
+    return SplitListing(str(root.resolve()), class_names, of(FIT_PHOTOS), val, "reference-photos", 0,
+                        len(GATE_PHOTOS) / len(REFERENCE_PHOTOS))
+
+
+def _photo(path: str) -> str:
+    """``stereo_motorcycle_crop_tl.png`` -> ``stereo_motorcycle``."""
+    stem = path.removesuffix(".png")
+    return next(stem.removesuffix(f"_{kind}") for kind in VARIANTS if stem.endswith(f"_{kind}"))
+
+
+def check_source(arch: str, weights: str) -> None:
+    """``UsageError`` for an architecture the zoo lacks (naming close matches), one without ImageNet
+    weights, or ``--weights`` that is neither ``imagenet`` nor an existing file."""
+    from imgcls.models.zoo.registry import ZOO
+
+    if arch not in ZOO:
+        close = difflib.get_close_matches(arch, list(ZOO), n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise UsageError(f"--pretrained {arch}: unknown architecture; {hint}choose one of: {', '.join(sorted(ZOO))}")
+    if ZOO[arch].weights is None:
+        imagenet_card(arch, weights)  # raises, naming the missing weights
+    if weights != "imagenet" and not Path(weights).is_file():
+        raise UsageError(f"--weights {weights}: no such file; give imagenet (the zoo's weights) or a local "
+                         f"state dict file of {arch} with its 1000-class head")
+
+
+def _export_advice(message: str) -> str:
+    """The zoo's offline message, minus advice that only fits training (``--weights none``)."""
+    return re.sub(r",?\s*or --weights none\b", "", message)
+
+
+def _logits(model: Any, card: ModelCard, split: SplitListing, samples: Any) -> tuple[np.ndarray, LabelledPixels]:
+    chosen = load_pixels(split, samples, card.preprocess)
+    if len(chosen.labels) == 0:
+        raise UsageError(f"no readable images under {split.root}")
+    logits = [torch_reference(model, card.preprocess, chosen.pixels[i:i + LOGIT_BATCH])
+              for i in range(0, len(chosen.pixels), LOGIT_BATCH)]
+    return np.concatenate(logits).astype(np.float64), chosen
+
+
+def held_out_calibration(model: Any, card: ModelCard, split: SplitListing, images: str) -> dict[str, Any]:
+    """Temperature fitted on ``split.train``, its figures measured again on ``split.val`` (``held_out``)."""
+    logits, fitted = _logits(model, card, split, split.train)
+    section = fit_calibration(logits, fitted.labels, f"{images}: the fitting half")
+    section.update(image_set(fitted.paths, split, "calibrated the temperature"))
+    logits, graded = _logits(model, card, split, split.val)
+    figures = calibration_figures(logits, graded.labels, section["temperature"])
+    section["held_out"] = {**image_set(graded.paths), **{k: round(v, 6) for k, v in figures.items()}}
+    log.info("calibration on %s: temperature %.4f; on the %d held-out images ECE %.4f -> %.4f", images,
+             section["temperature"], len(graded.labels), figures["ece_before"], figures["ece_after"])
+    return section
 
 
 def stage_pretrained(arch: str, weights: str, scratch: Path, data_dir: Path | None) -> StagedRun:
     """Write ``scratch/run/{checkpoint/, split.json}`` for the stock model; see the module docstring."""
     from imgcls.models.training.checkpoint import save_checkpoint
-    from imgcls.models.zoo.registry import UnknownArchError, pretrained
+    from imgcls.models.zoo.registry import pretrained
     from imgcls.models.zoo.weights import WeightsError
 
+    check_source(arch, weights)
     try:
         card = imagenet_card(arch, weights)
         model = pretrained(arch, weights).eval()
-    except (UnknownArchError, WeightsError, OSError) as exc:
-        raise ExportError(f"--pretrained {arch}: {exc}") from exc
-
-    def logits_of(split: SplitListing, samples) -> tuple[np.ndarray, np.ndarray]:
-        chosen = load_pixels(split, samples, card.preprocess)
-        if len(chosen.labels) == 0:
-            raise ExportError(f"no readable images under {split.root}")
-        logits = [torch_reference(model, card.preprocess, chosen.pixels[i:i + LOGIT_BATCH])
-                  for i in range(0, len(chosen.pixels), LOGIT_BATCH)]
-        return np.concatenate(logits).astype(np.float64), chosen.labels
+    except (WeightsError, OSError) as exc:
+        raise UsageError(f"--pretrained {arch}: {_export_advice(str(exc))}") from exc
 
     if data_dir is None:
-        split = photo_split(scratch / "photos", card.class_names, lambda s: logits_of(s, s.train)[0].argmax(1))
-        card = card.updated(train={"images": f"{len(REFERENCE_PHOTOS)} skimage.data reference photos x "
-                                             f"{len(VARIANTS)} variants", "gate_labels": PSEUDO_LABELS})
-        images = card.train["images"]
+        split = photo_split(scratch / "photos", card.class_names, lambda s: _logits(model, card, s, s.train)[0].argmax(1))
+        images = f"{len(REFERENCE_PHOTOS)} skimage.data reference photos x {len(VARIANTS)} variants"
+        card = card.updated(train={"images": images, "gate_labels": PSEUDO_LABELS,
+                                   "fit_photos": list(FIT_PHOTOS), "gate_photos": list(GATE_PHOTOS)})
     else:
         split = labelled_split(Path(data_dir), card.class_names)
-        logits, labels = logits_of(split, split.val)
-        images = f"{len(labels)} labelled images under {Path(data_dir).name}"
+        images = f"{len(split.train) + len(split.val)} labelled images under {Path(data_dir).name}"
         card = card.updated(train={"images": images, "gate_labels": "the folder names (ImageNet classes)"},
-                            calibration=fit_calibration(logits, labels, images))
-        log.info("calibration on %s: temperature %.4f, ECE %.4f -> %.4f", images, card.temperature,
-                 card.calibration["ece_before"], card.calibration["ece_after"])
+                            calibration=held_out_calibration(model, card, split, images))
     run_dir = scratch / "run"
     card = card.updated(lineage={"dataset_sha256": split.sha256()})
     save_checkpoint(run_dir / "checkpoint", model, card)

@@ -25,9 +25,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from imgcls.export.config import INPUT_NAME, OUTPUT_NAME
-from imgcls.export.images import load_pixels
+from imgcls.export.images import image_set, load_pixels
+from imgcls.models.core.progress import track
 
 log = logging.getLogger(__name__)
+progress_log = logging.getLogger("imgcls.progress")
 
 QAT_BATCH = 16
 MIN_PARITY_AGREEMENT = 0.98  # fake quantization in float vs ORT's integer kernels: rounding may differ
@@ -158,24 +160,24 @@ OPS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def train(module: OnnxModule, pixels: np.ndarray, labels: np.ndarray, epochs: int, lr: float) -> list[float]:
-    """Fine-tune with fake quantization; mean training loss per epoch (logged as it goes)."""
+def train(module: OnnxModule, pixels: np.ndarray, labels: np.ndarray, epochs: int, lr: float,
+          progress: bool = False) -> list[float]:
+    """Fine-tune with fake quantization; mean training loss per epoch (progress as log lines)."""
     optimizer = torch.optim.Adam(module.parameters(), lr=lr)
     rng = np.random.default_rng(0)
     losses = []
     for epoch in range(epochs):
         order, total, started = rng.permutation(len(pixels)), 0.0, time.perf_counter()
-        for step, start in enumerate(range(0, len(order), QAT_BATCH)):
-            idx = order[start:start + QAT_BATCH]
+        batches = [order[start:start + QAT_BATCH] for start in range(0, len(order), QAT_BATCH)]
+        for idx in track(batches, f"qat epoch {epoch + 1}/{epochs}", len(order), enabled=progress, count=len):
             loss = F.cross_entropy(module(torch.from_numpy(pixels[idx])), torch.from_numpy(labels[idx]))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(idx)
-            if step % 20 == 0:
-                log.info("qat epoch %d/%d: %d/%d images, loss %.4f", epoch + 1, epochs, start, len(order), float(loss.detach()))
         losses.append(total / len(order))
-        log.info("qat epoch %d/%d: mean loss %.4f in %.0f s", epoch + 1, epochs, losses[-1], time.perf_counter() - started)
+        (progress_log if progress else log).info("qat epoch %d/%d: mean loss %.4f in %.0f s", epoch + 1, epochs,
+                                                 losses[-1], time.perf_counter() - started)
     return losses
 
 
@@ -213,20 +215,19 @@ def qat_rung(model: Any) -> Callable[[Any], Path | None]:
         if config.qat_images:  # spread over the class-sorted list, like calibration
             samples = samples[::max(1, len(samples) // config.qat_images)][:config.qat_images]
         train_set = load_pixels(split, samples, card.preprocess)
+        trained_on = image_set(train_set.paths, split, "trained (QAT)")
         fp32 = onnx.load(str(ladder.prepared))
         module = OnnxModule(fp32, QuantParams(onnx.load(str(ladder.base_path)))).train()
         torch.manual_seed(0)
-        losses = train(module, train_set.pixels, train_set.labels, config.qat_epochs, config.qat_lr)
+        losses = train(module, train_set.pixels, train_set.labels, config.qat_epochs, config.qat_lr, config.progress)
         module.eval()
         trained = ladder.scratch / "qat-fp32.onnx"
         write_weights(module, fp32, trained)
-        path = ladder.scratch / "qat.onnx"
-        from imgcls.export.quantize import quantize_prepared
-
-        settings = quantize_prepared(trained, path, ladder.base_recipe, ladder.pixels, config.progress, ladder.cache)
+        path, settings = ladder.quantized(ladder.base_recipe, "qat.onnx", trained)
         val = load_pixels(split, split.val, card.preprocess, config.parity_images * 4)
         figures = parity(module, path, val.pixels)
-        settings["qat"] = {"epochs": config.qat_epochs, "lr": config.qat_lr, "train_images": int(len(train_set.labels)),
+        settings["qat"] = {"epochs": config.qat_epochs, "lr": config.qat_lr, "train_images": trained_on["images"],
+                           "train_images_sha256": trained_on["images_sha256"],
                            "mean_loss_per_epoch": losses, "parity": figures}
         method = f"qat ({config.qat_epochs} epochs)"
         if not figures["passed"]:  # a QDQ file that does not do what the trained model does is not gated

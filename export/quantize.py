@@ -24,8 +24,9 @@ import numpy as np
 
 from imgcls.export.config import INPUT_NAME
 from imgcls.export.errors import CalibrationError
-from imgcls.export.images import load_pixels
+from imgcls.export.images import LabelledPixels, load_pixels
 from imgcls.models.core.card import ModelCard
+from imgcls.models.core.progress import track
 from imgcls.models.core.dataset import SplitListing
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,6 @@ def recipe_for(target: str, arch: str, calibration_method: str = "minmax",
 
 def _calibration_reader(pixels: np.ndarray, progress: bool):
     from onnxruntime.quantization import CalibrationDataReader
-    from tqdm import tqdm
 
     class PixelBatches(CalibrationDataReader):
         """Yields ``{"pixels": uint8 [B,3,H,W]}`` batches of real, preprocessed training images."""
@@ -80,7 +80,8 @@ def _calibration_reader(pixels: np.ndarray, progress: bool):
             # Equal batches: ORT's histogram calibrators (entropy, percentile) stack them.
             self.batch = max(b for b in range(1, CALIBRATION_BATCH + 1) if len(pixels) % b == 0)
             starts = range(0, len(pixels), self.batch)
-            self._batches = iter(tqdm(starts, desc="int8: calibrate", unit="batch", disable=not progress, leave=False))
+            self._batches = iter(track(starts, "int8: calibrate", len(pixels), enabled=progress,
+                                       count=lambda start: len(pixels[start:start + self.batch])))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             start = next(self._batches, None)
@@ -89,7 +90,7 @@ def _calibration_reader(pixels: np.ndarray, progress: bool):
     return PixelBatches()
 
 
-def calibration_pixels(split: SplitListing, card: ModelCard, size: int) -> np.ndarray:
+def calibration_images(split: SplitListing, card: ModelCard, size: int) -> LabelledPixels:
     """Up to ``size`` training images spread evenly over the (class-sorted) training list."""
     train = list(split.train)
     if not train:
@@ -98,7 +99,12 @@ def calibration_pixels(split: SplitListing, card: ModelCard, size: int) -> np.nd
     chosen = load_pixels(split, train[::step], card.preprocess, size)
     if len(chosen.labels) == 0:
         raise CalibrationError(f"{split.root}: none of the training images could be read for calibration")
-    return chosen.pixels
+    return chosen
+
+
+def calibration_pixels(split: SplitListing, card: ModelCard, size: int) -> np.ndarray:
+    """The pixels of ``calibration_images``."""
+    return calibration_images(split, card, size).pixels
 
 
 def prepare(source: Path, target: Path) -> None:

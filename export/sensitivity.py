@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from imgcls.export.config import INPUT_NAME
+from imgcls.models.core.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def measure_noise(fp32: Path, int8: Path, pixels: np.ndarray) -> _Noise:
+def measure_noise(fp32: Path, int8: Path, pixels: np.ndarray, progress: bool = False) -> _Noise:
     from onnxruntime.quantization import qdq_loss_debug as qd
 
     noise = _Noise()
@@ -87,7 +88,9 @@ def measure_noise(fp32: Path, int8: Path, pixels: np.ndarray) -> _Noise:
         qd.modify_model_output_intermediate_tensors(str(fp32), str(paths["fp32"]))
         qd.modify_model_output_intermediate_tensors(str(int8), str(paths["int8"]))
         sessions = {k: _session(p) for k, p in paths.items()}
-        for start in range(0, len(pixels), BATCH):
+        starts = range(0, len(pixels), BATCH)
+        for start in track(starts, "int8: node sensitivity", len(pixels), enabled=progress,
+                           count=lambda start: len(pixels[start:start + BATCH])):
             feed = {INPUT_NAME: pixels[start:start + BATCH]}
             acts = {}
             for kind, sess in sessions.items():
@@ -109,11 +112,11 @@ def _output_tensor(node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProt
     return node.output[0]
 
 
-def rank_nodes(fp32: Path, int8: Path, pixels: np.ndarray) -> list[NodeSensitivity]:
+def rank_nodes(fp32: Path, int8: Path, pixels: np.ndarray, progress: bool = False) -> list[NodeSensitivity]:
     """Quantized weighted nodes of ``fp32`` (its node names), most sensitive first."""
     from onnxruntime.quantization import qdq_loss_debug as qd
 
-    noise = measure_noise(fp32, int8, pixels)
+    noise = measure_noise(fp32, int8, pixels, progress)
     weights = qd.compute_weight_error(qd.create_weight_matching(str(fp32), str(int8)))
     graph = onnx.load(str(fp32), load_external_data=False).graph
     sizes = {init.name: tuple(init.dims) for init in graph.initializer}

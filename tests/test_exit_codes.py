@@ -106,3 +106,36 @@ def test_a_serving_only_install_names_the_extra_to_install(tmp_path):
     assert marked == {"digits", "train", "export", "demo"}  # score and serve work without torch
     installed = imgcls("--help")
     assert "[not installed]" not in installed.stdout and "Exit codes" in installed.stdout
+
+
+def test_export_source_and_weights_mistakes(fake_run, tmp_path):
+    """A typo in --pretrained names close matches; --weights is checked, and refused where it does not apply."""
+    line = assert_one_line_exit_2(imgcls("export", "--pretrained", "resnet5", "--out", tmp_path / "b"),
+                                  "unknown architecture", "did you mean")
+    assert "resnet50" in line.split("did you mean")[1].split("?")[0]
+    assert_one_line_exit_2(imgcls("export", "--pretrained", "tiny", "--out", tmp_path / "b"), "no ImageNet weights")
+    assert_one_line_exit_2(imgcls("export", "--pretrained", "efficientnet_lite0", "--weights", tmp_path / "nosuch.pt",
+                                  "--out", tmp_path / "b"), "nosuch.pt", "no such file")
+    assert_one_line_exit_2(imgcls("export", fake_run, "--weights", tmp_path / "nosuch.pt", "--out", tmp_path / "b"),
+                           "--weights applies only with --pretrained")
+    assert not (tmp_path / "b").exists()
+
+
+def test_export_offline_weights_advice_is_one_that_works(tmp_path):
+    """Uncached torchvision weights with the network unreachable: the advice names what export accepts
+    (a local FILE), never `--weights none`, which export refuses."""
+    hook = tmp_path / "offline"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import socket\n"
+        "def _refuse(self, address, *a):\n"
+        "    raise OSError('network disabled by test')\n"
+        "socket.socket.connect = _refuse\n"
+        "socket.getaddrinfo = lambda *a, **k: (_ for _ in ()).throw(socket.gaierror('offline'))\n"
+    )
+    env = {"PYTHONPATH": f"{hook}:{REPO_ROOT}", "TORCH_HOME": str(tmp_path / "torch-home")}
+    line = assert_one_line_exit_2(imgcls("export", "--pretrained", "resnet18", "--out", tmp_path / "b", env=env),
+                                  "--pretrained resnet18", "--weights FILE")
+    assert "--weights none" not in line
+    assert_one_line_exit_2(imgcls("export", "--pretrained", "resnet18", "--weights", "none", "--out", tmp_path / "b"),
+                           "--weights none", "no such file")

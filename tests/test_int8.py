@@ -93,11 +93,13 @@ def test_too_strict_gate_tries_every_rung_then_refuses_with_no_int8_file(fitted_
     assert sorted(p.name for p in out.iterdir()) == [".imgcls.json", "card.json", "export_report.json", "model.onnx"]
     int8 = ModelCard.load(out).export["int8"]
     assert int8["status"] == "refused" and int8["target"] == "arm64" and int8["target_choice"] == "--int8-target"
-    assert [a["method"] for a in int8["attempts"]] == ["ptq", "ptq + retrained head", "mixed (1 nodes fp32)", "mixed (2 nodes fp32)",
+    assert [a["method"] for a in int8["attempts"]] == ["ptq", "mixed (1 nodes fp32)", "mixed (2 nodes fp32)",
                                                        "qat (1 epochs)"]
+    # 36 training images: too few to retrain the head honestly (tests/test_export_heldout.py)
+    assert [s["method"] for s in int8["skipped"]] == ["ptq + retrained head"]
     assert all(not a["passed"] for a in int8["attempts"])
-    assert len(int8["attempts"][3]["exclude_nodes"]) == 2, "mixed precision keeps the ranked nodes in fp32"
-    qat = int8["attempts"][4]["qat"]
+    assert len(int8["attempts"][2]["exclude_nodes"]) == 2, "mixed precision keeps the ranked nodes in fp32"
+    qat = int8["attempts"][3]["qat"]
     assert qat["train_images"] == 20 and len(qat["mean_loss_per_epoch"]) == 1
     # QAT parity: the fake-quantized PyTorch model and the QDQ ONNX ORT runs pick the same classes.
     assert qat["parity"]["passed"] and qat["parity"]["top1_agreement"] >= 0.98 and qat["parity"]["images"] > 0

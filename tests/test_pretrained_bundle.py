@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 from imgcls.export import cli as export_cli
-from imgcls.export.errors import ExportError
+from imgcls.export.errors import UsageError
+from imgcls.export.images import images_sha256
 from imgcls.export.pretrained import reference_photo, stage_pretrained
 from imgcls.export.validate import torch_reference
 from imgcls.models.core.card import ModelCard
+from imgcls.models.core.dataset import SplitListing
 from imgcls.models.zoo.registry import entry_for, pretrained
 from imgcls.service.http.launcher import start_server
 from imgcls.service.scoring import cli as score
@@ -97,7 +99,8 @@ def test_offline_scoring_http_and_pytorch_agree_on_the_photos(bundle, client, ph
 
 
 def test_labelled_data_fits_a_temperature(tmp_path):
-    """With --data (folders named by ImageNet class), the stock model is calibrated on those images."""
+    """With --data (folders named by ImageNet class), the stock model is calibrated on half of each
+    class's images; its figures are measured again on the other half, the one the gate grades on."""
     data = tmp_path / "data"
     for name, label in (("chelsea", "tiger cat"), ("coffee", "espresso"), ("rocket", "missile")):
         (data / label).mkdir(parents=True)
@@ -108,20 +111,28 @@ def test_labelled_data_fits_a_temperature(tmp_path):
                 data / label / f"{name}_{i}.jpg", quality=92)
     staged = stage_pretrained(ARCH, "imagenet", tmp_path / "scratch", data)
     fitted = staged.card.calibration
-    assert fitted["images"] == 12 and "data" in fitted["fitted_on"]
+    assert fitted["images"] == 6 and "data" in fitted["fitted_on"]
     assert fitted["nll_after"] <= fitted["nll_before"] and staged.card.temperature != 1.0
+    split = SplitListing.load(staged.run_dir)
+    fit, graded = [s.path for s in split.train], [s.path for s in split.val]
+    assert len(fit) == len(graded) == 6 and set(fit).isdisjoint(graded)  # the gate grades split.val
+    assert fitted["images_sha256"] == images_sha256(fit)
+    assert fitted["held_out"]["images_sha256"] == images_sha256(graded) and fitted["held_out"]["images"] == 6
     assert ModelCard.load(staged.run_dir / "checkpoint").calibration == fitted  # what export_bundle reads
     (data / "not a class").mkdir()
     (data / "not a class" / "x.jpg").write_bytes((data / "espresso" / "coffee_0.jpg").read_bytes())
-    with pytest.raises(ExportError, match="not ImageNet class names"):
+    with pytest.raises(UsageError, match="not ImageNet class names"):
         stage_pretrained(ARCH, "imagenet", tmp_path / "scratch2", data)
+    (data / "not a class").rename(data / "tabby")  # a class with one image cannot be split
+    with pytest.raises(UsageError, match="at least 2 images"):
+        stage_pretrained(ARCH, "imagenet", tmp_path / "scratch3", data)
 
 
 def test_usage_errors_exit_2(tmp_path, capsys):
     assert export_cli.main(["--out", str(tmp_path / "b")]) == 2
     assert export_cli.main([str(tmp_path), "--pretrained", ARCH, "--out", str(tmp_path / "b")]) == 2
     assert "exactly one" in capsys.readouterr().err
-    assert export_cli.main(["--pretrained", "tiny", "--out", str(tmp_path / "b"), "--no-progress"]) == 1
+    assert export_cli.main(["--pretrained", "tiny", "--out", str(tmp_path / "b"), "--no-progress"]) == 2
     assert "no ImageNet weights" in capsys.readouterr().err
 
 
@@ -136,11 +147,10 @@ def test_weights_from_a_local_file(tmp_path):
     staged = stage_pretrained(ARCH, str(path), tmp_path / "scratch", None)
     assert staged.card.base_weights == "file:lite0.safetensors"
     assert staged.card.class_names == entry_for(ARCH).weights.categories()
-    from imgcls.models.core.dataset import SplitListing
-
     split = SplitListing.load(staged.run_dir)
-    labels = {s.path: staged.card.class_names[s.label] for s in split.val}
+    labels = {s.path: staged.card.class_names[s.label] for s in split.train + split.val}
+    assert {s.path for s in split.train}.isdisjoint(s.path for s in split.val)
     assert labels["chelsea_full.png"] in FAMILIES["chelsea"] and labels["coffee_full.png"] in FAMILIES["coffee"]
     (tmp_path / "broken.safetensors").write_bytes(b"not weights")
-    with pytest.raises(ExportError, match="broken.safetensors"):
+    with pytest.raises(UsageError, match="broken.safetensors"):
         stage_pretrained(ARCH, str(tmp_path / "broken.safetensors"), tmp_path / "scratch2", None)
