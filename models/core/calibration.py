@@ -9,6 +9,7 @@ log-likelihood of held-out labels. It never changes the ranking, so top-1 is unc
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Sequence
 
@@ -19,6 +20,7 @@ METHOD = "temperature scaling: 1-D golden-section search of the validation NLL o
 # The search interval of T: wide enough for any sane network, narrow enough to stay finite.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
 SEARCH_STEPS = 80  # golden-section steps: the interval shrinks by 0.618^80 (< 1e-16 of log range)
+log = logging.getLogger(__name__)
 
 
 def softmax(logits: np.ndarray, dtype: type = np.float64) -> np.ndarray:
@@ -118,8 +120,16 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, fitted_on: str) -> d
     """The card's ``calibration`` section: T, how and on what it was fitted, figures before/after."""
     temperature = fit_temperature(logits, labels)
     figures = calibration_figures(logits, labels, temperature)
-    return {"temperature": temperature, "method": METHOD, "fitted_on": fitted_on, "images": int(len(labels)),
-            "ece_bins": ECE_BINS, **{k: round(v, 6) for k, v in figures.items()}}
+    section = {"temperature": temperature, "method": METHOD, "fitted_on": fitted_on, "images": int(len(labels)),
+               "ece_bins": ECE_BINS, **{k: round(v, 6) for k, v in figures.items()}}
+    bound = next((b for b in (MIN_TEMPERATURE, MAX_TEMPERATURE) if abs(math.log(temperature / b)) < 1e-3), None)
+    if bound is not None:  # the NLL still fell at the edge: the fit says "more", not "this much"
+        section["hit_search_bound"] = bound
+        why = ("the model is mostly wrong on these labels" if bound == MAX_TEMPERATURE
+               else "every image is predicted right by a wide margin: too few or too easy images")
+        log.warning("calibration: the temperature fit on %s hit its search bound (T = %g, searched %g..%g): %s; "
+                    "T is the bound, not a fitted value", fitted_on, bound, MIN_TEMPERATURE, MAX_TEMPERATURE, why)
+    return section
 
 
 def uncalibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
