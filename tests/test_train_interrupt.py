@@ -140,3 +140,18 @@ def test_interrupted_in_an_epoch_resumes_after_the_last_one_completed(digits, tm
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming after epoch 1 of 2" in resumed.stderr
     _complete(run)
+
+
+def test_interrupted_while_plotting_the_printed_resume_writes_the_plots(digits, tmp_path):
+    run = tmp_path / "run"
+    tiny = ["--arch", "tiny", "--weights", "none", "--epochs", "2", "--loader-workers", "0", "--threads", "1"]
+    # The summary line of the last epoch is logged after its state is saved; plotting follows.
+    status, stderr = interrupt_at(["train", "--data", str(digits), "--out", str(run), *tiny],
+                                  re.compile(r"epoch 2/2  train loss"))
+    assert status == 130, stderr[-2000:]
+    missing = [name for name in ("curves.png", "confusion.png", "reliability.png") if not (run / name).is_file()]
+    assert missing, "interrupted after plotting"
+    resumed = run_printed_step(stderr)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "is already complete" in resumed.stderr
+    assert all((run / name).is_file() for name in missing), resumed.stderr[-2000:]

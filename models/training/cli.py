@@ -176,6 +176,16 @@ def _print_result(report: dict[str, Any], run_dir: Path) -> None:
     sys.stdout.write(f"checkpoint: {run_dir / 'checkpoint'}\n")
 
 
+def _complete_plots(run_dir: Path, best_epoch: int) -> None:
+    """Plots a finished run lacks (interrupted after its last epoch, while plotting)."""
+    from imgcls.models.training.session import PLOT_FILES, write_plots
+
+    missing = [name for name in PLOT_FILES if not (run_dir / name).is_file()]
+    if missing and int(os.environ.get("RANK", "0")) == 0:
+        write_plots(run_dir, best_epoch)
+        log.info("wrote %s (the run was interrupted before plotting)", ", ".join(missing))
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -184,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
     config, state = _resume_config(args) if args.resume else (_fresh_config(args), None)
     if state is not None and (state["progress"]["completed_epochs"] >= config.epochs
                               or state["progress"]["stopped_early"]):
+        _complete_plots(Path(args.resume), state["progress"]["best_epoch"])
         log.info("%s is already complete (%d epochs); pass a larger --epochs to continue",
                  args.resume, state["progress"]["completed_epochs"])
         return 0

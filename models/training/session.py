@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 METRICS_FILENAME = "metrics.jsonl"
 VAL_REPORT_FILENAME = "val_report.json"
-RUN_FILES = ("split.json", METRICS_FILENAME, VAL_REPORT_FILENAME, "curves.png", "confusion.png", RELIABILITY_FILENAME)
+PLOT_FILES = ("curves.png", "confusion.png", RELIABILITY_FILENAME)
+RUN_FILES = ("split.json", METRICS_FILENAME, VAL_REPORT_FILENAME, *PLOT_FILES)
 
 
 def prepare_split(config: TrainConfig, dist: DistContext, preprocess: Preprocess) -> tuple[SplitListing, int]:
@@ -206,16 +207,19 @@ class TrainingSession:
                          optimizer=ctx.optimizer, scheduler=ctx.scheduler, scaler=ctx.scaler)
 
     def _finish(self) -> dict[str, Any]:
-        report: dict[str, Any] = {}
-        if self.dist.is_main:
-            report = json.loads((self.run_dir / VAL_REPORT_FILENAME).read_text())
-            records = read_metrics(self.run_dir)
-            plot_curves(records, self.run_dir / "curves.png", self.progress.best_epoch)
-            plot_confusion(report["confusion"], self.class_names, self.run_dir / "confusion.png",
-                           f"validation, epoch {report['epoch']} (accuracy {report['val_accuracy']:.3f})")
-            plot_reliability(report, self.run_dir / RELIABILITY_FILENAME)
+        report = write_plots(self.run_dir, self.progress.best_epoch) if self.dist.is_main else {}
         self.dist.barrier()
         return report
+
+
+def write_plots(run_dir: Path, best_epoch: int) -> dict[str, Any]:
+    """``PLOT_FILES`` from the run's metrics and best epoch's validation report (which it returns)."""
+    report = json.loads((run_dir / VAL_REPORT_FILENAME).read_text())
+    plot_curves(read_metrics(run_dir), run_dir / "curves.png", best_epoch)
+    plot_confusion(report["confusion"], report["class_names"], run_dir / "confusion.png",
+                   f"validation, epoch {report['epoch']} (accuracy {report['val_accuracy']:.3f})")
+    plot_reliability(report, run_dir / RELIABILITY_FILENAME)
+    return report
 
 
 def read_metrics(run_dir: Path, up_to_epoch: int | None = None) -> list[dict[str, Any]]:
