@@ -85,6 +85,19 @@ def test_too_few_images_skip_the_head_rung_and_say_why(tmp_path, caplog, capsys)
     assert "skipped" in capsys.readouterr().out  # and in the summary table
 
 
+def test_a_split_that_is_not_the_runs_own_is_not_gated_on(tmp_path, capsys):
+    """Without split.json, a split made from --data may put the run's training images in its
+    validation half: --int8/--fp16 are refused (exit 2); plain fp32 export (parity only) goes on."""
+    run = make_tiny_run(tmp_path, classes=CLASSES, per_class=8)
+    data = Path(SplitListing.load(run).root)
+    (run / "split.json").unlink()
+    assert main([str(run), "--out", str(tmp_path / "int8"), "--int8", "--data", str(data), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "could grade on training images" in err and err.count("\n") == 1
+    assert not (tmp_path / "int8").exists()
+    assert main([str(run), "--out", str(tmp_path / "fp32"), "--data", str(data), "--no-progress"]) == 0
+
+
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     return make_tiny_run(tmp_path_factory.mktemp("lines"), classes=CLASSES, per_class=12, train_steps=40)
