@@ -2,7 +2,8 @@
 
 Runs as one process, or under ``torchrun --nproc_per_node N -m imgcls.models.training.cli ...`` with
 DistributedDataParallel (gloo on CPU, NCCL on CUDA); rank 0 writes every file.
-Exit codes: 0 done, 2 bad data or options (a message, no traceback).
+Exit codes: 0 done, 2 bad data or options (a message, no traceback), 130 interrupted (the message
+names the command that continues).
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         "lr x --backbone-lr-mult; gradual: head for --unfreeze-epoch epochs, then all [head]")
     add("--epochs", type=int, help="maximum epochs [head 15, finetune 10, gradual 12]")
     add("--out", help="run directory, e.g. runs/NAME")
-    add("--resume", metavar="RUN", help="continue runs/RUN after its last completed epoch")
+    add("--resume", metavar="RUN", help="continue runs/RUN where it stopped: after its last completed epoch, "
+        "reusing the backbone features it had cached")
     add("--lr", type=float, help="head learning rate [head 1e-2, finetune 1e-3, gradual 3e-3]")
     add("--backbone-lr-mult", type=float, help="backbone lr = lr x this [0.1]")
     add("--weight-decay", type=float, help="[head 1e-4, otherwise 0.05]")
