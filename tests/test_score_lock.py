@@ -31,12 +31,12 @@ def bundle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def slow_folder(tmp_path_factory):
-    """240 distinct paths of a 1600x1600 noisy PNG (hard links: one file on disk), ~40 ms to decode each."""
+    """300 distinct paths of a 1600x1600 noisy PNG (hard links: one file on disk), ~40 ms to decode each."""
     folder = tmp_path_factory.mktemp("slow")
     first = folder / "cat" / "big_000.png"
     first.parent.mkdir()
     class_image(0, (1600, 1600), np.random.default_rng(0)).save(first, format="PNG")
-    for i in range(1, 240):
+    for i in range(1, 300):
         os.link(first, folder / "cat" / f"big_{i:03d}.png")
     return folder
 
