@@ -6,9 +6,15 @@ start; metrics created afterwards (in the service's ``__init__``) write there an
 they label each series with the raw request path, so every unknown path (scanners, typos) would add
 new series forever; ``HTTPMetricsMiddleware`` records the same figures with the route bounded to
 the service's known routes plus ``"unmatched"``.
+
+BentoML's own traffic middlewares (the request timeout's 504, ``max_concurrency``'s 429) sit outside
+every middleware a service adds; ``count_outer_answers`` wraps the worker's uvicorn app so that the
+answers they give are counted too (each request is counted once: by whichever layer saw it answered).
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import re
 import time
@@ -29,6 +35,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 UNMATCHED = "unmatched"
+RECORDED = "imgcls.metrics.recorded"  # scope key: the inner middleware has counted this request
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -121,11 +129,10 @@ class HTTPMetricsMiddleware:
         return next((p + "*" for p in self.prefixes if path.startswith(p)), UNMATCHED)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        metrics = _CURRENT.get("metrics")
-        if scope["type"] != "http" or metrics is None or scope["path"] == "/metrics":
+        if scope["type"] != "http" or _CURRENT.get("metrics") is None or scope["path"] == "/metrics":
             await self.app(scope, receive, send)
             return
-        route, started, status = self.route_label(scope["path"]), time.perf_counter(), [500]
+        started, status, unanswered = time.perf_counter(), [0], [False]
 
         async def send_and_record(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -134,9 +141,56 @@ class HTTPMetricsMiddleware:
 
         try:
             await self.app(scope, receive, send_and_record)
+        except asyncio.CancelledError:  # BentoML's timeout before any answer: it answers 504, counted outside
+            unanswered[0] = not status[0]
+            raise
         finally:
-            metrics.http_requests.labels(route=route, method=_method(scope), status=str(status[0])).inc()
-            metrics.http_seconds.labels(route=route).observe(time.perf_counter() - started)
+            if not unanswered[0]:
+                self.record(scope, status[0] or 500, started)
+                scope[RECORDED] = True  # before the app returns to OuterAnswers (which then leaves it)
+
+    def record(self, scope: dict, status: int, started: float) -> None:
+        metrics = _CURRENT["metrics"]
+        route = self.route_label(scope["path"])
+        metrics.http_requests.labels(route=route, method=_method(scope), status=str(status)).inc()
+        metrics.http_seconds.labels(route=route).observe(time.perf_counter() - started)
+
+
+class OuterAnswers:
+    """ASGI wrapper of the whole app: counts the answers the inner ``HTTPMetricsMiddleware`` did not see."""
+
+    def __init__(self, app: Any, inner: HTTPMetricsMiddleware) -> None:
+        self.app = app
+        self.inner = inner
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or _CURRENT.get("metrics") is None or scope["path"] == "/metrics":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), [0]
+
+        async def send_and_note(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            if status[0] and not scope.get(RECORDED):
+                self.inner.record(scope, status[0], started)
+
+
+def count_outer_answers(server: Any, inner: HTTPMetricsMiddleware) -> bool:
+    """Wrap the app of this worker's uvicorn ``server`` (uvicorn hands ``config.loaded_app`` to each new
+    connection); call before it accepts connections (the service's ``__init__``). True when installed."""
+    config = getattr(server, "config", None)
+    if config is None or getattr(config, "loaded_app", None) is None:
+        log.debug("no uvicorn app to wrap: answers of BentoML's traffic middlewares are not counted")
+        return False
+    if not isinstance(config.loaded_app, OuterAnswers):
+        config.loaded_app = OuterAnswers(config.loaded_app, inner)
+    return True
 
 
 def _template_pattern(template: str) -> re.Pattern[str]:

@@ -32,7 +32,8 @@ from starlette.routing import Route
 from imgcls.service.http import accept, drain, openapi, pages, readiness, tracing
 from imgcls.service.http.schemas import MODEL_HEADER, REASON_STATUS, VERSION_HEADER, ClassifyResponse, error_body
 from imgcls.service.http.config import ServiceConfig
-from imgcls.service.http.metrics import HTTPMetricsMiddleware, ServiceMetrics, install, metrics_endpoint
+from imgcls.service.http.metrics import (HTTPMetricsMiddleware, ServiceMetrics, count_outer_answers, install,
+                                        metrics_endpoint)
 from imgcls.service.http.oip_routes import FIXED_ROUTES as OIP_ROUTES, MODEL_ROUTES as OIP_MODEL_ROUTES, build_routes
 from imgcls.service.http.server_metrics import ServerCollector
 from imgcls.service.http.uploads import ParsedRequest, RequestRejected, parse_request
@@ -41,6 +42,7 @@ log = logging.getLogger("imgcls.service")
 CONFIG = ServiceConfig.from_env().with_workers_resolved()  # imgcls serve has resolved it already
 KNOWN_ROUTES = ("/classify", "/model", "/livez", "/healthz", "/readyz", "/metrics", "/docs.json",
                 "/schema.json", "/", "/ui", *pages.ASSETS, *OIP_ROUTES)
+METRICS_ROUTES: dict[str, Any] = dict(routes=KNOWN_ROUTES, prefixes=("/static_content/",), templates=OIP_MODEL_ROUTES)
 _CURRENT: dict[str, "ImageClassifier"] = {}  # this worker's service instance, for the mounted apps
 _BACKGROUND: set[asyncio.Task] = set()  # tasks started by the service (kept referenced until done)
 
@@ -131,6 +133,8 @@ class ImageClassifier:
         else:  # the server is starting: answer /livez at once, /readyz 503 until warm
             threading.Thread(target=self._warm_up, name="imgcls-warmup", daemon=True).start()
         uvicorn_server = drain.uvicorn_server()  # before drain.install() wraps its SIGTERM handler
+        # BentoML's timeout (504) and max_concurrency (429) answer outside our middlewares: counted around them
+        count_outer_answers(uvicorn_server, HTTPMetricsMiddleware(None, **METRICS_ROUTES))
         drain.install()
         self._balance_connections(uvicorn_server)
         _CURRENT["service"] = self
@@ -238,6 +242,5 @@ class ClassifyMethodGuard:
 
 
 # The first added is the outermost: the metrics see every answer of the service, the guard's 405s too.
-ImageClassifier.add_asgi_middleware(HTTPMetricsMiddleware, routes=KNOWN_ROUTES, prefixes=("/static_content/",),
-                                    templates=OIP_MODEL_ROUTES)
+ImageClassifier.add_asgi_middleware(HTTPMetricsMiddleware, **METRICS_ROUTES)
 ImageClassifier.add_asgi_middleware(ClassifyMethodGuard)
