@@ -151,8 +151,7 @@ def check_replaceable(out: str | Path, kind: str, overwrite: bool, *, flag: str 
                              f"{spec.description}; it is left untouched: choose another {flag}")
     if not holds(out, kind):
         raise OwnershipError(f"{where} holds files imgcls did not write as {spec.description} "
-                             f"({_listing(out)}); it is left untouched: choose another {flag} "
-                             "(or empty that folder yourself)")
+                             f"({_listing(out)}); it is left untouched: choose another {flag}")
     strangers = spec.strangers(out)
     if strangers:
         raise OwnershipError(f"{where} holds {spec.description}, but also files {spec.command} did not write "
