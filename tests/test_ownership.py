@@ -310,3 +310,17 @@ def test_stock_photos_folder_of_user_files_is_left_alone(tmp_path):
         write_photos(tmp_path / "stock-photos")
     assert [p.name for p in (tmp_path / "stock-photos").iterdir()] == ["diary.txt"]
     shutil.rmtree(tmp_path / "stock-photos")
+
+
+def test_score_evaluation_files_beside_out_are_replaced_only_when_ours(world, tmp_path):
+    scores = tmp_path / "scores.csv"
+    labelled = [*command("score", world, scores), "--labels", "imagefolder"]
+    assert imgcls(*labelled).returncode == 0
+    written = tree(tmp_path)
+    assert {"scores.eval.json", "scores.confusion.png", "scores.reliability.png", "scores.coverage.png"} <= set(written)
+    assert imgcls(*labelled, "--overwrite").returncode == 0  # its own evaluation: replaced
+    (tmp_path / "scores.confusion.png").write_bytes((world / "user" / "photo.png").read_bytes())  # not ours
+    before = tree(tmp_path)
+    done = imgcls(*labelled, "--overwrite")
+    assert done.returncode == 2 and tree(tmp_path) == before
+    assert f"{tmp_path / 'scores.confusion.png'}, where the evaluation of --out {scores} goes" in done.stderr

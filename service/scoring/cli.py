@@ -67,7 +67,7 @@ from imgcls.service.runtime import DEVICES, DeviceError
 from imgcls.service.scoring.inputs import InputError
 from imgcls.service.scoring.outputs import OutputError, check_out_apart, open_output
 from imgcls.service.scoring.ray_engine import ENGINES, EngineError
-from imgcls.service.scoring.report import evaluate_output
+from imgcls.service.scoring.report import check_report_files, evaluate_output
 from imgcls.service.scoring.splits import SPLITS, select_inputs
 from imgcls.service.scoring.results import (
     EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, Tally, exit_status, summary, to_row,
@@ -164,6 +164,8 @@ def _run(predictor: Predictor, output, todo: Sequence[str], args: argparse.Names
 def _score(args: argparse.Namespace) -> int:
     load_card(args.bundle)  # a bundle problem (a training run, no card.json) is named before any listing
     check_out_apart(args.out, args.bundle, args.inputs, args.lists)  # nothing of the inputs is overwritten
+    if args.labels or args.split:
+        check_report_files(args.out)  # nor a file beside it that the evaluation would replace
     with output_lock(args.out):  # one writer per output, before anything of it is read or written
         return _score_locked(args)
 

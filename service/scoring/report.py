@@ -17,7 +17,7 @@ from imgcls.models.core.atomic import write_atomically
 from imgcls.service.scoring.evaluation import Evaluation, evaluate, format_report, save_confusion_png
 from imgcls.service.scoring.inputs import labels_from_csv, labels_from_folders
 from imgcls.service.scoring.dataset_dir import read_scored_rows
-from imgcls.service.scoring.outputs import UNCALIBRATED, Row
+from imgcls.service.scoring.outputs import UNCALIBRATED, OutputError, Row
 from imgcls.service.scoring.trust import evaluate_trust, format_trust, save_trust_pngs
 
 log = logging.getLogger("imgcls.score")
@@ -42,6 +42,28 @@ def trust_paths(out: str | Path) -> tuple[Path, Path]:
     """``<stem>.reliability.png`` and ``<stem>.coverage.png`` beside the confusion matrix."""
     stem = Path(out).with_suffix("")
     return stem.with_name(stem.name + ".reliability.png"), stem.with_name(stem.name + ".coverage.png")
+
+
+def _written_by_score(path: Path) -> bool:
+    """An evaluation file of ``imgcls score``: its JSON report, or a PNG matplotlib drew."""
+    try:
+        if path.suffix == ".json":
+            record = json.loads(path.read_text(encoding="utf-8"))
+            return isinstance(record, dict) and {"accuracy", "per_class"} <= set(record)
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return str(getattr(image, "text", {}).get("Software", "")).startswith("Matplotlib")
+    except Exception:  # unreadable, not JSON, not an image
+        return False
+
+
+def check_report_files(out: str | Path) -> None:
+    """Before scoring: evaluation files already beside ``out`` are replaced only when imgcls score wrote them."""
+    for path in (*report_paths(out), *trust_paths(out)):
+        if path.exists() and not _written_by_score(path):
+            raise OutputError(f"{path}, where the evaluation of --out {out} goes, was not written by imgcls score; "
+                              "it is left untouched: choose another --out")
 
 
 def labelled_arrays(
