@@ -1,6 +1,6 @@
-# imgcls serving image: ONNX Runtime + BentoML, no torch, no training code.
+# imgcls serving image: ONNX Runtime + BentoML and the imgcls wheel; no torch.
 #
-#   docker/wheelhouse.sh cpu                                  # once: wheels into .wheelhouse/cpu
+#   docker/wheelhouse.sh cpu          # wheels into .wheelhouse/cpu, imgcls's own into .wheelhouse/imgcls
 #   DOCKER_BUILDKIT=0 docker build -t imgcls:cpu .            # CPU (default)
 #   docker/wheelhouse.sh gpu && DOCKER_BUILDKIT=0 docker build --build-arg VARIANT=gpu -t imgcls:gpu .
 #   docker run --init -p 3000:3000 -v $PWD/bundles/NAME:/bundle:ro imgcls:cpu [--workers 2 ...]
@@ -8,7 +8,7 @@
 # The bundle is mounted at /bundle (read-only is fine); to bake one in, derive an image:
 #   printf 'FROM imgcls:cpu\nCOPY bundles/NAME/ /bundle/\n' | DOCKER_BUILDKIT=0 docker build -t my-model -f - .
 # Extra arguments after the image
-# name are `imgcls serve` flags; IMGCLS_* environment variables work too (service/http/config.py).
+# name are `imgcls serve` flags; IMGCLS_* environment variables work too (service/host/config.py).
 # BASE_IMAGE: any Debian-like image with python3.11 + venv (local/python:3.11-bookworm offline).
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE} AS runtime
@@ -19,21 +19,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
     IMGCLS_BUNDLE=/bundle
 COPY docker/requirements-${VARIANT}.txt /tmp/requirements.txt
 COPY .wheelhouse/${VARIANT}/ /tmp/wheels/
+COPY .wheelhouse/imgcls/ /tmp/imgcls/
+# The dependencies, then imgcls itself as the wheel built from this checkout (its console script
+# `imgcls` lands in /opt/venv/bin). No torch: `imgcls train` and `imgcls export` say which extra they need.
 RUN python3 -m venv /opt/venv \
  && pip install --no-index --find-links /tmp/wheels -r /tmp/requirements.txt \
- && rm -rf /tmp/wheels /tmp/requirements.txt \
+ && pip install --no-index --no-deps /tmp/imgcls/imgcls-*.whl \
+ && rm -rf /tmp/wheels /tmp/imgcls /tmp/requirements.txt \
  && ! python -c "import torch" 2>/dev/null \
- && useradd --create-home --uid 10001 --shell /usr/sbin/nologin imgcls \
- && printf '#!/bin/sh\nexec python -m imgcls "$@"\n' > /usr/local/bin/imgcls && chmod 755 /usr/local/bin/imgcls
-WORKDIR /app
-# Only the serving side: the entry points, the torch-free contract (models/core/) and service/,
-# laid out as in the repository (imgcls/__init__.py maps them to imgcls.models.core, imgcls.service).
-COPY imgcls/ /app/imgcls/
-COPY models/__init__.py /app/models/__init__.py
-COPY models/core/ /app/models/core/
-COPY service/ /app/service/
-ENV PYTHONPATH=/app
-RUN python -m compileall -q /app && python -c "import imgcls.service.http.service" && chown -R root:root /app
+ && python -c "import imgcls.service.host.service" \
+ && useradd --create-home --uid 10001 --shell /usr/sbin/nologin imgcls
+WORKDIR /home/imgcls
 USER imgcls
 EXPOSE 3000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \

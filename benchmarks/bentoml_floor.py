@@ -29,7 +29,7 @@ PING = Request("POST", "/ping", b'{"text": "x"}', "application/json")
 
 def measure(workers: int, timeout_s: float = 60.0) -> dict[str, Any]:
     """Start the no-op service, time it to its first answer, read its peak RSS, stop it."""
-    from imgcls.service.http.launcher import free_port
+    from imgcls.service.host.launcher import free_port
 
     port = free_port()
     started = time.monotonic()

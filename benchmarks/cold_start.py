@@ -37,7 +37,7 @@ def first_classify_s(url: str, jpeg: bytes) -> float:
 
 
 def one_start(bundle: Path, jpeg: bytes, log_path: Path) -> dict[str, Any]:
-    from imgcls.service.http.launcher import start_server
+    from imgcls.service.host.launcher import start_server
 
     server = start_server(bundle, log_path, ready_timeout=120)
     try:

@@ -136,7 +136,7 @@ def predictor_vs_raw(prepared: fixtures.Prepared, precision: str, jpegs: list[Pa
 
 
 def http(prepared: fixtures.Prepared, precision: str, levels: list[int], seconds: float) -> dict[str, Any]:
-    from imgcls.service.http.launcher import start_server
+    from imgcls.service.host.launcher import start_server
 
     from imgcls.service.predictor import Predictor
 

@@ -58,7 +58,7 @@ def drive(port: int, payloads: list[bytes], concurrency: int, seconds: float, ma
 
 
 def start(bundle: Path, workers: int, log_path: Path, extra: list[str]) -> tuple[Any, int, float]:
-    from imgcls.service.http.launcher import start_server
+    from imgcls.service.host.launcher import start_server
 
     started = time.monotonic()
     workers_flag = ["--workers", str(workers)] if workers else []  # 0: imgcls serve's own default (auto)

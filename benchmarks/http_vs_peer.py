@@ -65,7 +65,7 @@ def drive_levels(port: int, path: str, jpeg: bytes, levels: list[int], seconds: 
 
 
 def run_imgcls(bundle: Path, jpeg: bytes, scratch: Path, load: Callable[[int, str], list]) -> dict[str, Any]:
-    from imgcls.service.http.launcher import start_server
+    from imgcls.service.host.launcher import start_server
 
     server = start_server(bundle, scratch / "imgcls.log", ready_timeout=120)
     try:

@@ -188,7 +188,7 @@ def start_best_peer(name: str, peer_result: dict[str, Any], bundle: Path, jpegs:
 
 def default_workers() -> int:
     """The worker processes ``imgcls serve`` starts by default on this machine's CPUs."""
-    from imgcls.service.http.config import ServiceConfig
+    from imgcls.service.host.config import ServiceConfig
 
     return ServiceConfig().with_workers_resolved(on_gpu=False).workers
 
@@ -213,7 +213,7 @@ def start_imgcls(bundle: Path, jpegs: list[bytes], scratch: Path, serve_args: tu
                  running: list[Any]) -> tuple[dict[str, Any], list[Contender]]:
     """Start ``imgcls serve`` (defaults unless ``serve_args``): its record and its contenders, /classify
     (raw JPEG) and, when the route exists, /v2 with Triton's request."""
-    from imgcls.service.http.launcher import http_status, start_server
+    from imgcls.service.host.launcher import http_status, start_server
 
     log_name = "imgcls" + "".join(serve_args).replace("-", "_") + ".log"
     # the /v2 model name Triton's request uses, whatever the bundle's folder is called

@@ -27,7 +27,7 @@ Start = Callable[[Path], float]  # scratch folder -> seconds from spawn to the f
 
 def imgcls_start(bundle: Path, jpeg: bytes) -> Start:
     """``imgcls serve`` with its defaults (the command a user types), timed to its first /classify."""
-    from imgcls.service.http.launcher import free_port
+    from imgcls.service.host.launcher import free_port
 
     def start(scratch: Path) -> float:
         port = free_port()

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
-from imgcls.service.http.launcher import Server, encode_multipart, http_status, start_server
+from imgcls.service.host.launcher import Server, encode_multipart, http_status, start_server
 
 log = logging.getLogger("benchmarks.reliability")
 RESULTS = Path(__file__).resolve().parent / "results" / "reliability.json"

@@ -12,7 +12,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "train": ("imgcls.models.training.cli", "fine-tune a zoo backbone on an ImageFolder -> runs/<run>/checkpoint"),
     "export": ("imgcls.export.cli", "checkpoint -> validated ONNX bundle (optionally INT8)"),
     "score": ("imgcls.service.scoring.cli", "batch-score images with a bundle -> CSV/JSONL/Parquet"),
-    "serve": ("imgcls.service.http.serve", "serve a bundle over HTTP (POST /classify)"),
+    "serve": ("imgcls.service.host.serve", "serve a bundle over HTTP (POST /classify)"),
     "demo": ("imgcls.demo", "the whole pipeline on the bundled example data"),
 }
 

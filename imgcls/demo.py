@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgcls.models.core.dataset import SplitListing
-from imgcls.service.http.launcher import child_environment, encode_multipart, start_server
+from imgcls.service.host.launcher import child_environment, encode_multipart, start_server
 from imgcls.stage_parser import StageParser
 
 log = logging.getLogger("imgcls.demo")

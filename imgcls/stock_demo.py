@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from imgcls.demo import classify_over_http, run_stage
-from imgcls.service.http.launcher import start_server
+from imgcls.service.host.launcher import start_server
 
 log = logging.getLogger("imgcls.stock_demo")
 

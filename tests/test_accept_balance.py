@@ -10,9 +10,9 @@ import time
 import psutil
 import pytest
 
-from imgcls.service.http import accept
-from imgcls.service.http.accept import ConnectionBoard
-from imgcls.service.http.launcher import LOOPBACK, start_server
+from imgcls.service.host import accept
+from imgcls.service.host.accept import ConnectionBoard
+from imgcls.service.host.launcher import LOOPBACK, start_server
 from tests.conftest import encode, make_image
 from tests.factories import make_tiny_bundle
 

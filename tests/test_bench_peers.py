@@ -78,7 +78,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[bytes], l
 
 
 def test_imgcls_side_answers_like_the_predictor_and_reports_v2_only_when_present(tiny, tmp_path: Path) -> None:
-    from imgcls.service.http.launcher import http_status, start_server
+    from imgcls.service.host.launcher import http_status, start_server
 
     bundle, jpegs, expected = tiny
     running: list = []

@@ -19,7 +19,7 @@ from imgcls.models.core.calibration import (
 )
 from imgcls.models.core.card import CardError, ModelCard
 from imgcls.models.core.preprocess import Preprocess
-from imgcls.service.http.launcher import start_server
+from imgcls.service.host.launcher import start_server
 from imgcls.service.predictor import Predictor
 from imgcls.service.scoring import cli as score
 from imgcls.service.scoring.outputs import read_rows

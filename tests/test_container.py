@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import REPO_ROOT, encode, make_image
 from tests.factories import make_tiny_bundle
 from tests.system_tools import unavailable
-from imgcls.service.http.launcher import free_port
+from imgcls.service.host.launcher import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 BASE_SCRIPT = REPO_ROOT / "docker" / "base-image.sh"  # builds the base image from Debian packages

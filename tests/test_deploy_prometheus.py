@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from imgcls.service.http.launcher import LOOPBACK, free_port, start_server
+from imgcls.service.host.launcher import LOOPBACK, free_port, start_server
 from tests.conftest import REPO_ROOT, encode, make_image
 from tests.factories import make_tiny_bundle
 from tests.system_tools import require

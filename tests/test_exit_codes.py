@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from imgcls.service.http.launcher import child_environment, free_port
+from imgcls.service.host.launcher import child_environment, free_port
 from tests.conftest import REPO_ROOT
 
 

@@ -49,7 +49,7 @@ def test_module_imports_without_torch(module):
 
 def test_the_serving_side_is_covered():
     """The parametrisation above really reaches every serving module, including nested ones."""
-    assert "imgcls.service.http.service" in TORCH_FREE and "imgcls.service.scoring.cli" in TORCH_FREE
+    assert "imgcls.service.host.service" in TORCH_FREE and "imgcls.service.scoring.cli" in TORCH_FREE
     assert "imgcls.models.core.bundle" in TORCH_FREE and "imgcls.service.predictor" in TORCH_FREE
     assert not [m for m in TORCH_FREE if ".training" in m or ".zoo" in m or ".export" in m]
 

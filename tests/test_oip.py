@@ -27,7 +27,7 @@ from tritonclient.utils import InferenceServerException
 from tests.conftest import REPO_ROOT, encode, make_image
 from tests.factories import make_tiny_bundle
 from tests.robustness.corpus import png_with_fake_size
-from imgcls.service.http.launcher import LOOPBACK, child_environment, free_port, http_status, start_server
+from imgcls.service.host.launcher import LOOPBACK, child_environment, free_port, http_status, start_server
 from imgcls.service.predictor import Predictor
 
 pytestmark = pytest.mark.slow  # a bundle export and a server start (~25 s on 2 cores)
@@ -348,7 +348,7 @@ def test_over_a_limit_is_413(http, client):
 
 # ---------------------------------------------------------------- model name option, KServe manifest
 def test_model_name_option(bundle, monkeypatch):
-    from imgcls.service.http import serve
+    from imgcls.service.host import serve
 
     monkeypatch.delenv("IMGCLS_MODEL_NAME", raising=False)
     args = serve.build_parser().parse_args([str(bundle), "--model-name", "flowers-v2"])

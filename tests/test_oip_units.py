@@ -1,4 +1,4 @@
-"""The Open Inference Protocol codec (imgcls.service.http.oip) against tritonclient's own (de)serialisers.
+"""The Open Inference Protocol codec (imgcls.service.protocols.oip.messages) against tritonclient's own (de)serialisers.
 
 No server: tritonclient builds the request bytes exactly as it would send them, our parser reads
 them; our binary outputs are read back by tritonclient's ``InferResult``.
@@ -11,8 +11,8 @@ import tritonclient.http as triton
 from tritonclient.http._utils import _get_inference_request
 from tritonclient.utils import deserialize_bytes_tensor
 
-from imgcls.service.http.oip import HEADER_LENGTH, InferRequest, ModelSpec, OIPError, RequestedOutput, parse_infer
-from imgcls.service.http.oip_response import encode_infer, serialize_bytes
+from imgcls.service.protocols.oip.messages import HEADER_LENGTH, InferRequest, ModelSpec, OIPError, RequestedOutput, parse_infer
+from imgcls.service.protocols.oip.response import encode_infer, serialize_bytes
 
 MODEL = ModelSpec(name="m", version="abc", crop_size=4, class_names=("cat", "dog", "emu"), max_images=8)
 

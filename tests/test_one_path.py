@@ -13,7 +13,7 @@ import pytest
 
 from imgcls.export.validate import run_batches, session
 from imgcls.models.core.card import ModelCard
-from imgcls.service.http.launcher import child_environment, start_server
+from imgcls.service.host.launcher import child_environment, start_server
 from imgcls.service.predictor import softmax
 from tests.conftest import encode, make_image
 from tests.factories import make_tiny_bundle

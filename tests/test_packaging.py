@@ -30,7 +30,7 @@ def test_wheel_holds_only_the_imgcls_namespace(wheel):
     assert {n.split("/")[0] for n in names} == {"imgcls", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
     for module in ("imgcls/cli.py", "imgcls/models/core/card.py", "imgcls/models/zoo/registry.py",
                    "imgcls/models/training/cli.py", "imgcls/export/bundle.py", "imgcls/service/predictor.py",
-                   "imgcls/service/http/service.py", "imgcls/service/scoring/cli.py"):
+                   "imgcls/service/host/service.py", "imgcls/service/scoring/cli.py"):
         assert module in names, module
     packages = {str(Path(n).parent) for n in names if n.endswith("/__init__.py")}
     on_disk = {"imgcls/" + str(p.parent.relative_to(REPO_ROOT)) for top in ("models", "export", "service")
@@ -55,7 +55,7 @@ def test_installed_wheel_claims_no_common_top_level_name(wheel, tmp_path):
         result = subprocess.run(command, cwd=elsewhere, capture_output=True, text=True, timeout=60, env=clean)
         assert result.returncode == 0, result.stderr
         assert "serve" in result.stdout and "train" in result.stdout
-    located = subprocess.run([str(python), "-c", "import imgcls.service.http, imgcls.models.core; "
+    located = subprocess.run([str(python), "-c", "import imgcls.service.host, imgcls.models.core; "
                               "print(imgcls.models.core.__file__); print(len(imgcls.__path__))"],
                              cwd=elsewhere, capture_output=True, text=True, check=True, env=clean).stdout.split()
     assert located[0].startswith(str(venv)) and located[1] == "1"  # no source-tree path added

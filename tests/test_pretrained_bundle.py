@@ -20,7 +20,7 @@ from imgcls.export.validate import torch_reference
 from imgcls.models.core.card import ModelCard
 from imgcls.models.core.dataset import SplitListing
 from imgcls.models.zoo.registry import entry_for, pretrained
-from imgcls.service.http.launcher import start_server
+from imgcls.service.host.launcher import start_server
 from imgcls.service.scoring import cli as score
 from imgcls.service.scoring.outputs import read_rows
 

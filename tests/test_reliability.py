@@ -13,8 +13,8 @@ import time
 import pytest
 
 from benchmarks.reliability import drain_trial, kill_trial
-from imgcls.service.http.config import ServiceConfig
-from imgcls.service.http.supervise import KILL_MARGIN_S, _wait
+from imgcls.service.host.config import ServiceConfig
+from imgcls.service.host.supervise import KILL_MARGIN_S, _wait
 from tests.factories import make_tiny_bundle
 
 CLIENTS = 16

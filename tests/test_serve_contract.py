@@ -12,9 +12,9 @@ import signal
 import httpx
 import pytest
 
-from imgcls.service.http.config import ConfigError, ServiceConfig
-from imgcls.service.http.launcher import start_server
-from imgcls.service.http.serve import FLAG_FIELDS, build_parser, config_from
+from imgcls.service.host.config import ConfigError, ServiceConfig
+from imgcls.service.host.launcher import start_server
+from imgcls.service.host.serve import FLAG_FIELDS, build_parser, config_from
 from tests.factories import make_tiny_bundle
 
 # a valid value for each flag that differs from its default

@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import encode, make_image
 from tests.factories import make_tiny_bundle
 from imgcls.service.predictor import Predictor
-from imgcls.service.http.launcher import start_server
+from imgcls.service.host.launcher import start_server
 
 LIMITS = {"IMGCLS_MAX_BODY_BYTES": str(300_000), "IMGCLS_MAX_IMAGES": "4", "IMGCLS_MAX_PIXELS": str(1_000_000),
           "IMGCLS_MAX_IMAGE_BYTES": str(200_000)}

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from imgcls.service.http.launcher import start_server
+from imgcls.service.host.launcher import start_server
 from tests.factories import make_tiny_bundle
 
 pytestmark = pytest.mark.slow  # a bundle export and a server start

@@ -7,11 +7,11 @@ import threading
 import numpy as np
 import pytest
 
-from imgcls.service.http.batcher import BatchPlan, MicroBatcher, Overloaded
+from imgcls.service.engine.batcher import BatchPlan, MicroBatcher, Overloaded
 from imgcls.models.core.errors import ConfigError
-from imgcls.service.http.config import ServiceConfig
-from imgcls.service.http.serve import build_parser, check_bundle, config_from
-from imgcls.service.http.uploads import RequestRejected, decode_base64, parse_top_k
+from imgcls.service.host.config import ServiceConfig
+from imgcls.service.host.serve import build_parser, check_bundle, config_from
+from imgcls.service.protocols.classify.uploads import RequestRejected, decode_base64, parse_top_k
 
 
 def test_cpu_plan_splits_into_warmed_sizes_and_gpu_plan_pads():
@@ -137,7 +137,7 @@ def test_serve_flags_override_the_environment(tmp_path):
 
 
 def test_serve_refuses_a_missing_or_empty_bundle_before_starting(tmp_path):
-    from imgcls.service.http.serve import main
+    from imgcls.service.host.serve import main
 
     assert "not a directory" in check_bundle(tmp_path / "nope")
     assert "card" in check_bundle(tmp_path).lower()

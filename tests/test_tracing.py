@@ -1,4 +1,4 @@
-"""OpenTelemetry spans are made only when something reads them (imgcls.service.http.tracing).
+"""OpenTelemetry spans are made only when something reads them (imgcls.service.host.tracing).
 
 Units for the decision, then the real ``imgcls serve``: with the access log on, a client's
 ``traceparent`` reaches the log line; with nothing reading spans, the server says they are off.
@@ -13,8 +13,8 @@ import pytest
 
 from tests.conftest import encode, make_image
 from tests.factories import make_tiny_bundle
-from imgcls.service.http import tracing
-from imgcls.service.http.launcher import start_server
+from imgcls.service.host import tracing
+from imgcls.service.host.launcher import start_server
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 TRACEPARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"

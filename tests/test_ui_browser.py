@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcls.service.http.launcher import start_server
+from imgcls.service.host.launcher import start_server
 from tests.conftest import REPO_ROOT, encode
 from tests.factories import class_image, make_tiny_bundle
 from tests.system_tools import require

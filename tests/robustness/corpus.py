@@ -2,7 +2,7 @@
 
 Nothing binary is committed: every payload is built here from Pillow, numpy and a few byte strings.
 ``build_corpus(limits)`` returns ``Case``s; each holds the keyword arguments of an ``httpx`` POST,
-the expected HTTP status and reason code (``imgcls.service.http.schemas.REASON_STATUS``; ``None`` for 200) and, for
+the expected HTTP status and reason code (``imgcls.service.protocols.classify.schemas.REASON_STATUS``; ``None`` for 200) and, for
 200 answers, how many images must come back classified. ``python tests/robustness/corpus.py DIR``
 writes the image payloads to DIR for manual probing (curl, other servers).
 """

@@ -1,4 +1,4 @@
-"""Shared pieces of the robustness tests: the real server (imgcls.service.http.launcher), the resident
+"""Shared pieces of the robustness tests: the real server (imgcls.service.host.launcher), the resident
 memory of its process tree read from /proc, the cached Lite0 bundle, and the figures file.
 
 Figures go to ``$IMGCLS_ROBUSTNESS_JSON`` (default: tests/robustness/last_run.json, not committed);
@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import REPO_ROOT
-from imgcls.service.http.launcher import Server, start_server  # noqa: F401 - re-exported for the test modules
+from imgcls.service.host.launcher import Server, start_server  # noqa: F401 - re-exported for the test modules
 
 log = logging.getLogger("imgcls.robustness")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024

@@ -20,7 +20,7 @@ from tests.factories import make_tiny_bundle
 from tests.robustness.harness import process_tree, record
 from imgcls.models.core.atomic import sha256_file
 from imgcls.models.core.card import ModelCard
-from imgcls.service.http.launcher import free_port
+from imgcls.service.host.launcher import free_port
 
 RESULTS: dict[str, dict] = {}
 

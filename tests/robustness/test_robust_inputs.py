@@ -1,6 +1,6 @@
 """The bad-input corpus (tests/robustness/corpus.py) against the real server, started once.
 
-For every case: the documented status and reason code (imgcls.service.http.schemas.REASON_STATUS), never a 5xx,
+For every case: the documented status and reason code (imgcls.service.protocols.classify.schemas.REASON_STATUS), never a 5xx,
 the server still ready and classifying afterwards, and no jump in the resident memory (VmRSS) or
 its high-water mark (VmHWM) of the server's processes, so the decompression bomb is refused
 before any pixel is allocated. Then: nothing in a request is ever used as a path on disk.
@@ -17,7 +17,7 @@ import pytest
 from tests.robustness.corpus import Case, Limits, build_corpus, encode, photo_like
 from tests.factories import make_tiny_bundle
 from tests.robustness.harness import answers, record, start_server, tree_memory_mib
-from imgcls.service.http.schemas import REASON_STATUS
+from imgcls.service.protocols.classify.schemas import REASON_STATUS
 
 LIMITS = Limits(max_body_bytes=8 << 20, max_images=32, max_image_bytes=2 << 20, max_pixels=40_000_000)
 CORPUS = build_corpus(LIMITS)

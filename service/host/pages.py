@@ -33,5 +33,5 @@ def routes() -> list[Route]:
     """One GET route per page or asset (checked at import: a missing file is a packaging error)."""
     missing = [name for name in PAGES.values() if not (STATIC / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"service/http/static is missing {missing}")
+        raise FileNotFoundError(f"service/host/static is missing {missing}")
     return [Route(url, _endpoint(name), methods=["GET", "HEAD"]) for url, name in PAGES.items()]

@@ -1,4 +1,4 @@
-"""OpenAPI entries of the Open Inference Protocol routes (``imgcls.service.http.oip_routes``).
+"""OpenAPI entries of the Open Inference Protocol routes (``imgcls.service.protocols.oip.routes``).
 
 ``add_paths(spec)`` adds every ``/v2`` route, its request and response schemas (JSON form; the
 binary tensor data extension is described on the infer route) to the document ``/docs.json`` serves.
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from imgcls.service.http.oip import EXTENSIONS, HEADER_LENGTH
-from imgcls.service.http.oip_routes import MODEL, VERSION
+from imgcls.service.protocols.oip.messages import EXTENSIONS, HEADER_LENGTH
+from imgcls.service.protocols.oip.routes import MODEL, VERSION
 
 TAG = "Open Inference Protocol (KServe v2)"
 REF = "#/components/schemas/{name}"

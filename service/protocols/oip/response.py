@@ -1,6 +1,6 @@
 """The Open Inference Protocol (KServe v2) infer response: JSON, or a JSON header + binary outputs.
 
-``encode_infer(request, model, probabilities)`` answers an ``imgcls.service.http.oip.InferRequest``:
+``encode_infer(request, model, probabilities)`` answers an ``imgcls.service.protocols.oip.messages.InferRequest``:
 each requested output as FP32 ``[N, C]`` probabilities or, with the classification extension,
 BYTES ``[N, k]`` ``"score:index:label"`` strings (best first, scores as Triton prints them: 6
 decimals), as JSON ``data`` or binary (``binary_data_size``; BYTES elements length-prefixed).
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from imgcls.service.http.oip import HEADER_LENGTH, InferRequest, ModelSpec, RequestedOutput
+from imgcls.service.protocols.oip.messages import HEADER_LENGTH, InferRequest, ModelSpec, RequestedOutput
 from imgcls.service.prediction import top_k_indices
 
 

@@ -1,14 +1,14 @@
 """The BentoML 1.4 service: ``POST /classify``, ``GET /model``, health and ``/metrics``, plus the
-Open Inference Protocol (KServe v2) routes ``/v2/...`` (``imgcls.service.http.oip_routes``).
+Open Inference Protocol (KServe v2) routes ``/v2/...`` (``imgcls.service.protocols.oip.routes``).
 
-Run it with ``imgcls serve BUNDLE`` (or ``IMGCLS_BUNDLE=... bentoml serve imgcls.service.http.service:ImageClassifier``).
-Configuration comes from ``IMGCLS_*`` variables (``imgcls.service.http.config``). Each worker loads the bundle
+Run it with ``imgcls serve BUNDLE`` (or ``IMGCLS_BUNDLE=... bentoml serve imgcls.service.host.service:ImageClassifier``).
+Configuration comes from ``IMGCLS_*`` variables (``imgcls.service.host.config``). Each worker loads the bundle
 in ``__init__`` and warms every batch size in a background thread; ``/livez`` answers as soon as
 the worker serves, ``/readyz`` only once every worker of the server has warmed up and is alive (a
 worker killed by a crash no longer counts; its restarted successor warms up before it accepts).
 On SIGTERM the workers stop listening at once and answer what they had accepted (``drain``).
 
-The request body of ``/classify`` is parsed by ``imgcls.service.http.uploads`` (not by BentoML's input
+The request body of ``/classify`` is parsed by ``imgcls.service.protocols.classify.uploads`` (not by BentoML's input
 validation), so that every failure is our JSON error with a reason code instead of BentoML's
 generic 400/500 answers; the declared input model still documents the multipart form, and
 ``bentoml.SyncHTTPClient(url).classify(images=[path, ...], top_k=3)`` works.
@@ -29,14 +29,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from imgcls.service.http import accept, drain, openapi, pages, readiness, tracing
-from imgcls.service.http.schemas import MODEL_HEADER, REASON_STATUS, VERSION_HEADER, ClassifyResponse, error_body
-from imgcls.service.http.config import ServiceConfig
-from imgcls.service.http.metrics import (HTTPMetricsMiddleware, ServiceMetrics, count_outer_answers, install,
+from imgcls.service.host import accept, drain, openapi, pages, readiness, tracing
+from imgcls.service.protocols.classify.schemas import MODEL_HEADER, REASON_STATUS, VERSION_HEADER, ClassifyResponse, error_body
+from imgcls.service.host.config import ServiceConfig
+from imgcls.service.host.metrics import (HTTPMetricsMiddleware, ServiceMetrics, count_outer_answers, install,
                                         metrics_endpoint)
-from imgcls.service.http.oip_routes import FIXED_ROUTES as OIP_ROUTES, MODEL_ROUTES as OIP_MODEL_ROUTES, build_routes
-from imgcls.service.http.server_metrics import ServerCollector
-from imgcls.service.http.uploads import ParsedRequest, RequestRejected, parse_request
+from imgcls.service.protocols.oip.routes import FIXED_ROUTES as OIP_ROUTES, MODEL_ROUTES as OIP_MODEL_ROUTES, build_routes
+from imgcls.service.host.server_metrics import ServerCollector
+from imgcls.service.protocols.classify.uploads import ParsedRequest, RequestRejected, parse_request
 
 log = logging.getLogger("imgcls.service")
 CONFIG = ServiceConfig.from_env().with_workers_resolved()  # imgcls serve has resolved it already
@@ -80,7 +80,7 @@ async def model_endpoint(_: Request) -> Response:
 
 
 async def openapi_endpoint(_: Request) -> Response:
-    """``/docs.json``: BentoML's document completed by ``imgcls.service.http.openapi``."""
+    """``/docs.json``: BentoML's document completed by ``imgcls.service.host.openapi``."""
     service = _CURRENT.get("service")
     model = service.engine.summary() if service is not None else None
     return JSONResponse(openapi.augment(ImageClassifier.openapi_spec.asdict(), model))
@@ -92,7 +92,7 @@ EXTRA_ROUTES = Starlette(routes=[
     Route("/model", model_endpoint, methods=["GET"]),
     Route("/metrics", metrics_endpoint, methods=["GET"]),
     Route("/docs.json", openapi_endpoint, methods=["GET"]),
-    *build_routes(lambda: _CURRENT.get("service")),  # the Open Inference Protocol (/v2), imgcls.service.http.oip_routes
+    *build_routes(lambda: _CURRENT.get("service")),  # the Open Inference Protocol (/v2), imgcls.service.protocols.oip.routes
     *pages.routes(),
 ])
 
@@ -102,7 +102,7 @@ EXTRA_ROUTES = Starlette(routes=[
     name="imgcls",
     workers=CONFIG.workers,
     traffic={"timeout": CONFIG.timeout, **({"max_concurrency": CONFIG.max_concurrency} if CONFIG.max_concurrency else {})},
-    metrics={"enabled": False},  # replaced by imgcls.service.http.metrics (bounded labels, see there)
+    metrics={"enabled": False},  # replaced by imgcls.service.host.metrics (bounded labels, see there)
     logging={"access": {"enabled": CONFIG.access_log}},
     tracing=tracing.service_settings(CONFIG.access_log, os.environ),  # spans only when read (see tracing)
 )
@@ -113,7 +113,7 @@ class ImageClassifier:
         self.metrics = ServiceMetrics.create()
         self.metrics.initialise(REASON_STATUS)
         install(self.metrics, [ServerCollector(CONFIG.workers, CONFIG.state_dir)])
-        from imgcls.service.http.engine import ClassifierEngine  # ONNX Runtime: in the workers, not the arbiter
+        from imgcls.service.engine.classifier import ClassifierEngine  # ONNX Runtime: in the workers, not the arbiter
 
         self.engine = ClassifierEngine(CONFIG, self.metrics)
         self.model_headers = {VERSION_HEADER: self.engine.predictor.model_version, MODEL_HEADER: self.engine.name}
@@ -144,7 +144,7 @@ class ImageClassifier:
         return bool(CONFIG.balance_connections and CONFIG.workers >= 2 and CONFIG.state_dir)
 
     def _balance_connections(self, server: Any) -> None:
-        """Least-connections accept across the workers (``imgcls.service.http.accept``)."""
+        """Least-connections accept across the workers (``imgcls.service.host.accept``)."""
         if not self._balancing():
             return
         if server is None:  # not under uvicorn: nothing to wrap, nothing to wait for

@@ -1,6 +1,6 @@
 """The Open Inference Protocol (KServe v2) REST routes, served beside ``/classify`` by the same worker.
 
-``build_routes(current)`` returns Starlette routes that ``imgcls.service.http.service`` mounts like
+``build_routes(current)`` returns Starlette routes that ``imgcls.service.host.service`` mounts like
 ``/model``; ``current()`` gives this worker's ``ImageClassifier`` (or None before it exists). The
 routes share its engine: the same decode pool, limits and reason codes (``ClassifierEngine.decode_all``),
 the same micro-batcher (``ClassifierEngine.infer``) and the same Prometheus metrics, plus
@@ -23,13 +23,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import imgcls
-from imgcls.service.http.batcher import Overloaded
-from imgcls.service.http.oip import (
+from imgcls.service.engine.batcher import Overloaded
+from imgcls.service.protocols.oip.messages import (
     EXTENSIONS, HEADER_LENGTH, InferRequest, ModelSpec, OIPError, decompress, json_length, parse_infer,
 )
-from imgcls.service.http.oip_response import encode_infer, error_document
-from imgcls.service.http.schemas import REASON_STATUS
-from imgcls.service.http.uploads import RequestRejected, Upload, read_body
+from imgcls.service.protocols.oip.response import encode_infer, error_document
+from imgcls.service.protocols.classify.schemas import REASON_STATUS
+from imgcls.service.protocols.classify.uploads import RequestRejected, Upload, read_body
 
 log = logging.getLogger(__name__)
 SERVER_NAME = "imgcls"

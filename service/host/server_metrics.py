@@ -15,7 +15,7 @@ import psutil
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from imgcls.service.http import readiness
+from imgcls.service.host import readiness
 
 WORKER_MODULE = "_bentoml_impl.worker.service"
 

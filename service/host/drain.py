@@ -8,7 +8,7 @@ when the arbiter finally closes the socket. A client cannot tell such a reset fr
 in flight.
 
 ``install(fd)`` wraps uvicorn's SIGTERM handler: it first accepts the connections the kernel has
-already queued (``imgcls.service.http.accept.accept_queued``: their requests were sent), stops this
+already queued (``imgcls.service.host.accept.accept_queued``: their requests were sent), stops this
 worker's accept loop (closing its asyncio servers one loop iteration later, once the connections
 just accepted have their transports) and ``shutdown(SHUT_RD)``s the shared listening socket (on
 Linux that takes it out of the LISTEN state for every process holding it: new connections are
@@ -27,7 +27,7 @@ import sys
 from types import FrameType
 from typing import Any, Callable, Sequence
 
-from imgcls.service.http import accept
+from imgcls.service.host import accept
 
 log = logging.getLogger(__name__)
 READ_QUEUED_S = 0.2  # after accepting the queued connections, before uvicorn starts its shutdown

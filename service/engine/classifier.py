@@ -19,16 +19,16 @@ from PIL import Image
 
 from imgcls.models.core.calibration import abstains, effective_min_score
 from imgcls.models.core.preprocess import ImageDecodeError
-from imgcls.service.http.schemas import (
+from imgcls.service.protocols.classify.schemas import (
     MULTIPLE_REASONS, REASON_STATUS, ClassifyResponse, ErrorDetail, ErrorResponse, ImageResult,
     ImageTiming, ModelRef, ModelSummary, RequestTiming,
 )
-from imgcls.service.http.batcher import BatchPlan, BatchReport, JobResult, MicroBatcher, Overloaded
-from imgcls.service.http.config import ServiceConfig
-from imgcls.service.http.metrics import ServiceMetrics
+from imgcls.service.engine.batcher import BatchPlan, BatchReport, JobResult, MicroBatcher, Overloaded
+from imgcls.service.host.config import ServiceConfig
+from imgcls.service.host.metrics import ServiceMetrics
 from imgcls.service.predictor import Predictor
 from imgcls.service.runtime import CUDA
-from imgcls.service.http.uploads import ParsedRequest, Upload
+from imgcls.service.protocols.classify.uploads import ParsedRequest, Upload
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,12 @@
 """``imgcls serve BUNDLE``: start the BentoML HTTP service for a bundle.
 
-A thin wrapper: the flags become ``IMGCLS_*`` environment variables (``imgcls.service.http.config``) and
-``bentoml serve imgcls.service.http.service:ImageClassifier`` runs as a child process. SIGTERM/SIGINT are
+A thin wrapper: the flags become ``IMGCLS_*`` environment variables (``imgcls.service.host.config``) and
+``bentoml serve imgcls.service.host.service:ImageClassifier`` runs as a child process. SIGTERM/SIGINT are
 passed on to it, so ``docker stop`` / Ctrl+C drain requests: the workers stop listening at once (new
 connections are refused), answer every request they had accepted, and get ``--grace`` seconds for it
 (uvicorn's ``--timeout-graceful-shutdown``) before they cancel what is left; a server still running
 ``supervise.KILL_MARGIN_S`` after that is killed. Once the checks pass, this process ``exec``s into
-``imgcls.service.http.supervise`` (same pid), which runs and supervises ``bentoml serve``. SIGTERM
+``imgcls.service.host.supervise`` (same pid), which runs and supervises ``bentoml serve``. SIGTERM
 exits 0, Ctrl+C (SIGINT) 130 like every other stage.
 Every flag --some-flag defaults to its environment variable IMGCLS_SOME_FLAG, then to the built-in
 default. Exit status 2 (one line, no traceback) for a bad bundle, flag, variable or a port already in use.
@@ -25,13 +25,13 @@ import imgcls
 from imgcls.models.core.bundle import training_run_message
 from imgcls.models.core.card import CardError, ModelCard
 from imgcls.models.core.errors import ConfigError
-from imgcls.service.http import tracing
-from imgcls.service.http.config import ServiceConfig, env_name
+from imgcls.service.host import tracing
+from imgcls.service.host.config import ServiceConfig, env_name
 from imgcls.service.runtime import CUDA
 from imgcls.stage_parser import StageParser
 
 log = logging.getLogger("imgcls.serve")
-SERVICE = "imgcls.service.http.service:ImageClassifier"
+SERVICE = "imgcls.service.host.service:ImageClassifier"
 APP_ROOT = Path(imgcls.__file__).resolve().parents[1]  # the directory from which `imgcls` imports
 FLAG_FIELDS = {  # flag -> ServiceConfig field (help text comes from the field comment in config.py)
     "device": "device", "precision": "precision", "workers": "workers", "threads": "threads",
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     # the checks above loaded ONNX Runtime and NumPy: a lean process supervises the server instead
-    supervisor = [sys.executable, "-m", "imgcls.service.http.supervise", "--grace", str(config.grace),
+    supervisor = [sys.executable, "-m", "imgcls.service.host.supervise", "--grace", str(config.grace),
                   "--cwd", str(APP_ROOT), "--", *command]
     os.execve(sys.executable, supervisor, env)
     return 1  # not reached: execve replaces this process or raises

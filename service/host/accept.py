@@ -40,7 +40,7 @@ import struct
 from pathlib import Path
 from typing import Any, Callable
 
-from imgcls.service.http.readiness import alive
+from imgcls.service.host.readiness import alive
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 ``imgcls serve`` turns its flags into these variables before it starts ``bentoml serve``; the
 service (every worker process) reads them back with ``ServiceConfig.from_env()``. Setting the
-variables by hand and running ``bentoml serve imgcls.service.http.service:ImageClassifier`` is equivalent.
+variables by hand and running ``bentoml serve imgcls.service.host.service:ImageClassifier`` is equivalent.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class ServiceConfig:
     timeout: float = 60.0  # seconds: BentoML traffic timeout per request (answers 504)
     max_concurrency: int = 0  # BentoML traffic.max_concurrency (answers 429); 0 = unlimited
     access_log: bool = False  # BentoML's per-request access log lines
-    balance_connections: bool = True  # least-connections accept across workers (see service/http/accept.py)
+    balance_connections: bool = True  # least-connections accept across workers (see service/host/accept.py)
     grace: float = 8.0  # after SIGTERM: seconds to answer accepted requests (fits docker stop's 10 s)
     state_dir: str = ""  # shared by the workers of one server: readiness markers
     warmup_delay_s: float = 0.0  # test knob: sleep before the warm-up (to observe /readyz 503)

@@ -2,7 +2,7 @@
 
 Pure protocol, no I/O: ``parse_infer(body, header_length, model)`` turns the body of
 ``POST /v2/models/{name}/infer`` into an ``InferRequest`` (or raises ``OIPError`` with the 4xx
-status and message the spec's ``{"error": "..."}`` body carries); ``imgcls.service.http.oip_response``
+status and message the spec's ``{"error": "..."}`` body carries); ``imgcls.service.protocols.oip.response``
 builds the answer. Supported:
 
 - inputs (exactly one per request): ``image`` BYTES ``[N]``, each element one encoded image file
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from imgcls.service.http.uploads import decode_base64
+from imgcls.service.protocols.classify.uploads import decode_base64
 
 IMAGE, PIXELS, PROBABILITIES = "image", "pixels", "probabilities"
 EXTENSIONS = ("binary_tensor_data", "classification")

@@ -22,7 +22,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from imgcls.models.core.calibration import check_min_score
-from imgcls.service.http.schemas import REASON_STATUS
+from imgcls.service.protocols.classify.schemas import REASON_STATUS
 
 RAW_IMAGE_TYPES = ("application/octet-stream",)
 DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)

@@ -14,8 +14,8 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 import imgcls
-from imgcls.service.http import oip_openapi
-from imgcls.service.http.schemas import ClassifyJSONRequest, ClassifyResponse, ErrorResponse, ModelSummary
+from imgcls.service.protocols.oip import openapi as oip_openapi
+from imgcls.service.protocols.classify.schemas import ClassifyJSONRequest, ClassifyResponse, ErrorResponse, ModelSummary
 
 REF = "#/components/schemas/{model}"
 ERROR_STATUSES = {
