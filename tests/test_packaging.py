@@ -28,14 +28,15 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_holds_only_the_imgcls_namespace(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"imgcls", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
-    for module in ("imgcls/cli.py", "imgcls/models/core/card.py", "imgcls/models/zoo/registry.py",
-                   "imgcls/models/training/cli.py", "imgcls/export/bundle.py", "imgcls/service/predictor.py",
-                   "imgcls/service/host/service.py", "imgcls/service/scoring/cli.py"):
-        assert module in names, module
-    packages = {str(Path(n).parent) for n in names if n.endswith("/__init__.py")}
-    on_disk = {"imgcls/" + str(p.parent.relative_to(REPO_ROOT)) for top in ("models", "export", "service")
-               for p in (REPO_ROOT / top).rglob("__init__.py")}
-    assert on_disk <= packages, f"packages missing from the wheel: {sorted(on_disk - packages)}"
+    sources = {"imgcls/" + str(p.relative_to(REPO_ROOT)) for top in ("models", "export", "service")
+               for p in (REPO_ROOT / top).rglob("*.py") if "__pycache__" not in p.parts}
+    sources |= {str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "imgcls").glob("*.py")}
+    assert {"imgcls/cli.py", "imgcls/models/core/card.py", "imgcls/service/predictor.py"} <= sources
+    modules = {n for n in names if n.endswith(".py")}
+    assert modules == sources, f"missing: {sorted(sources - modules)}; not in the sources (a stale build?): " \
+                               f"{sorted(modules - sources)}"
+    statics = {"imgcls/" + str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "service").rglob("static/*")}
+    assert statics and statics <= set(names), sorted(statics - set(names))
 
 
 def test_installed_wheel_claims_no_common_top_level_name(wheel, tmp_path):
@@ -55,7 +56,15 @@ def test_installed_wheel_claims_no_common_top_level_name(wheel, tmp_path):
         result = subprocess.run(command, cwd=elsewhere, capture_output=True, text=True, timeout=60, env=clean)
         assert result.returncode == 0, result.stderr
         assert "serve" in result.stdout and "train" in result.stdout
-    located = subprocess.run([str(python), "-c", "import imgcls.service.host, imgcls.models.core; "
+    located = subprocess.run([str(python), "-c", "import imgcls.service.scoring, imgcls.models.core; "
                               "print(imgcls.models.core.__file__); print(len(imgcls.__path__))"],
                              cwd=elsewhere, capture_output=True, text=True, check=True, env=clean).stdout.split()
-    assert located[0].startswith(str(venv)) and located[1] == "1"  # no source-tree path added
+    assert located[0].startswith(str(venv)) and located[1] == "1"
+    walked = subprocess.run([str(python), "-c", "import pkgutil, imgcls\n"
+                             "print('\\n'.join(m.name for m in pkgutil.walk_packages(imgcls.__path__, 'imgcls.', "
+                             "onerror=lambda name: None)))"],
+                            cwd=elsewhere, capture_output=True, text=True, timeout=120, env=clean)
+    assert walked.returncode == 0, walked.stderr[-2000:]
+    names = set(walked.stdout.split())
+    assert {"imgcls.cli", "imgcls.models.core.card", "imgcls.service.predictor", "imgcls.export"} <= names
+    assert all(n.startswith("imgcls.") for n in names) and not {n for n in names if ".tests" in n or ".imgcls" in n}
