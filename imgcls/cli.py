@@ -7,7 +7,7 @@ import sys
 from imgcls.extras import missing_for
 
 STAGES: dict[str, tuple[str, str]] = {
-    "models": ("imgcls.models.zoo.cli", "choose a backbone: params, GFLOPs, ImageNet accuracy, speed measured here"),
+    "models": ("imgcls.models_cli", "choose a backbone: params, GFLOPs, ImageNet accuracy, speed measured here"),
     "digits": ("imgcls.digits", "write the bundled scikit-learn digits as an ImageFolder"),
     "train": ("imgcls.models.training.cli", "fine-tune a zoo backbone on an ImageFolder -> runs/<run>/checkpoint"),
     "export": ("imgcls.export.cli", "checkpoint -> validated ONNX bundle (optionally INT8)"),

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from imgcls.models.zoo.bench import BenchConfig, load_results, measure, results_path
+from imgcls.model_bench import BenchConfig, load_results, measure, results_path
 from imgcls.export.cpu import local_target
-from imgcls.models.zoo.cli import main
+from imgcls.models_cli import main
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow

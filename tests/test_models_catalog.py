@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from imgcls.models.zoo.bench import BenchConfig, cache_root, edge_verdict, machine_key, machine
+from imgcls.model_bench import BenchConfig, cache_root, edge_verdict, machine_key, machine
 from imgcls.models.zoo.catalog import FIELDS, catalog, computed_size, row
-from imgcls.models.zoo.cli import Shortlist, main
+from imgcls.models_cli import Shortlist, main
 from imgcls.models.zoo.registry import ZOO
 from imgcls.service.runtime import cuda_in_build
 from tests.conftest import REPO_ROOT

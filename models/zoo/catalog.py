@@ -5,7 +5,7 @@ Every figure comes from the weights' own metadata (torchvision's ``meta``: ``num
 GFLOPs by ``torch.utils.flop_counter.FlopCounterMode`` on a one-image forward pass on the ``meta``
 device (no memory, no arithmetic), halved to torchvision's convention (``_ops`` counts multiply-adds).
 Nothing is typed by hand; where no metadata gives ImageNet accuracy the row says ``None`` and why.
-Speed and INT8 figures are read from this machine's benchmark cache (``imgcls.models.zoo.bench``).
+Speed and INT8 figures are read from this machine's benchmark cache (``imgcls.model_bench``).
 """
 from __future__ import annotations
 

@@ -168,7 +168,7 @@ def edge_verdict(entry: Mapping[str, Any]) -> dict[str, Any]:
 def measure(arch: str, config: BenchConfig) -> dict[str, Any]:
     """Export (or reuse) ``arch`` and time it: one cache entry."""
     from imgcls.export.images import load_pixels
-    from imgcls.models.zoo.bench_export import photo_split, prepare
+    from imgcls.model_bench_export import photo_split, prepare
     from imgcls.models.zoo.registry import default_preprocess
     from imgcls.service.runtime import create_session
 

@@ -174,7 +174,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from imgcls.models.zoo.bench import BenchConfig, benchmark, cache_root, load_results
+    from imgcls.model_bench import BenchConfig, benchmark, cache_root, load_results
     from imgcls.models.zoo.catalog import catalog
     from imgcls.models.zoo.registry import entry_for
 
