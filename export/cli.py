@@ -140,6 +140,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--gate-images", type=int, help="at most this many validation images for the gate")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress (default: a bar on a terminal, a log line every 15 s otherwise)")
+    parser.add_argument("--bentoml", metavar="NAME", default=None,
+                        help="also store the bundle in BentoML's model store as NAME (labels: arch, classes, precision, "
+                             "accuracy); `bentoml models get NAME` shows it, the model source bentoml:NAME names it")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -252,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         run = None if args.pretrained else resolve_run(args.run)
         out = args.out or Path("bundles") / (f"{args.pretrained}-imagenet" if run is None else run.resolve().name)
         check_out(out, args.overwrite, export_inputs(args, run))
+        if args.bentoml is not None:
+            from imgcls.export.model_store import check_name
+
+            check_name(args.bentoml)  # before minutes of export
     except ValueError as exc:
         sys.stderr.write(f"imgcls export: {_one_line(exc)}\n")
         return EXIT_USAGE
@@ -272,6 +279,16 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"imgcls export: interrupted; no bundle was written to {out}\n")
         return 130
     sys.stdout.write(summary(card, out) + "\n")
+    if args.bentoml is not None:
+        from imgcls.export.model_store import StoreError, store_bundle
+
+        try:
+            tag = store_bundle(out, args.bentoml)
+        except StoreError as exc:
+            sys.stderr.write(f"imgcls export: {_one_line(exc)} (the bundle {out} was written)\n")
+            return EXIT_USAGE
+        sys.stdout.write(f"stored in BentoML's model store as {tag} (model source bentoml:{tag}); "
+                         f"see it with: bentoml models get {tag}\n")
     refused = [p for p in ("int8", "fp16") if card.export.get(p, {}).get("status") == "refused"]
     for precision in refused:  # said once, here, in plain words (exit 3: written, a variant left out)
         reason = _one_line(card.export[precision]["reason"])
