@@ -140,7 +140,8 @@ def test_health_is_live_before_ready_and_ready_once_warm(client, warmup_probes):
 
 def test_server_and_model_metadata(client, http, predictor):
     server = client.get_server_metadata()
-    assert server["name"] == "imgcls" and set(server["extensions"]) == {"binary_tensor_data", "classification"}
+    assert server["name"] == "imgcls" and set(server["extensions"]) == {"binary_tensor_data", "classification",
+                                                                            "model_repository"}
     metadata = client.get_model_metadata(NAME)
     size, classes = predictor.input_size, predictor.num_classes
     assert metadata["name"] == NAME and metadata["platform"] == "onnxruntime_onnx"
@@ -245,10 +246,10 @@ def test_unknown_model_or_version_is_404(http, client):
 
 
 UNKNOWN_PATHS = ["/v2/", "/v2/nope", "/v2/health", "/v2/health/started", f"/v2/models/{NAME}/config",
-                 f"/v2/models/{NAME}/versions/1/infer/more", "/v2/repository/index"]
+                 f"/v2/models/{NAME}/versions/1/infer/more", "/v2/repository/models/x/reload"]
 WRONG_METHODS = [("POST", "/v2/health/live", "GET, HEAD"), ("DELETE", "/v2", "GET, HEAD"),
                  ("GET", INFER, "POST"), ("PUT", f"/v2/models/{NAME}", "GET, HEAD"),
-                 ("GET", "/v2/models/nope/infer", "POST")]
+                 ("GET", "/v2/models/nope/infer", "POST"), ("GET", "/v2/repository/index", "POST")]
 
 
 def test_every_v2_path_answers_the_protocols_json_error(http):
@@ -265,11 +266,22 @@ def test_every_v2_path_answers_the_protocols_json_error(http):
 
 def test_tritonclient_reads_unknown_routes_as_404(client):
     """tritonclient parses {"error": ...}: its calls of extensions imgcls lacks fail with the reason, not a parse error."""
-    for call in (lambda: client.get_model_config(NAME), lambda: client.get_model_repository_index(),
-                 lambda: client.load_model(NAME)):
-        with pytest.raises(InferenceServerException) as raised:
-            call()
-        assert raised.value.status() == "404" and "no such path" in raised.value.message(), raised.value
+    with pytest.raises(InferenceServerException) as raised:
+        client.get_model_config(NAME)
+    assert raised.value.status() == "404" and "no such path" in raised.value.message(), raised.value
+
+
+def test_tritonclient_reads_the_model_repository(client):
+    """The model repository extension: the index lists the served model; loading an unknown one is a typed 404."""
+    index = client.get_model_repository_index()
+    assert [(entry["name"], entry["state"]) for entry in index] == [(NAME, "READY")]
+    assert "@" in index[0]["version"]  # <bundle folder>@<sha256 prefix>
+    with pytest.raises(InferenceServerException) as raised:
+        client.load_model("no-such-model")
+    assert raised.value.status() == "404" and "no-such-model" in raised.value.message()
+    with pytest.raises(InferenceServerException) as raised:
+        client.unload_model("no-such-model")
+    assert raised.value.status() == "404" and "no-such-model" in raised.value.message()
 
 
 BAD_REQUESTS = {
@@ -418,17 +430,19 @@ def test_metrics_count_v2_requests_by_route_and_outcome(http, client):
         return after.get(series, 0.0) - before.get(series, 0.0)
 
     infer = 'route="/v2/models/{name}/infer"'
-    assert delta(f'imgcls_oip_requests_total{{outcome="ok",reason="none",{infer}}}') == 1
-    assert delta(f'imgcls_oip_requests_total{{outcome="rejected",reason="unknown_model",{infer}}}') == 1
-    assert delta(f'imgcls_oip_requests_total{{outcome="rejected",reason="bad_datatype",{infer}}}') == 1
-    assert delta(f'imgcls_oip_requests_total{{outcome="rejected",reason="not_an_image",{infer}}}') == 1
-    assert delta('imgcls_oip_requests_total{outcome="ok",reason="none",route="/v2/health/ready"}') == 1
+    model = f'model="{NAME}"'
+    assert delta(f'imgcls_oip_requests_total{{{model},outcome="ok",reason="none",{infer}}}') == 1
+    assert delta(f'imgcls_oip_requests_total{{model="",outcome="rejected",reason="unknown_model",{infer}}}') == 1
+    assert delta(f'imgcls_oip_requests_total{{{model},outcome="rejected",reason="bad_datatype",{infer}}}') == 1
+    assert delta(f'imgcls_oip_requests_total{{{model},outcome="rejected",reason="not_an_image",{infer}}}') == 1
+    assert delta('imgcls_oip_requests_total{model="",outcome="ok",reason="none",route="/v2/health/ready"}') == 1
     assert delta(f'imgcls_http_requests_total{{method="POST",{infer},status="400"}}') == 2
     assert delta(f'imgcls_http_requests_total{{method="POST",{infer},status="404"}}') == 1
-    assert delta('imgcls_images_total{outcome="classified",reason="none"}') == 2  # the 2 images of the ok request
-    assert delta('imgcls_images_total{outcome="failed",reason="not_an_image"}') == 1
-    assert delta('imgcls_oip_requests_total{outcome="rejected",reason="unknown_path",route="unmatched"}') == 1
+    assert delta(f'imgcls_images_total{{{model},outcome="classified",reason="none"}}') == 2  # the ok request's 2
+    assert delta(f'imgcls_images_total{{{model},outcome="failed",reason="not_an_image"}}') == 1
+    assert delta('imgcls_oip_requests_total{model="",outcome="rejected",reason="unknown_path",route="unmatched"}') == 1
     assert delta('imgcls_http_requests_total{method="GET",route="unmatched",status="404"}') == 1
-    assert delta('imgcls_oip_requests_total{outcome="rejected",reason="method_not_allowed",route="/v2/health/live"}') == 1
+    assert delta('imgcls_oip_requests_total{model="",outcome="rejected",reason="method_not_allowed",'
+                 'route="/v2/health/live"}') == 1
     assert delta('imgcls_http_requests_total{method="POST",route="/v2/health/live",status="405"}') == 1
     assert not any("nope-123" in series or "nope-456" in series for series in after)  # raw paths never become labels

@@ -247,7 +247,8 @@ def metric_sum(client, prefix: str) -> float:
     return sum(v for k, v in metric_values(client).items() if k.startswith(prefix))
 
 
-def test_metrics_count_every_request_across_workers(client):
+def test_metrics_count_every_request_across_workers(client, bundle):
+    model = f'model="{bundle.name}"'
     before = metric_values(client)
     for i in range(6):  # 2 workers: the requests are spread, the counts must still add up
         assert client.post("/classify", files=files(("a.png", IMAGES[0]), ("b.png", IMAGES[1]))).status_code == 200
@@ -257,13 +258,13 @@ def test_metrics_count_every_request_across_workers(client):
     def delta(name):
         return after.get(name, 0.0) - before.get(name, 0.0)
 
-    assert delta('imgcls_requests_total{outcome="ok",reason="none"}') == 6
-    assert delta('imgcls_requests_total{outcome="rejected",reason="not_an_image"}') == 1
-    assert delta('imgcls_images_total{outcome="classified",reason="none"}') == 12
+    assert delta(f'imgcls_requests_total{{{model},outcome="ok",reason="none"}}') == 6
+    assert delta(f'imgcls_requests_total{{{model},outcome="rejected",reason="not_an_image"}}') == 1
+    assert delta(f'imgcls_images_total{{{model},outcome="classified",reason="none"}}') == 12
     assert sum(delta(k) for k in after if k.startswith("imgcls_predictions_total")) == 12
     assert delta("imgcls_top1_confidence_count") == 12
     assert delta("imgcls_decode_seconds_count") == 12 and delta("imgcls_inference_seconds_count") >= 1
-    info = [k for k in after if k.startswith("imgcls_model_info")]
+    info = [k for k in after if k.startswith("imgcls_model_info") and after[k] == 1]
     assert len(info) == 1 and 'provider="CPUExecutionProvider"' in info[0] and 'precision="fp32"' in info[0]
     assert re.search(r'imgcls_http_requests_total\{method="POST",route="/classify",status="200"\}', " ".join(after))
 

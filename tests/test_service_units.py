@@ -10,8 +10,11 @@ import pytest
 from imgcls.service.engine.batcher import BatchPlan, MicroBatcher, Overloaded
 from imgcls.models.core.errors import ConfigError
 from imgcls.service.host.config import ServiceConfig
-from imgcls.service.host.serve import build_parser, check_bundle, config_from
-from imgcls.service.protocols.classify.uploads import RequestRejected, decode_base64, parse_top_k
+from imgcls.service.host.serve import build_parser, check_sources, config_from
+from imgcls.service.engine.settings import check_model_name, resolve_top_k
+from imgcls.service.engine.types import BadParameter
+from imgcls.service.protocols.classify.uploads import RequestRejected, parse_top_k
+from imgcls.service.protocols.encoding import decode_base64
 
 
 def test_cpu_plan_splits_into_warmed_sizes_and_gpu_plan_pads():
@@ -111,11 +114,30 @@ def test_top_k_accepts_positive_integers(raw, value):
     assert parse_top_k(raw) == value
 
 
-@pytest.mark.parametrize("raw", [0, -1, "x", 1.5, True, None, "1e3", [3]])
+@pytest.mark.parametrize("raw", ["x", 1.5, True, None, "1e3", [3]])
 def test_top_k_refuses_everything_else(raw):
     with pytest.raises(RequestRejected) as caught:
         parse_top_k(raw)
     assert caught.value.reason == "bad_top_k" and caught.value.status == 400
+
+
+@pytest.mark.parametrize("requested, used", [(None, 5), (3, 3), (50, 10), (1, 1)])
+def test_top_k_is_defaulted_and_clamped_by_the_engine_only(requested, used):
+    assert resolve_top_k(requested, default=5, num_classes=10) == used
+
+
+@pytest.mark.parametrize("requested", [0, -1, 10**10, True, "3"])
+def test_the_engine_refuses_a_top_k_out_of_range(requested):
+    with pytest.raises(BadParameter) as caught:
+        resolve_top_k(requested, default=5, num_classes=10)
+    assert caught.value.reason == "bad_top_k"
+
+
+@pytest.mark.parametrize("name", ["../etc", "a/b", "", ".", "..", "x" * 200, "a b", "%2e%2e"])
+def test_a_model_name_with_path_characters_is_refused(name):
+    with pytest.raises(BadParameter) as caught:
+        check_model_name(name)
+    assert caught.value.reason == "bad_model_name"
 
 
 def test_config_round_trips_through_the_environment_and_names_bad_values():
@@ -139,6 +161,6 @@ def test_serve_flags_override_the_environment(tmp_path):
 def test_serve_refuses_a_missing_or_empty_bundle_before_starting(tmp_path):
     from imgcls.service.host.serve import main
 
-    assert "not a directory" in check_bundle(tmp_path / "nope")
-    assert "card" in check_bundle(tmp_path).lower()
+    assert "no such folder" in check_sources(ServiceConfig(bundle=str(tmp_path / "nope")))[0]
+    assert "card" in check_sources(ServiceConfig(bundle=str(tmp_path)))[0].lower()
     assert main([str(tmp_path / "nope")]) == 2

@@ -19,6 +19,8 @@ from typing import Callable
 
 import numpy as np
 
+from imgcls.service.engine.types import Overloaded  # noqa: F401  (raised here, typed for the protocols)
+
 # Default largest batch. On one ORT thread a batch is no cheaper per image (MobileNet-v2 7.5-8.6 ms at
 # batch 1-8, 9.0-9.3 at 16; ResNet-50 77-85 ms at 1-8) and each doubling adds activations (MobileNet-v2
 # session peak 96/105/126/167/302 MiB for largest batch 1/2/4/8/16) and makes the others wait longer.
@@ -29,10 +31,6 @@ CPU_MAX_BATCH_ONE_THREAD = 2
 CPU_MAX_BATCH = 8
 GPU_MAX_BATCH = 16
 InferFn = Callable[[np.ndarray, int], np.ndarray]  # (pixels, run size) -> probabilities (Predictor.infer)
-
-
-class Overloaded(RuntimeError):
-    """The inference queue is full."""
 
 
 @dataclass(frozen=True)

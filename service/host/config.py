@@ -7,24 +7,25 @@ variables by hand and running ``bentoml serve imgcls.service.host.service:ImageC
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
 from imgcls.models.core.errors import ConfigError
+from imgcls.service.engine.settings import EngineSettings, check_model_name
+from imgcls.service.engine.types import BadParameter
 
 PREFIX = "IMGCLS_"
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "int8", "fp16")
-MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
     """Everything the HTTP service needs besides the bundle's own card."""
 
-    bundle: str = ""  # IMGCLS_BUNDLE: the bundle directory (model.onnx + card.json)
-    model_name: str = ""  # name served by GET /model and /v2/models/{name}; default: the bundle directory name
+    bundle: str = ""  # IMGCLS_BUNDLE: bundle folders, model repositories or bentoml:NAME, joined by ","
+    model_name: str = ""  # with one bundle: the name it is served as; default: the bundle directory name
+    poll_s: float = 0.0  # > 0: rescan the model repositories every poll_s seconds (new versions, new models)
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | int8 | fp16 (the bundle must contain that file)
     workers: int = 0  # BentoML worker processes; 0 = auto: one per CPU we may use (cgroup quota, affinity), 1 on a GPU
@@ -59,10 +60,13 @@ class ServiceConfig:
         if self.max_queue_images < self.max_images:
             raise ConfigError(f"{setting_name('max_queue_images')} ({self.max_queue_images}) must be >= "
                               f"{setting_name('max_images')} ({self.max_images}): a full request must fit the queue")
-        if self.model_name and not MODEL_NAME.fullmatch(self.model_name):
-            raise ConfigError(f"{setting_name('model_name')} must be letters, digits, '.', '_' or '-' (a URL path "
-                              f"segment), got {self.model_name!r}")
-        for name in ("workers", "threads", "max_batch_size", "batch_wait_ms", "max_concurrency", "warmup_delay_s"):
+        if self.model_name:
+            try:
+                check_model_name(self.model_name)
+            except BadParameter as exc:
+                raise ConfigError(f"{setting_name('model_name')}: {exc.message}") from None
+        for name in ("workers", "threads", "max_batch_size", "batch_wait_ms", "max_concurrency", "warmup_delay_s",
+                     "poll_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{setting_name(name)} must be >= 0, got {getattr(self, name)}")
 
@@ -86,6 +90,16 @@ class ServiceConfig:
         from imgcls.service.runtime import available_cpus
 
         return replace(self, workers=1 if on_gpu else max(1, int(available_cpus())))
+
+    @property
+    def bundles(self) -> list[str]:
+        """The model sources of ``bundle`` (bundle folders, repositories, ``bentoml:`` models)."""
+        return [part.strip() for part in self.bundle.split(",") if part.strip()]
+
+    def engine_settings(self) -> EngineSettings:
+        """What the engine needs of this configuration (loading, batching, request limits)."""
+        names = [f.name for f in fields(EngineSettings)]
+        return EngineSettings(**{name: getattr(self, name) for name in names})
 
     def to_env(self) -> dict[str, str]:
         """The variables that make ``from_env`` return this config (what ``imgcls serve`` sets)."""

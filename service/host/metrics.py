@@ -62,9 +62,10 @@ class ServiceMetrics:
     def create(cls) -> "ServiceMetrics":
         """Create (in each worker, after BentoML set up multiprocess mode)."""
         return cls(
-            requests=Counter("imgcls_requests", "POST /classify requests by outcome (ok, partial, rejected) and reason code",
-                             ["outcome", "reason"]),
-            images=Counter("imgcls_images", "images by outcome (classified, failed) and reason code", ["outcome", "reason"]),
+            requests=Counter("imgcls_requests", "POST /classify requests by model (empty: refused before one was chosen), outcome (ok, "
+                             "partial, rejected) and reason code", ["model", "outcome", "reason"]),
+            images=Counter("imgcls_images", "images by model, outcome (classified, failed) and reason code",
+                           ["model", "outcome", "reason"]),
             decode_seconds=Histogram("imgcls_decode_seconds", "decode of one image (load_image: bytes -> RGB)",
                                      buckets=LATENCY_BUCKETS),
             preprocess_seconds=Histogram("imgcls_preprocess_seconds", "resize + centre crop of one decoded image",
@@ -77,36 +78,44 @@ class ServiceMetrics:
                                    buckets=BATCH_BUCKETS),
             batch_requests=Histogram("imgcls_batch_requests", "requests merged into one inference batch",
                                      buckets=BATCH_BUCKETS),
-            predictions=Counter("imgcls_predictions", "top-1 predictions per class", ["label"]),
+            predictions=Counter("imgcls_predictions", "top-1 predictions per model and class", ["model", "label"]),
             confidence=Histogram("imgcls_top1_confidence", "softmax probability of the top-1 class",
                                  buckets=CONFIDENCE_BUCKETS),
-            model_info=Gauge("imgcls_model_info", "the model being served (value 1)",
+            model_info=Gauge("imgcls_model_info", "the models served (value 1; 0 once replaced or unloaded)",
                              ["name", "version", "arch", "provider", "precision"], multiprocess_mode="max"),
             queue_images=Gauge("imgcls_queue_images", "images waiting for inference (sampled after each batch), "
-                               "summed over live workers", multiprocess_mode="livesum"),
+                               "summed over live workers", ["model"], multiprocess_mode="livesum"),
             http_requests=Counter("imgcls_http_requests", "HTTP requests by route (known routes or 'unmatched'), "
                                   "method and status", ["route", "method", "status"]),
             http_seconds=Histogram("imgcls_http_request_duration_seconds", "HTTP request duration by route",
                                    ["route"], buckets=LATENCY_BUCKETS),
             oip_requests=Counter("imgcls_oip_requests", "Open Inference Protocol (/v2) requests by route template, "
-                                 "outcome (ok, rejected) and reason code", ["route", "outcome", "reason"]),
+                                 "model (empty: none named), outcome (ok, rejected) and reason code",
+                                 ["route", "model", "outcome", "reason"]),
             abstained=Counter("imgcls_abstained", "classified images reported as abstained: top-1 (calibrated) "
-                              "score below min_score (also counted in imgcls_images{outcome=classified})"),
+                              "score below min_score (also counted in imgcls_images{outcome=classified})", ["model"]),
         )
 
     def initialise(self, reasons: Iterable[str]) -> None:
-        """Every outcome and rejection reason appears (at 0) from the start: rates and ratios work at once."""
-        for outcome in ("ok", "partial"):
-            self.requests.labels(outcome=outcome, reason="none")
-        for reason in reasons:
-            self.requests.labels(outcome="rejected", reason=reason)
-        self.images.labels(outcome="classified", reason="none")
+        """Rejection reasons known before a model is chosen appear (at 0) from the start."""
+        object.__setattr__(self, "_reasons", tuple(reasons))  # frozen: set once, in the worker's start
+        for reason in self._reasons:
+            self.requests.labels(model="", outcome="rejected", reason=reason)
 
     def set_model(self, *, name: str, version: str, arch: str, provider: str, precision: str,
-                  class_names: Iterable[str]) -> None:
-        self.model_info.labels(name=name, version=version, arch=arch, provider=provider, precision=precision).set(1)
-        for label in class_names:  # every class appears (at 0) from the start: rate() works at once
-            self.predictions.labels(label=label)
+                  class_names: Iterable[str], serving: bool = True) -> None:
+        """A model version starts (or stops) serving; its series appear at 0 so rates work at once."""
+        self.model_info.labels(name=name, version=version, arch=arch, provider=provider,
+                               precision=precision).set(1 if serving else 0)
+        if not serving:
+            return
+        for outcome in ("ok", "partial"):
+            self.requests.labels(model=name, outcome=outcome, reason="none")
+        for reason in getattr(self, "_reasons", ()):
+            self.requests.labels(model=name, outcome="rejected", reason=reason)
+        self.images.labels(model=name, outcome="classified", reason="none")
+        for label in class_names:
+            self.predictions.labels(model=name, label=label)
 
 
 class HTTPMetricsMiddleware:

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import imgcls
 from imgcls.models.core.bundle import training_run_message
-from imgcls.models.core.card import CardError, ModelCard
+from imgcls.models.core.card import CardError
 from imgcls.models.core.errors import ConfigError
+from imgcls.service.engine.sources import ModelSource, resolve_sources
+from imgcls.service.engine.types import EngineError
 from imgcls.service.host import tracing
 from imgcls.service.host.config import ServiceConfig, env_name
 from imgcls.service.runtime import CUDA
@@ -39,6 +41,7 @@ FLAG_FIELDS = {  # flag -> ServiceConfig field (help text comes from the field c
     "max_queue_images": "max_queue_images", "max_body_bytes": "max_body_bytes", "max_images": "max_images",
     "max_image_bytes": "max_image_bytes", "max_pixels": "max_pixels", "default_top_k": "default_top_k",
     "timeout": "timeout", "max_concurrency": "max_concurrency", "model_name": "model_name", "grace": "grace",
+    "poll_s": "poll_s",
 }
 FLAG_HELP = {  # what each flag does; the variable and default are appended
     "device": "auto: CUDA when the CUDAExecutionProvider is usable, else CPU; cuda without it is an error",
@@ -59,7 +62,11 @@ FLAG_HELP = {  # what each flag does; the variable and default are appended
     "default_top_k": "predictions per image when the request gives no top_k",
     "timeout": "seconds a request may take before BentoML answers 504",
     "max_concurrency": "requests handled at once before answering 429; 0 = unlimited",
-    "model_name": "the name GET /model and /v2/models/{name} answer to; default: the bundle's folder name",
+    "model_name": "with one bundle: the name it is served as (/classify's model, /v2/models/{name}); default: "
+                  "the bundle's folder name",
+    "poll_s": "rescan the model repositories every N seconds: a new version (a higher numbered folder) or a new "
+              "model is verified, warmed up in every worker and swapped in; one that fails verification is "
+              "refused with a log line and the served version keeps serving; 0 = no polling",
     "grace": "after SIGTERM, seconds to answer the requests already accepted (fits docker stop's 10 s)",
 }
 
@@ -81,8 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every flag --some-flag also reads $IMGCLS_SOME_FLAG (the flag wins). In a request, a top_k "
         "in the body (JSON field or multipart field) wins over ?top_k= in the query; without either, "
         "--default-top-k applies.")
-    parser.add_argument("bundle", nargs="?", default=os.environ.get(env_name("bundle")),
-                        help="bundle directory (model.onnx + card.json); default $IMGCLS_BUNDLE")
+    parser.add_argument("bundle", nargs="*",
+                        help="what to serve: bundle folders (model.onnx + card.json), model repositories (one "
+                             "subfolder per model, named after it, holding the bundle or numbered version folders "
+                             "NAME/1/, NAME/2/: the highest is served) or bentoml:NAME[:VERSION] models; "
+                             "default $IMGCLS_BUNDLE (several joined by ',')")
     parser.add_argument("--host", default=os.environ.get("IMGCLS_HOST", "127.0.0.1"),
                         help="address to listen on (0.0.0.0 in a container); $IMGCLS_HOST (default 127.0.0.1)")
     parser.add_argument("--port", type=port_number, default=os.environ.get("IMGCLS_PORT", "3000"),
@@ -120,27 +130,29 @@ def config_from(args: argparse.Namespace, environ: dict[str, str]) -> ServiceCon
     base = ServiceConfig.from_env(environ)
     flags = {name: getattr(args, name) for name in [*FLAG_FIELDS.values(), "access_log", "balance_connections"]
              if getattr(args, name) is not None}
-    return dataclasses.replace(base, bundle=str(Path(args.bundle).resolve()), **flags)
+    sources = args.bundle or ServiceConfig(bundle=environ.get(env_name("bundle"), "")).bundles
+    resolved = [source if source.startswith("bentoml:") else str(Path(source).resolve()) for source in sources]
+    return dataclasses.replace(base, bundle=",".join(resolved), **flags)
 
 
-def check_bundle(bundle: Path) -> str | None:
-    """A quick look before starting workers (they verify hashes and the graph themselves)."""
-    if not bundle.is_dir():
-        return f"bundle {bundle}: not a directory"
-    hint = training_run_message(bundle)
-    if hint:
-        return hint
+def check_sources(config: ServiceConfig) -> tuple[str | None, list[ModelSource]]:
+    """A quick look before starting workers: every source names bundles (workers verify them again)."""
+    for source in config.bundles:
+        path = Path(source)
+        if not source.startswith("bentoml:") and path.is_dir() and training_run_message(path):
+            return training_run_message(path), []
     try:
-        ModelCard.load(bundle)
-    except (CardError, OSError, ValueError) as exc:
-        return f"bundle {bundle}: {exc}"
-    if not any(bundle.glob("*.onnx")):
-        return f"bundle {bundle}: no ONNX file (run `imgcls export` first)"
-    return None
+        found, _ = resolve_sources(config.bundles, config.model_name)
+    except EngineError as exc:
+        return exc.message, []
+    for model in found:
+        if not any(model.path.glob("*.onnx")):
+            return f"bundle {model.path}: no ONNX file (run `imgcls export` first)", []
+    return None, found
 
 
-def verify_bundle(config: ServiceConfig) -> tuple[str | None, str]:
-    """Load the bundle once as a worker would (hashes, embedded card, graph, device) before starting.
+def verify_bundles(config: ServiceConfig, found: list[ModelSource]) -> tuple[str | None, str]:
+    """Load each bundle once as a worker would (hashes, embedded card, graph, device) before starting.
 
     A worker that fails in ``__init__`` is restarted by BentoML forever, so ``imgcls serve`` would
     never exit; refusing here ends it with exit status 2 and the message naming the problem.
@@ -148,38 +160,45 @@ def verify_bundle(config: ServiceConfig) -> tuple[str | None, str]:
     """
     from imgcls.service.predictor import BundleError, DeviceError, Predictor
 
-    try:
-        with Predictor.load(config.bundle, precision=config.precision, device=config.device, threads=1) as loaded:
-            return None, loaded.provider
-    except (BundleError, DeviceError) as exc:
-        return str(exc), ""
+    provider = ""
+    for model in found:
+        try:
+            with Predictor.load(model.path, precision=config.precision, device=config.device, threads=1) as loaded:
+                provider = loaded.provider
+        except (BundleError, DeviceError, CardError) as exc:
+            return str(exc), ""
+    return None, provider
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    if not args.bundle:
-        log.error("no bundle given (argument or $IMGCLS_BUNDLE)")
-        return 2
     try:
         config = config_from(args, dict(os.environ))
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    problem = port_problem(args.host, args.port) or check_bundle(Path(config.bundle))
+    if not config.bundles:
+        log.error("no bundle given (argument or $IMGCLS_BUNDLE)")
+        return 2
+    problem, found = port_problem(args.host, args.port), []
+    if not problem:
+        problem, found = check_sources(config)
     provider = ""
     if not problem:
-        problem, provider = verify_bundle(config)
+        problem, provider = verify_bundles(config, found)
     if problem:
         log.error("%s", problem)
         return 2
     config = config.with_workers_resolved(on_gpu=provider == CUDA)
     env = {**os.environ, **config.to_env()}  # supervise adds the state directory
+    env.setdefault("BENTOML_DO_NOT_TRACK", "true")  # else BentoML posts usage data before it starts the workers
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APP_ROOT), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", args.host, "--port", str(args.port),
                "--working-dir", str(APP_ROOT), "--timeout-graceful-shutdown", str(max(1, round(config.grace)))]
     spans = "on" if tracing.spans_wanted(config.access_log, env) else "off (no tracing configured, no access log)"
-    log.info("serving %s on http://%s:%d (%d worker(s), %s, %s; OpenTelemetry spans %s)", config.bundle, args.host,
+    names = ", ".join(model.name for model in found)
+    log.info("serving %s on http://%s:%d (%d worker(s), %s, %s; OpenTelemetry spans %s)", names, args.host,
              args.port, config.workers, config.device, config.precision, spans)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()

@@ -1,16 +1,18 @@
-"""The BentoML 1.4 service: ``POST /classify``, ``GET /model``, health and ``/metrics``, plus the
-Open Inference Protocol (KServe v2) routes ``/v2/...`` (``imgcls.service.protocols.oip.routes``).
+"""The BentoML 1.4 service: ``POST /classify``, ``GET /model``, ``GET /models``, health and ``/metrics``,
+plus the Open Inference Protocol (KServe v2) routes ``/v2/...`` (``imgcls.service.protocols.oip.routes``)
+and its model repository extension.
 
-Run it with ``imgcls serve BUNDLE`` (or ``IMGCLS_BUNDLE=... bentoml serve imgcls.service.host.service:ImageClassifier``).
-Configuration comes from ``IMGCLS_*`` variables (``imgcls.service.host.config``). Each worker loads the bundle
-in ``__init__`` and warms every batch size in a background thread; ``/livez`` answers as soon as
-the worker serves, ``/readyz`` only once every worker of the server has warmed up and is alive (a
-worker killed by a crash no longer counts; its restarted successor warms up before it accepts).
-On SIGTERM the workers stop listening at once and answer what they had accepted (``drain``).
+Run it with ``imgcls serve BUNDLE...`` (or ``IMGCLS_BUNDLE=... bentoml serve imgcls.service.host.service:ImageClassifier``).
+Configuration comes from ``IMGCLS_*`` variables (``imgcls.service.host.config``). Each worker loads
+every model in ``__init__`` (``imgcls.service.host.models``) and warms every batch size in a
+background thread; ``/livez`` answers as soon as the worker serves, ``/readyz`` only once every worker
+of the server has warmed up and is alive (a worker killed by a crash no longer counts; its restarted
+successor warms up before it accepts). On SIGTERM the workers stop listening at once and answer what
+they had accepted (``drain``).
 
-The request body of ``/classify`` is parsed by ``imgcls.service.protocols.classify.uploads`` (not by BentoML's input
-validation), so that every failure is our JSON error with a reason code instead of BentoML's
-generic 400/500 answers; the declared input model still documents the multipart form, and
+The request body of ``/classify`` is parsed by ``imgcls.service.protocols.classify.uploads`` (not by
+BentoML's input validation), so that every failure is our JSON error with a reason code instead of
+BentoML's generic 400/500 answers; the declared input model still documents the multipart form, and
 ``bentoml.SyncHTTPClient(url).classify(images=[path, ...], top_k=3)`` works.
 """
 from __future__ import annotations
@@ -29,18 +31,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from imgcls.service.engine.types import ClassifyRequest, EngineError
 from imgcls.service.host import accept, drain, openapi, pages, readiness, tracing
-from imgcls.service.protocols.classify.schemas import MODEL_HEADER, REASON_STATUS, VERSION_HEADER, ClassifyResponse, error_body
 from imgcls.service.host.config import ServiceConfig
 from imgcls.service.host.metrics import (HTTPMetricsMiddleware, ServiceMetrics, count_outer_answers, install,
                                         metrics_endpoint)
-from imgcls.service.protocols.oip.routes import FIXED_ROUTES as OIP_ROUTES, MODEL_ROUTES as OIP_MODEL_ROUTES, build_routes
+from imgcls.service.host.private import worker_index
 from imgcls.service.host.server_metrics import ServerCollector
-from imgcls.service.protocols.classify.uploads import ParsedRequest, RequestRejected, parse_request
+from imgcls.service.protocols.classify import encode
+from imgcls.service.protocols.classify.schemas import REASON_STATUS, ClassifyResponse, error_body
+from imgcls.service.protocols.classify.uploads import RequestRejected, parse_request
+from imgcls.service.protocols.oip.routes import FIXED_ROUTES as OIP_ROUTES, MODEL_ROUTES as OIP_MODEL_ROUTES, build_routes
 
 log = logging.getLogger("imgcls.service")
 CONFIG = ServiceConfig.from_env().with_workers_resolved()  # imgcls serve has resolved it already
-KNOWN_ROUTES = ("/classify", "/model", "/livez", "/healthz", "/readyz", "/metrics", "/docs.json",
+KNOWN_ROUTES = ("/classify", "/model", "/models", "/livez", "/healthz", "/readyz", "/metrics", "/docs.json",
                 "/schema.json", "/", "/ui", *pages.ASSETS, *OIP_ROUTES)
 METRICS_ROUTES: dict[str, Any] = dict(routes=KNOWN_ROUTES, prefixes=("/static_content/",), templates=OIP_MODEL_ROUTES)
 _CURRENT: dict[str, "ImageClassifier"] = {}  # this worker's service instance, for the mounted apps
@@ -52,16 +57,17 @@ class ClassifyInput(bentoml.IODescriptor):
 
     images: list[Path] = Field(description="image files (JPEG, PNG, WebP, GIF, BMP, TIFF...), one part each")
     top_k: int = Field(default=CONFIG.default_top_k, description="predictions per image (clamped to the class count)")
+    model: str = Field(default="", description="which served model answers (needed when several are served)")
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> "ClassifyInput":
-        """Our parser instead of BentoML's; ``images`` then holds the ``ParsedRequest`` or the rejection."""
+        """Our parser instead of BentoML's; ``images`` then holds the ``ClassifyRequest`` or the rejection."""
         try:
-            parsed: ParsedRequest | RequestRejected = await parse_request(
+            parsed: ClassifyRequest | RequestRejected = await parse_request(
                 request, max_body_bytes=CONFIG.max_body_bytes, max_images=CONFIG.max_images)
         except RequestRejected as exc:
             parsed = exc
-        return cls.model_construct(images=parsed, top_k=0)
+        return cls.model_construct(images=parsed, top_k=0, model="")
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
@@ -71,25 +77,38 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def model_endpoint(_: Request) -> Response:
-    """``GET /model``: the card summary of the bundle being served."""
+async def model_endpoint(request: Request) -> Response:
+    """``GET /model[?model=NAME]``: the card summary of one served model."""
     service = _CURRENT.get("service")
     if service is None:
         return json_response(503, error_body("not_ready", "the model is not loaded yet"))
-    return json_response(200, service.engine.summary(), service.model_headers)
+    try:
+        model = service.models.registry.resolve(request.query_params.get("model"))
+    except EngineError as exc:
+        return json_response(*encode.error(exc))
+    return json_response(200, model.summary(), encode.model_headers(model.info))
+
+
+async def models_endpoint(_: Request) -> Response:
+    """``GET /models``: every served model's card summary."""
+    service = _CURRENT.get("service")
+    if service is None:
+        return json_response(503, error_body("not_ready", "the models are not loaded yet"))
+    return json_response(200, {"models": [m.summary() for m in service.models.registry.models()]})
 
 
 async def openapi_endpoint(_: Request) -> Response:
     """``/docs.json``: BentoML's document completed by ``imgcls.service.host.openapi``."""
     service = _CURRENT.get("service")
-    model = service.engine.summary() if service is not None else None
-    return JSONResponse(openapi.augment(ImageClassifier.openapi_spec.asdict(), model))
+    models = [m.summary() for m in service.models.registry.models()] if service is not None else None
+    return JSONResponse(openapi.augment(ImageClassifier.openapi_spec.asdict(), models))
 
 
 # Mounted at "/" as a passive mount: only these paths are taken, and they take precedence over
 # BentoML's own /docs.json (registered after mounts); /metrics is free as BentoML's metrics are off.
 EXTRA_ROUTES = Starlette(routes=[
     Route("/model", model_endpoint, methods=["GET"]),
+    Route("/models", models_endpoint, methods=["GET"]),
     Route("/metrics", metrics_endpoint, methods=["GET"]),
     Route("/docs.json", openapi_endpoint, methods=["GET"]),
     *build_routes(lambda: _CURRENT.get("service")),  # the Open Inference Protocol (/v2), imgcls.service.protocols.oip.routes
@@ -113,10 +132,10 @@ class ImageClassifier:
         self.metrics = ServiceMetrics.create()
         self.metrics.initialise(REASON_STATUS)
         install(self.metrics, [ServerCollector(CONFIG.workers, CONFIG.state_dir)])
-        from imgcls.service.engine.classifier import ClassifierEngine  # ONNX Runtime: in the workers, not the arbiter
+        from imgcls.service.host.models import ServedModels  # ONNX Runtime: in the workers, not the arbiter
 
-        self.engine = ClassifierEngine(CONFIG, self.metrics)
-        self.model_headers = {VERSION_HEADER: self.engine.predictor.model_version, MODEL_HEADER: self.engine.name}
+        self.models = ServedModels(CONFIG, self.metrics, worker_index())
+        self.models.open_initial()
         self._warm = threading.Event()
         # the readiness marker waits for every part of this worker's start: the warm-up and, when
         # balancing, the wrapped accept (a server ready before it would let one worker take a burst)
@@ -150,10 +169,8 @@ class ImageClassifier:
         if server is None:  # not under uvicorn: nothing to wrap, nothing to wait for
             self._started("accept")
             return
-        from bentoml._internal.context import server_context
-
         task = asyncio.get_running_loop().create_task(
-            accept.install_when_serving(server, CONFIG.state_dir, int(server_context.worker_index or 0), CONFIG.workers))
+            accept.install_when_serving(server, CONFIG.state_dir, worker_index(), CONFIG.workers))
         _BACKGROUND.add(task)
         task.add_done_callback(_BACKGROUND.discard)
         task.add_done_callback(lambda _task: self._started("accept"))
@@ -170,15 +187,13 @@ class ImageClassifier:
     def _marker_path() -> Path | None:
         if not CONFIG.state_dir:
             return None
-        from bentoml._internal.context import server_context
-
-        return Path(CONFIG.state_dir) / f"ready-{server_context.worker_index or 0}"
+        return Path(CONFIG.state_dir) / f"ready-{worker_index()}"
 
     def _warm_up(self) -> None:
         if CONFIG.warmup_delay_s:
             threading.Event().wait(CONFIG.warmup_delay_s)
         try:
-            self.engine.warm_up()
+            self.models.warm_up()
         except Exception:  # a model that cannot run: stay not-ready, say why
             log.exception("warm-up failed; this worker stays not ready")
             return
@@ -200,31 +215,42 @@ class ImageClassifier:
     def shutdown(self) -> None:
         if self._marker is not None:
             self._marker.unlink(missing_ok=True)
-        self.engine.close()
+        self.models.close()
 
     @bentoml.api(route="/classify", input_spec=ClassifyInput, output_spec=ClassifyResponse)
-    async def classify(self, images: Any, top_k: int) -> Response:
+    async def classify(self, images: Any, top_k: int, model: str) -> Response:
         """Classify one or several images.
 
         Send them as multipart/form-data file parts (field ``images``), as JSON
-        ``{"images": ["<base64>", {"data": "<base64>", "name": "x.jpg"}], "top_k": 3}``, or one image as
-        the raw body (``Content-Type: image/*``). Per image: top-k ``{label, index, score}`` or that
-        image's ``error``; other images are classified regardless. Errors: JSON ``ErrorResponse`` with
-        a reason code (400, 413, 415; 503 only when overloaded or warming up). The header
-        ``X-Model-Version`` names the model that answered.
+        ``{"images": ["<base64>", {"data": "<base64>", "name": "x.jpg"}], "top_k": 3, "model": "NAME"}``, or
+        one image as the raw body (``Content-Type: image/*``). ``model`` names the served model that
+        answers (``GET /models``); it may be left out when one model is served. Per image: top-k
+        ``{label, index, score}`` or that image's ``error``; other images are classified regardless.
+        Errors: JSON ``ErrorResponse`` with a reason code (400, 404 unknown model, 413, 415; 503 only when
+        overloaded or warming up). The answer's ``model.version`` and the header ``X-Model-Version`` name
+        the version that produced it.
         """
         if isinstance(images, RequestRejected):
-            self.metrics.requests.labels(outcome="rejected", reason=images.reason).inc()
-            return json_response(images.status, error_body(images.reason, images.message), self.model_headers)
+            self.metrics.requests.labels(model="", outcome="rejected", reason=images.reason).inc()
+            return json_response(images.status, error_body(images.reason, images.message))
         if not self._warm.is_set():
-            self.metrics.requests.labels(outcome="rejected", reason="not_ready").inc()
-            headers = {**self.model_headers, "Retry-After": "1"}
-            return json_response(503, error_body("not_ready", "the model is still warming up"), headers)
-        status, body = await self.engine.classify(images)
-        headers = dict(self.model_headers)
-        if status == 503:
-            headers["Retry-After"] = "1"
-        return json_response(status, body, headers)
+            self.metrics.requests.labels(model="", outcome="rejected", reason="not_ready").inc()
+            return json_response(503, error_body("not_ready", "the model is still warming up"), {"Retry-After": "1"})
+        headers: dict[str, str] = {}
+        name = ""
+        try:
+            async with self.models.registry.use(images.model) as served:
+                name, headers = served.name, encode.model_headers(served.info)
+                result = await served.classify(images)
+        except EngineError as exc:
+            self.metrics.requests.labels(model=name, outcome="rejected", reason=exc.reason).inc()
+            status, body = encode.error(exc)
+            if status == 503:
+                headers["Retry-After"] = "1"
+            return json_response(status, body, headers)
+        outcome = "ok" if result.classified == len(result.images) else "partial"
+        self.metrics.requests.labels(model=name, outcome=outcome, reason="none").inc()
+        return json_response(200, encode.response(result), headers)
 
 
 class ClassifyMethodGuard:

@@ -16,6 +16,11 @@ from imgcls.service.prediction import Prediction  # the one prediction type, sha
 REASON_STATUS: dict[str, int] = {
     # the request as a whole
     "bad_top_k": 400,
+    "bad_model_name": 400,
+    "model_required": 400,
+    "unknown_model": 404,
+    "load_refused": 400,
+    "unauthorized": 401,
     "bad_min_score": 400,
     "bad_json": 400,
     "bad_multipart": 400,
@@ -72,7 +77,7 @@ class ImageResult(BaseModel):
 
 class ModelRef(BaseModel):
     name: str = Field(description="bundle name (its directory name)")
-    version: str = Field(description="model version: short sha256 of the ONNX file served")
+    version: str = Field(description="model version that answered: <bundle folder>@<short sha256 of the ONNX file>")
     arch: str
     precision: str
     provider: str = Field(description="ONNX Runtime execution provider actually running")
@@ -113,6 +118,7 @@ class ClassifyJSONRequest(BaseModel):
     images: list[Base64Image | str] = Field(description="base64 images: strings or {data, name} objects")
     top_k: Optional[int] = Field(default=None, description="predictions per image (default 5, clamped)")
     min_score: Optional[float] = Field(default=None, description="abstain below this top-1 score (default: the card's)")
+    model: Optional[str] = Field(default=None, description="which served model answers (needed when several are served)")
 
 
 class ModelSummary(BaseModel):

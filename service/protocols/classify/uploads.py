@@ -1,4 +1,4 @@
-"""Turn a ``POST /classify`` request into encoded images + top_k, or one typed rejection.
+"""Turn a ``POST /classify`` request into the engine's ``ClassifyRequest``, or one typed rejection.
 
 Accepted bodies (all on the same route, chosen by ``Content-Type``):
 - ``multipart/form-data``: every file part is an image, in order (any field name; ``images``
@@ -6,26 +6,26 @@ Accepted bodies (all on the same route, chosen by ``Content-Type``):
 - ``application/json``: ``{"images": ["<base64>" | {"data": "<base64>", "name": "x.jpg"}], "top_k": 3}``.
 - ``image/*`` or ``application/octet-stream``: the body is one image.
 ``?top_k=N`` in the query string works with every form (a body value wins); so does
-``min_score`` (0..1: abstain below that top-1 score; a multipart text field or a JSON member too).
+``min_score`` (0..1: abstain below that top-1 score; a multipart text field or a JSON member too) and
+``model`` (which served model answers; needed when several are served).
+Only the syntax is checked here: defaults and ranges of ``top_k`` and ``model`` are the engine's.
 The body is read with a byte limit before anything is parsed; nothing here decodes pixels.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
-from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from imgcls.models.core.calibration import check_min_score
+from imgcls.service.engine.types import ClassifyRequest, Upload
 from imgcls.service.protocols.classify.schemas import REASON_STATUS
+from imgcls.service.protocols.encoding import decode_base64
 
 RAW_IMAGE_TYPES = ("application/octet-stream",)
-DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
 MAX_TEXT_FIELDS = 8
 
 
@@ -40,23 +40,6 @@ class RequestRejected(Exception):
     @property
     def status(self) -> int:
         return REASON_STATUS[self.reason]
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One image of a request: its bytes, or why they could not even be extracted."""
-
-    position: int
-    filename: str | None
-    data: bytes | None
-    error: tuple[str, str] | None = None  # (reason, message), e.g. bad_base64
-
-
-@dataclass(frozen=True)
-class ParsedRequest:
-    uploads: tuple[Upload, ...]
-    top_k: int | None  # None: the server default
-    min_score: float | None = None  # None: the card's default
 
 
 def parse_min_score(raw: Any) -> float:
@@ -74,19 +57,26 @@ def parse_min_score(raw: Any) -> float:
 
 
 def parse_top_k(raw: Any) -> int:
-    """A positive integer (JSON number or decimal text); clamping to the class count happens later."""
+    """An integer (JSON number or decimal text); its range and default are the engine's (``resolve_top_k``)."""
     if isinstance(raw, bool):
         raise RequestRejected("bad_top_k", f"top_k must be a positive integer, got {raw!r}")
     if isinstance(raw, str):
         text = raw.strip().strip('"')
-        if not re.fullmatch(r"[+]?\d{1,9}", text):
+        if not re.fullmatch(r"[+-]?\d{1,9}", text):
             raise RequestRejected("bad_top_k", f"top_k must be a positive integer, got {raw[:40]!r}")
         raw = int(text)
-    if isinstance(raw, float) and raw.is_integer():
+    if isinstance(raw, float) and raw.is_integer() and abs(raw) < 1e9:
         raw = int(raw)
-    if not isinstance(raw, int) or raw < 1:
+    if not isinstance(raw, int):
         raise RequestRejected("bad_top_k", f"top_k must be a positive integer, got {str(raw)[:40]!r}")
     return raw
+
+
+def parse_model(raw: Any) -> str:
+    """A model name as sent (text); whether it names a served model is the engine's (``ModelRegistry.resolve``)."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise RequestRejected("bad_model_name", f"model must be a model name (text), got {str(raw)[:40]!r}")
+    return raw.strip()
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -103,13 +93,15 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def parse_request(request: Request, *, max_body_bytes: int, max_images: int) -> ParsedRequest:
+async def parse_request(request: Request, *, max_body_bytes: int, max_images: int) -> ClassifyRequest:
     """Read and split the body; raises ``RequestRejected`` for anything not per-image."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     query_top_k = request.query_params.get("top_k")
     top_k = parse_top_k(query_top_k) if query_top_k is not None else None
     query_min_score = request.query_params.get("min_score")
     min_score = parse_min_score(query_min_score) if query_min_score is not None else None
+    query_model = request.query_params.get("model")
+    model = parse_model(query_model) if query_model is not None else None
     if not (media_type in ("multipart/form-data", "application/json") or _is_raw_image(media_type)):
         shown = media_type or "none"
         raise RequestRejected(
@@ -128,7 +120,9 @@ async def parse_request(request: Request, *, max_body_bytes: int, max_images: in
         raise RequestRejected("no_images", "the request holds no images")
     if fields.get("min_score") is not None:
         min_score = parse_min_score(fields["min_score"])
-    return ParsedRequest(uploads, body_top_k if body_top_k is not None else top_k, min_score)
+    if fields.get("model") is not None:
+        model = parse_model(fields["model"])
+    return ClassifyRequest(uploads, body_top_k if body_top_k is not None else top_k, min_score, model)
 
 
 def _is_raw_image(media_type: str) -> bool:
@@ -156,11 +150,12 @@ async def _parse_multipart(
         top_k: int | None = None
         for name, value in form.multi_items():
             if isinstance(value, str):
-                if name == "min_score":
+                if name in ("min_score", "model"):
                     fields[name] = value
                     continue
                 if name != "top_k":
-                    raise RequestRejected("bad_field", f"unknown form field {name[:40]!r} (files, top_k and min_score only)")
+                    raise RequestRejected("bad_field", f"unknown form field {name[:40]!r} (files, top_k, min_score "
+                                                       "and model only)")
                 top_k = parse_top_k(value)
                 continue
             data = await value.read()
@@ -179,9 +174,12 @@ def _parse_json(body: bytes, max_images: int, fields: dict[str, Any]) -> tuple[t
         raise RequestRejected("bad_json", "JSON nested too deeply") from None
     if not isinstance(document, dict):
         raise RequestRejected("bad_json", 'expected a JSON object {"images": [...], "top_k": k}')
-    unknown = set(document) - {"images", "top_k", "min_score"}
+    unknown = set(document) - {"images", "top_k", "min_score", "model"}
     if unknown:
-        raise RequestRejected("bad_field", f"unknown field(s) {sorted(unknown)[:5]} (images, top_k and min_score only)")
+        raise RequestRejected("bad_field", f"unknown field(s) {sorted(unknown)[:5]} (images, top_k, min_score and "
+                                           "model only)")
+    if document.get("model") is not None:
+        fields["model"] = document["model"]
     if document.get("min_score") is not None:
         if isinstance(document["min_score"], str):
             raise RequestRejected("bad_min_score", f"min_score must be a JSON number, got {document['min_score'][:40]!r}")
@@ -208,16 +206,3 @@ def _json_image(position: int, item: Any) -> Upload:
         return Upload(position, name, decode_base64(item))
     except ValueError as exc:
         return Upload(position, name, None, ("bad_base64", str(exc)))
-
-
-def decode_base64(text: str) -> bytes:
-    """Standard or URL-safe base64, padding optional, whitespace and a data: URL prefix ignored."""
-    text = DATA_URL.sub("", text.strip(), count=1)
-    compact = "".join(text.split())
-    if "-" in compact or "_" in compact:
-        compact = compact.replace("-", "+").replace("_", "/")
-    compact += "=" * (-len(compact) % 4)
-    try:
-        return base64.b64decode(compact, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"invalid base64 ({exc})") from None

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from imgcls.service.protocols.classify.uploads import decode_base64
+from imgcls.service.protocols.encoding import decode_base64
 
 IMAGE, PIXELS, PROBABILITIES = "image", "pixels", "probabilities"
-EXTENSIONS = ("binary_tensor_data", "classification")
+EXTENSIONS = ("binary_tensor_data", "classification", "model_repository")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 PLATFORM = "onnxruntime_onnx"
 UNSUPPORTED_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
