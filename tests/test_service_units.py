@@ -121,12 +121,12 @@ def test_top_k_refuses_everything_else(raw):
     assert caught.value.reason == "bad_top_k" and caught.value.status == 400
 
 
-@pytest.mark.parametrize("requested, used", [(None, 5), (3, 3), (50, 10), (1, 1)])
+@pytest.mark.parametrize("requested, used", [(None, 5), (3, 3), (50, 10), (1, 1), (10**30, 10)])
 def test_top_k_is_defaulted_and_clamped_by_the_engine_only(requested, used):
     assert resolve_top_k(requested, default=5, num_classes=10) == used
 
 
-@pytest.mark.parametrize("requested", [0, -1, 10**10, True, "3"])
+@pytest.mark.parametrize("requested", [0, -1, True, "3"])
 def test_the_engine_refuses_a_top_k_out_of_range(requested):
     with pytest.raises(BadParameter) as caught:
         resolve_top_k(requested, default=5, num_classes=10)

@@ -201,3 +201,26 @@ def test_docs_page_is_imgcls_swagger_offline(server, page):
     page.locator(".opblock-summary-path", has_text="/classify").first.wait_for()
     assert "BentoML" not in page.locator(".info").inner_text()
     assert page.blocked == []
+
+
+def test_the_model_picker_chooses_which_model_answers(tmp_path_factory, uploads, page):
+    """Two bundles: the page offers both, describes the one picked, and its answers come from that model."""
+    root = tmp_path_factory.mktemp("ui-two")
+    first, second = (make_tiny_bundle(root / f"s{seed}", seed=seed) for seed in (0, 1))
+    renamed = [first.rename(first.parent / "first"), second.rename(second.parent / "second")]
+    handle = start_server(renamed, root / "serve.log", env={"IMGCLS_WORKERS": "1"})
+    try:
+        page.goto(handle.url + "/ui")
+        page.locator("#modelpick-row").wait_for(state="visible", timeout=15_000)
+        assert page.locator("#modelpick option").all_inner_texts() == ["first", "second"]
+        page.locator("#modelpick").select_option("second")
+        versions = {m["name"]: m["version"] for m in httpx.get(handle.url + "/models", trust_env=False).json()["models"]}
+        page.locator("#model").filter(has_text=versions["second"]).wait_for(timeout=5_000)
+        assert "model=second" in page.locator("#curl").input_value()
+        with page.expect_response(lambda r: r.url.endswith("/classify")) as answer:
+            page.locator("#files").set_input_files([str(uploads[0])])
+        assert answer.value.json()["model"]["version"] == versions["second"]
+        page.locator("#status").filter(has_text="Done").wait_for(timeout=30_000)
+        assert page.blocked == []
+    finally:
+        handle.stop()

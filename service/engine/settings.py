@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from imgcls.service.engine.types import BadParameter
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-MAX_TOP_K = 999_999_999
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ class EngineSettings:
 def resolve_top_k(requested: int | None, default: int, num_classes: int) -> int:
     """``top_k`` as used: the default when absent, refused below 1, clamped to the class count."""
     k = default if requested is None else requested
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_TOP_K:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise BadParameter(f"top_k must be a positive integer, got {str(k)[:40]!r}", "bad_top_k")
     return min(k, num_classes)
 

@@ -92,16 +92,19 @@ def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def start_server(bundle: Path | str, log_path: Path | None = None, *, args: Sequence[str] = (),
+def start_server(bundle: Path | str | Sequence[Path | str], log_path: Path | None = None, *, args: Sequence[str] = (),
                  env: dict[str, str] | None = None, ready_timeout: float = 60.0, host: str = LOOPBACK,
                  port: int | None = None) -> Server:
-    """Run ``python -m imgcls serve BUNDLE`` and poll /livez + /readyz from the start until ready.
+    """Run ``python -m imgcls serve BUNDLE...`` and poll /livez + /readyz from the start until ready.
+
+``bundle``: one bundle or model repository, or several.
 
     Its output goes to ``log_path`` (or this process's stdout/stderr). Raises RuntimeError with the
     log's tail when it exits or is not ready in time (after stopping it).
     """
     port = port or free_port(host)
-    command = [sys.executable, "-m", "imgcls", "serve", str(bundle), "--host", host, "--port", str(port), *args]
+    bundles = [str(bundle)] if isinstance(bundle, (str, Path)) else [str(b) for b in bundle]
+    command = [sys.executable, "-m", "imgcls", "serve", *bundles, "--host", host, "--port", str(port), *args]
     log_file = open(log_path, "wb") if log_path else None  # noqa: SIM115 - the child owns it
     try:
         process = subprocess.Popen(command, env=child_environment(env), stdout=log_file,

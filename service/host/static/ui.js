@@ -4,7 +4,8 @@
 (function () {
   const $ = (id) => document.getElementById(id);
   const form = $("form"), files = $("files"), drop = $("drop"), topk = $("topk"), statusLine = $("status");
-  const minScore = $("minscore");
+  const minScore = $("minscore"), picker = $("modelpick");
+  let models = [];
   const results = $("results"), curl = $("curl"), submit = $("submit");
   let chosen = [];
 
@@ -21,24 +22,41 @@
     const names = chosen.length ? chosen.map((f) => f.name) : ["image.jpg"];
     const parts = names.map((n) => "-F " + quote("images=@" + n));
     const threshold = minScore.value.trim() ? ["-F", "min_score=" + minScore.value.trim()] : [];
-    curl.value = ["curl", "-s", ...parts, "-F", "top_k=" + topk.value, ...threshold, location.origin + "/classify"].join(" ");
+    const model = models.length > 1 ? ["-F", quote("model=" + picker.value)] : [];
+    curl.value = ["curl", "-s", ...parts, ...model, "-F", "top_k=" + topk.value, ...threshold,
+                  location.origin + "/classify"].join(" ");
+  }
+
+  function describe(model) {
+    $("model").textContent = `Model ${model.name} · version ${model.version} · ${model.precision} on ` +
+      `${model.provider} · ${model.num_classes} classes (${model.arch})`;
+    const fallback = (model.calibration || {}).min_score;
+    $("minscore-default").textContent = fallback ? `Empty: the model's default, ${fallback}.`
+      : "Empty: the model's default (none: it never abstains).";
+    minScore.placeholder = fallback ? String(fallback) : "none";
   }
 
   async function loadModel() {
+    // every served model (GET /models); with several, a picker chooses which one answers
     try {
-      const response = await fetch("/model");
-      const model = await response.json();
-      if (!response.ok) throw new Error(model.error ? model.error.message : response.statusText);
-      $("model").textContent = `Model ${model.name} · version ${model.version} · ${model.precision} on ` +
-        `${model.provider} · ${model.num_classes} classes (${model.arch})`;
-      const fallback = (model.calibration || {}).min_score;
-      $("minscore-default").textContent = fallback ? `Empty: the model's default, ${fallback}.`
-        : "Empty: the model's default (none: it never abstains).";
-      if (fallback) minScore.placeholder = String(fallback);
+      const response = await fetch("/models");
+      const body = await response.json();
+      if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
+      models = body.models;
+      if (!models.length) throw new Error("no model is loaded");
+      picker.replaceChildren(...models.map((m) => el("option", { value: m.name, text: m.name })));
+      $("modelpick-row").hidden = models.length < 2;
+      describe(models[0]);
+      updateCurl();
     } catch (error) {
       $("model").textContent = "Model description unavailable: " + error.message;
     }
   }
+
+  picker.addEventListener("change", () => {
+    describe(models.find((m) => m.name === picker.value) || models[0]);
+    updateCurl();
+  });
 
   function bars(predictions) {
     return el("ol", { class: "bars" }, predictions.map((p) => {
@@ -74,6 +92,7 @@
     const data = new FormData();
     chosen.forEach((f) => data.append("images", f, f.name));
     data.append("top_k", topk.value);
+    if (models.length > 1) data.append("model", picker.value);
     if (minScore.validity.badInput) { statusLine.textContent = "Abstain below: enter a number from 0 to 1."; minScore.focus(); return; }
     if (minScore.value.trim()) data.append("min_score", minScore.value.trim());
     submit.disabled = true;

@@ -65,7 +65,7 @@ def parse_top_k(raw: Any) -> int:
         if not re.fullmatch(r"[+-]?\d{1,9}", text):
             raise RequestRejected("bad_top_k", f"top_k must be a positive integer, got {raw[:40]!r}")
         raw = int(text)
-    if isinstance(raw, float) and raw.is_integer() and abs(raw) < 1e9:
+    if isinstance(raw, float) and raw.is_integer():
         raw = int(raw)
     if not isinstance(raw, int):
         raise RequestRejected("bad_top_k", f"top_k must be a positive integer, got {str(raw)[:40]!r}")
