@@ -1,6 +1,6 @@
 # imgcls serving image: ONNX Runtime + BentoML and the imgcls wheel; no torch.
 #
-#   docker/wheelhouse.sh cpu          # wheels into .wheelhouse/cpu, imgcls's own into .wheelhouse/imgcls
+#   docker/wheelhouse.sh cpu          # wheels into .wheelhouse/cpu, imgcls's own into dist/
 #   DOCKER_BUILDKIT=0 docker build -t imgcls:cpu .            # CPU (default)
 #   docker/wheelhouse.sh gpu && DOCKER_BUILDKIT=0 docker build --build-arg VARIANT=gpu -t imgcls:gpu .
 #   docker run --init -p 3000:3000 -v $PWD/bundles/NAME:/bundle:ro imgcls:cpu [--workers 2 ...]
@@ -19,7 +19,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
     IMGCLS_BUNDLE=/bundle
 COPY docker/requirements-${VARIANT}.txt /tmp/requirements.txt
 COPY .wheelhouse/${VARIANT}/ /tmp/wheels/
-COPY .wheelhouse/imgcls/ /tmp/imgcls/
+COPY dist/imgcls-*.whl /tmp/imgcls/
 # The dependencies, then imgcls itself as the wheel built from this checkout (its console script
 # `imgcls` lands in /opt/venv/bin). No torch: `imgcls train` and `imgcls export` say which extra they need.
 RUN python3 -m venv /opt/venv \

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Prepare the wheels the Dockerfile installs from (the image build itself needs no index):
 #   docker/wheelhouse.sh [cpu|gpu|imgcls] [PIP]
-#     -> .wheelhouse/imgcls/imgcls-<version>-py3-none-any.whl   (built from this checkout, every time)
-#        .wheelhouse/<variant>/*.whl                           (the dependencies; not for `imgcls`)
+#     -> dist/imgcls-<version>-py3-none-any.whl          (built from this checkout, every time)
+#        .wheelhouse/<variant>/*.whl                 (the dependencies; not for `imgcls`)
 # The imgcls wheel is also what bentofile.yaml packs into a bento. Dependency wheels are for
 # CPython 3.11 on manylinux x86_64 (the base images' Python). Re-running is cheap: pip's cache
 # answers and existing dependency wheels are kept.
@@ -10,10 +10,10 @@ set -euo pipefail
 VARIANT=${1:-cpu}
 PIP=${2:-${PIP:-.venv/bin/pip}}
 cd "$(dirname "$0")/.."
-mkdir -p .wheelhouse/imgcls
-rm -f .wheelhouse/imgcls/imgcls-*.whl  # never an older build of the sources
-"$PIP" wheel --quiet --disable-pip-version-check --no-deps --wheel-dir .wheelhouse/imgcls .
-echo ".wheelhouse/imgcls: $(ls .wheelhouse/imgcls)"
+mkdir -p dist
+rm -f dist/imgcls-*.whl  # never an older build of the sources
+"$PIP" wheel --quiet --disable-pip-version-check --no-deps --wheel-dir dist .
+echo "dist: $(ls dist/imgcls-*.whl)"
 [ "$VARIANT" = imgcls ] && exit 0
 mkdir -p ".wheelhouse/$VARIANT"
 "$PIP" download --quiet --disable-pip-version-check --only-binary=:all: \
