@@ -45,6 +45,8 @@ class ServiceConfig:
     balance_connections: bool = True  # least-connections accept across workers (see service/host/accept.py)
     grace: float = 8.0  # after SIGTERM: seconds to answer accepted requests (fits docker stop's 10 s)
     state_dir: str = ""  # shared by the workers of one server: readiness markers
+    api_keys_file: str = ""  # one API key per line: then inference and repository routes need Authorization: Bearer
+    public_routes: str = "health,metrics,ui"  # with API keys: the route groups that need none (health, metrics, ui)
     warmup_delay_s: float = 0.0  # test knob: sleep before the warm-up (to observe /readyz 503)
 
     def __post_init__(self) -> None:
@@ -65,6 +67,9 @@ class ServiceConfig:
                 check_model_name(self.model_name)
             except BadParameter as exc:
                 raise ConfigError(f"{setting_name('model_name')}: {exc.message}") from None
+        from imgcls.service.host.auth import public_groups
+
+        public_groups(self.public_routes)  # ConfigError naming an unknown group
         for name in ("workers", "threads", "max_batch_size", "batch_wait_ms", "max_concurrency", "warmup_delay_s",
                      "poll_s"):
             if getattr(self, name) < 0:

@@ -28,6 +28,7 @@ from imgcls.models.core.errors import ConfigError
 from imgcls.service.engine.sources import ModelSource, resolve_sources
 from imgcls.service.engine.types import EngineError
 from imgcls.service.host import tracing
+from imgcls.service.host.auth import is_loopback, read_keys
 from imgcls.service.host.config import ServiceConfig, env_name
 from imgcls.service.runtime import CUDA
 from imgcls.stage_parser import StageParser
@@ -41,7 +42,7 @@ FLAG_FIELDS = {  # flag -> ServiceConfig field (help text comes from the field c
     "max_queue_images": "max_queue_images", "max_body_bytes": "max_body_bytes", "max_images": "max_images",
     "max_image_bytes": "max_image_bytes", "max_pixels": "max_pixels", "default_top_k": "default_top_k",
     "timeout": "timeout", "max_concurrency": "max_concurrency", "model_name": "model_name", "grace": "grace",
-    "poll_s": "poll_s",
+    "poll_s": "poll_s", "api_keys_file": "api_keys_file", "public_routes": "public_routes",
 }
 FLAG_HELP = {  # what each flag does; the variable and default are appended
     "device": "auto: CUDA when the CUDAExecutionProvider is usable, else CPU; cuda without it is an error",
@@ -67,6 +68,10 @@ FLAG_HELP = {  # what each flag does; the variable and default are appended
     "poll_s": "rescan the model repositories every N seconds: a new version (a higher numbered folder) or a new "
               "model is verified, warmed up in every worker and swapped in; one that fails verification is "
               "refused with a log line and the served version keeps serving; 0 = no polling",
+    "api_keys_file": "a file with one API key per line: /classify, /model(s), /v2/models and /v2/repository then "
+                     "need Authorization: Bearer <key> (401 otherwise); empty = no keys",
+    "public_routes": "with API keys, the route groups open without a key, comma-separated: health (/livez, "
+                     "/readyz, /v2/health), metrics (/metrics), ui (/ui and the API docs)",
     "grace": "after SIGTERM, seconds to answer the requests already accepted (fits docker stop's 10 s)",
 }
 
@@ -132,6 +137,8 @@ def config_from(args: argparse.Namespace, environ: dict[str, str]) -> ServiceCon
              if getattr(args, name) is not None}
     sources = args.bundle or ServiceConfig(bundle=environ.get(env_name("bundle"), "")).bundles
     resolved = [source if source.startswith("bentoml:") else str(Path(source).resolve()) for source in sources]
+    if flags.get("api_keys_file") or base.api_keys_file:  # the workers run in another directory
+        flags["api_keys_file"] = str(Path(flags.get("api_keys_file") or base.api_keys_file).resolve())
     return dataclasses.replace(base, bundle=",".join(resolved), **flags)
 
 
@@ -181,6 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     if not config.bundles:
         log.error("no bundle given (argument or $IMGCLS_BUNDLE)")
         return 2
+    try:
+        keys = read_keys(config.api_keys_file) if config.api_keys_file else ()
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    if not keys and not is_loopback(args.host):
+        log.warning("serving on %s without API keys: anyone who can reach this address can classify and load "
+                    "models (--api-keys-file FILE)", args.host)
     problem, found = port_problem(args.host, args.port), []
     if not problem:
         problem, found = check_sources(config)

@@ -33,6 +33,7 @@ from starlette.routing import Route
 
 from imgcls.service.engine.types import ClassifyRequest, EngineError
 from imgcls.service.host import accept, drain, openapi, pages, readiness, tracing
+from imgcls.service.host.auth import APIKeyMiddleware, public_groups, read_keys
 from imgcls.service.host.config import ServiceConfig
 from imgcls.service.host.metrics import (HTTPMetricsMiddleware, ServiceMetrics, count_outer_answers, install,
                                         metrics_endpoint)
@@ -269,4 +270,7 @@ class ClassifyMethodGuard:
 
 # The first added is the outermost: the metrics see every answer of the service, the guard's 405s too.
 ImageClassifier.add_asgi_middleware(HTTPMetricsMiddleware, **METRICS_ROUTES)
+if CONFIG.api_keys_file:  # then every request not in a public group needs Authorization: Bearer <key>
+    ImageClassifier.add_asgi_middleware(APIKeyMiddleware, keys=read_keys(CONFIG.api_keys_file),
+                                        public=public_groups(CONFIG.public_routes))
 ImageClassifier.add_asgi_middleware(ClassifyMethodGuard)
