@@ -114,3 +114,21 @@ def test_a_warning_when_listening_beyond_loopback_without_keys(tmp_path):
     assert "without API keys" in result.stderr
     quiet = serve(str(tmp_path / "no-bundle"), "--port", str(free_port()))
     assert "without API keys" not in quiet.stderr
+
+
+def server_environment(pid: int) -> dict[str, str]:
+    raw = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
+
+
+def test_usage_tracking_is_off_unless_the_user_set_it(bundle, tmp_path, monkeypatch):
+    """imgcls serve sets BENTOML_DO_NOT_TRACK=true for bentoml serve (BentoML otherwise posts usage data
+    before it starts its workers); a value the user set is kept."""
+    monkeypatch.delenv("BENTOML_DO_NOT_TRACK", raising=False)
+    for given, expected in ((None, "true"), ("false", "false")):
+        env = {"IMGCLS_WORKERS": "1", **({"BENTOML_DO_NOT_TRACK": given} if given else {})}
+        handle = start_server(bundle, tmp_path / f"serve-{given}.log", env=env)
+        try:
+            assert server_environment(handle.process.pid).get("BENTOML_DO_NOT_TRACK") == expected
+        finally:
+            handle.stop()
