@@ -3,8 +3,9 @@
 Each peer (``triton``, ``litserve``, ``mosec``) gets ``.bench-out/peers/<name>/venv``, made with
 ``python -m venv`` from the first interpreter of its candidate list that exists, and the pinned
 packages below installed from PyPI. A stamp file records the interpreter and the requirements; a
-matching stamp means the venv is reused. The peers import our ``Preprocess`` from the repository
-(``PYTHONPATH`` = repository root: ``models/core`` needs numpy and Pillow only).
+matching stamp means the venv is reused. The peers import our ``Preprocess`` from the repository:
+imgcls is installed into each peer venv editable and without its dependencies (``models/core``
+needs numpy and Pillow only).
 
 PyTriton: its Python-backend stub fails on some interpreter builds (an ``_recursion_count``
 AttributeError inside multiprocessing on pyenv's 3.11.7, the project venv's interpreter) and works
@@ -29,6 +30,7 @@ log = logging.getLogger("bench.peer_env")
 PEERS_DIR = REPO_ROOT / ".bench-out" / "peers"
 DEBIAN_PYTHON = "/usr/bin/python3.11"
 COMMON = ("onnxruntime==1.31.1", "numpy>=1.26,<3", "pillow>=10.3")
+PROJECT = "imgcls (editable, --no-deps)"  # recorded in the stamp: venvs built before it get rebuilt
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def ensure(name: str, root: Path = PEERS_DIR) -> PeerEnv:
     stamp_path = root / name / "stamp.json"
     try:
         stamp = json.loads(stamp_path.read_text())
-        if stamp.get("packages") == list(spec.packages) and python.is_file():
+        if stamp.get("packages") == [*spec.packages, PROJECT] and python.is_file():
             return PeerEnv(name, python, stamp["interpreter"], 0.0)
     except (OSError, ValueError, KeyError):
         pass
@@ -91,8 +93,10 @@ def ensure(name: str, root: Path = PEERS_DIR) -> PeerEnv:
     subprocess.run([base, "-m", "venv", "--clear", str(venv)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *spec.packages],
                    check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", "-e",
+                    str(REPO_ROOT)], check=True)  # imgcls.models.core, by setuptools' package-dir mapping
     interpreter = describe_interpreter(base)
-    stamp_path.write_text(json.dumps({"packages": list(spec.packages), "interpreter": interpreter}))
+    stamp_path.write_text(json.dumps({"packages": [*spec.packages, PROJECT], "interpreter": interpreter}))
     return PeerEnv(name, python, interpreter, time.perf_counter() - started)
 
 
