@@ -224,3 +224,26 @@ def test_the_model_picker_chooses_which_model_answers(tmp_path_factory, uploads,
         assert page.blocked == []
     finally:
         handle.stop()
+
+
+def test_the_page_asks_for_an_api_key_when_the_server_needs_one(tmp_path_factory, uploads, page):
+    """With --api-keys-file the page stays reachable, asks for a key and sends it as a Bearer token."""
+    root = tmp_path_factory.mktemp("ui-keys")
+    keys = root / "keys.txt"
+    keys.write_text("page-key-5150\n")
+    handle = start_server(make_tiny_bundle(root), root / "serve.log", args=["--api-keys-file", str(keys)],
+                          env={"IMGCLS_WORKERS": "1"})
+    try:
+        page.goto(handle.url + "/ui")
+        page.locator("#key-row").wait_for(state="visible", timeout=15_000)
+        assert "API key" in page.locator("#model").inner_text()
+        assert "$IMGCLS_API_KEY" in page.locator("#curl").input_value()  # the command names the key, never holds it
+        page.locator("#apikey").fill("page-key-5150")
+        page.locator("#apikey").dispatch_event("change")
+        page.locator("#model").filter(has_text="version").wait_for(timeout=15_000)
+        with page.expect_response(lambda r: r.url.endswith("/classify")) as answer:
+            page.locator("#files").set_input_files([str(uploads[0])])
+        assert answer.value.status == 200
+        assert "page-key-5150" not in page.locator("#curl").input_value()
+    finally:
+        handle.stop()

@@ -5,7 +5,14 @@
   const $ = (id) => document.getElementById(id);
   const form = $("form"), files = $("files"), drop = $("drop"), topk = $("topk"), statusLine = $("status");
   const minScore = $("minscore"), picker = $("modelpick");
+  const apiKey = $("apikey");
   let models = [];
+
+  // with API keys (imgcls serve --api-keys-file), the page asks for one and sends it as a Bearer token
+  function auth() {
+    const key = apiKey.value.trim();
+    return key ? { Authorization: "Bearer " + key } : {};
+  }
   const results = $("results"), curl = $("curl"), submit = $("submit");
   let chosen = [];
 
@@ -23,7 +30,8 @@
     const parts = names.map((n) => "-F " + quote("images=@" + n));
     const threshold = minScore.value.trim() ? ["-F", "min_score=" + minScore.value.trim()] : [];
     const model = models.length > 1 ? ["-F", quote("model=" + picker.value)] : [];
-    curl.value = ["curl", "-s", ...parts, ...model, "-F", "top_k=" + topk.value, ...threshold,
+    const key = $("key-row").hidden ? [] : ["-H", '"Authorization: Bearer $IMGCLS_API_KEY"'];
+    curl.value = ["curl", "-s", ...key, ...parts, ...model, "-F", "top_k=" + topk.value, ...threshold,
                   location.origin + "/classify"].join(" ");
   }
 
@@ -39,7 +47,12 @@
   async function loadModel() {
     // every served model (GET /models); with several, a picker chooses which one answers
     try {
-      const response = await fetch("/models");
+      const response = await fetch("/models", { headers: auth() });
+      if (response.status === 401) {
+        $("key-row").hidden = false;
+        updateCurl();
+        throw new Error("this server needs an API key: enter it above");
+      }
       const body = await response.json();
       if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
       models = body.models;
@@ -52,6 +65,8 @@
       $("model").textContent = "Model description unavailable: " + error.message;
     }
   }
+
+  apiKey.addEventListener("change", loadModel);
 
   picker.addEventListener("change", () => {
     describe(models.find((m) => m.name === picker.value) || models[0]);
@@ -99,7 +114,7 @@
     statusLine.textContent = `Classifying ${chosen.length} image(s)…`;
     results.replaceChildren();
     try {
-      const response = await fetch("/classify", { method: "POST", body: data });
+      const response = await fetch("/classify", { method: "POST", body: data, headers: auth() });
       const answer = await response.json();
       const list = answer.results || [];
       const requestError = list.length ? null : answer.error;
