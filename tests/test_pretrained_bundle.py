@@ -120,10 +120,12 @@ def test_labelled_data_fits_a_temperature(tmp_path):
     assert fitted["held_out"]["images_sha256"] == images_sha256(graded) and fitted["held_out"]["images"] == 6
     assert ModelCard.load(staged.run_dir / "checkpoint").calibration == fitted  # what export_bundle reads
     (data / "not a class").mkdir()
-    (data / "not a class" / "x.jpg").write_bytes((data / "espresso" / "coffee_0.jpg").read_bytes())
+    for i in range(2):
+        (data / "not a class" / f"x{i}.jpg").write_bytes((data / "espresso" / f"coffee_{i}.jpg").read_bytes())
     with pytest.raises(UsageError, match="not ImageNet class names"):
         stage_pretrained(ARCH, "imagenet", tmp_path / "scratch2", data)
-    (data / "not a class").rename(data / "tabby")  # a class with one image cannot be split
+    (data / "not a class").rename(data / "tabby")
+    (data / "tabby" / "x1.jpg").unlink()  # a class with one image cannot be split
     with pytest.raises(UsageError, match="at least 2 images"):
         stage_pretrained(ARCH, "imagenet", tmp_path / "scratch3", data)
 
