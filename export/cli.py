@@ -215,6 +215,8 @@ def int8_rows(export: dict) -> list[str]:
         rows.append(f"  int8 kept: {section['method']}")
         for kept in section.get("kept_fp32", []):
             rows.append(f"    fp32: {kept['node']} ({kept['op_type']}): {kept['why']}")
+    if section.get("speed"):
+        rows.append(f"  {section['speed']['line']}")
     if "edge" in export:
         edge = export["edge"]
         rows.append(f"  edge: {edge['ort']} ({edge['ort_bytes'] / 1e6:.2f} MB) + {edge['operators_config']}, "

@@ -62,3 +62,20 @@ def target_for(machine: str, flags: frozenset[str] | set[str]) -> str:
 
 def local_target() -> str:
     return target_for(platform.machine(), cpu_flags())
+
+
+# The instruction set that decides ONNX Runtime's integer kernels, most capable first.
+_ISA_ORDER = (("amx_int8", "amx_int8"), ("avx512_vnni", "avx512_vnni"), ("avx_vnni", "avx_vnni"),
+              ("avx512f", "avx512"), ("avx2", "avx2"))
+
+
+def isa_of(machine: str, flags: frozenset[str] | set[str]) -> str:
+    """One word for the integer kernels a CPU gets: ``avx512_vnni``, ``avx_vnni``, ``amx_int8``,
+    ``avx512`` (no VNNI), ``avx2``, ``arm64_dotprod`` / ``arm64``, else the machine name."""
+    if machine.lower() in ARM_MACHINES:
+        return "arm64_dotprod" if "asimddp" in flags else "arm64"
+    return next((name for flag, name in _ISA_ORDER if flag in flags), machine.lower() or "unknown")
+
+
+def local_isa() -> str:
+    return isa_of(platform.machine(), cpu_flags())

@@ -33,6 +33,7 @@ from imgcls.export.cpu import cpu_features, local_target
 from imgcls.export.errors import QuantizationRefused
 from imgcls.export.gate import precision_gate
 from imgcls.export.images import held_out, image_set, load_pixels
+from imgcls.export.speed import format_of, speed_record
 from imgcls.export.quantize import (DYNAMIC_MATMUL_ARCHS, Recipe, calibration_images, prepare, quantize_prepared,
                                     recipe_for)
 from imgcls.export.validate import check_graph
@@ -233,13 +234,19 @@ def _attempt_record(attempt: dict[str, Any]) -> dict[str, Any]:
 
 def _section(ladder: Ladder, kept: Path | None) -> dict[str, Any]:
     final = ladder.attempts[-1]
+    gated_on = cpu_features()
+    fmt = format_of(final["settings"])
     section: dict[str, Any] = {
         "status": "passed" if kept is not None else "refused",
         "method": final["method"] if kept is not None else None,
         "target": ladder.target, "target_choice": "auto (from CPU features)" if ladder.config.int8_target == "auto" else "--int8-target",
-        "gated_on": cpu_features(), **final["settings"], "gate": final["gate"],
+        "gated_on": gated_on, **final["settings"], "gate": final["gate"], "format": fmt,
         "attempts": [_attempt_record(a) for a in ladder.attempts],
     }
+    speed = speed_record(final["gate"], fmt, kept is not None, gated_on)
+    if speed is not None:
+        section["speed"] = speed
+        log.info("%s", speed["line"])
     if ladder.skipped:
         section["skipped"] = ladder.skipped
     if kept is None:
