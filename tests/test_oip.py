@@ -141,7 +141,7 @@ def test_health_is_live_before_ready_and_ready_once_warm(client, warmup_probes):
 def test_server_and_model_metadata(client, http, predictor):
     server = client.get_server_metadata()
     assert server["name"] == "imgcls" and set(server["extensions"]) == {"binary_tensor_data", "classification",
-                                                                            "model_repository"}
+                                                                            "model_repository", "model_configuration"}
     metadata = client.get_model_metadata(NAME)
     size, classes = predictor.input_size, predictor.num_classes
     assert metadata["name"] == NAME and metadata["platform"] == "onnxruntime_onnx"
@@ -245,7 +245,7 @@ def test_unknown_model_or_version_is_404(http, client):
 
 
 
-UNKNOWN_PATHS = ["/v2/", "/v2/nope", "/v2/health", "/v2/health/started", f"/v2/models/{NAME}/config",
+UNKNOWN_PATHS = ["/v2/", "/v2/nope", "/v2/health", "/v2/health/started", f"/v2/models/{NAME}/stats",
                  f"/v2/models/{NAME}/versions/1/infer/more", "/v2/repository/models/x/reload"]
 WRONG_METHODS = [("POST", "/v2/health/live", "GET, HEAD"), ("DELETE", "/v2", "GET, HEAD"),
                  ("GET", INFER, "POST"), ("PUT", f"/v2/models/{NAME}", "GET, HEAD"),
@@ -267,7 +267,7 @@ def test_every_v2_path_answers_the_protocols_json_error(http):
 def test_tritonclient_reads_unknown_routes_as_404(client):
     """tritonclient parses {"error": ...}: its calls of extensions imgcls lacks fail with the reason, not a parse error."""
     with pytest.raises(InferenceServerException) as raised:
-        client.get_model_config(NAME)
+        client.get_inference_statistics(NAME)
     assert raised.value.status() == "404" and "no such path" in raised.value.message(), raised.value
 
 
@@ -446,3 +446,55 @@ def test_metrics_count_v2_requests_by_route_and_outcome(http, client):
                  'route="/v2/health/live"}') == 1
     assert delta('imgcls_http_requests_total{method="POST",route="/v2/health/live",status="405"}') == 1
     assert not any("nope-123" in series or "nope-456" in series for series in after)  # raw paths never become labels
+
+
+# ---------------------------------------------------------------- model configuration and single-input views
+def test_model_configuration_extension(client, http, predictor):
+    """Triton's model configuration: one input with format and dims per view, max_batch_size, batching in force."""
+    size, classes = predictor.input_size, predictor.num_classes
+    config = client.get_model_config(NAME + ".pixels")
+    assert config["name"] == NAME + ".pixels" and config["max_batch_size"] == 4  # IMGCLS_MAX_IMAGES
+    assert config["input"] == [{"name": "pixels", "data_type": "TYPE_UINT8", "format": "FORMAT_NCHW",
+                                "dims": [3, size, size]}]
+    assert config["output"] == [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [classes]}]
+    served = http.get("/model").json()["batching"]
+    assert config["dynamic_batching"] == {"preferred_batch_size": served["sizes"],
+                                          "max_queue_delay_microseconds": round(served["wait_ms"] * 1000)}
+    image = client.get_model_config(NAME + ".image")["input"]
+    assert image == [{"name": "image", "data_type": "TYPE_STRING", "format": "FORMAT_NONE", "dims": [1],
+                      "reshape": {"shape": []}}]
+    assert [i["name"] for i in client.get_model_config(NAME)["input"]] == ["image", "pixels"]
+    version = client.get_model_metadata(NAME)["versions"][0]
+    assert client.get_model_config(NAME + ".pixels", model_version=version) == config
+    assert_error(http.get(f"/v2/models/{NAME}.pixels/versions/0/config"), 404, "no version")
+    assert_error(http.get("/v2/models/nope/config"), 404, "unknown model")
+    assert_error(http.get(f"/v2/models/{NAME}.other/config"), 404, "unknown model")
+
+
+def test_single_input_views_answer_as_the_model(client, predictor):
+    """NAME.image takes only encoded files, NAME.pixels only pixels (UINT8, or FP32 0..255): the model's answers."""
+    size = predictor.input_size
+    pixels_meta = client.get_model_metadata(NAME + ".pixels")
+    assert pixels_meta["inputs"] == [{"name": "pixels", "datatype": "UINT8", "shape": [-1, 3, size, size]}]
+    assert client.get_model_metadata(NAME + ".image")["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+    assert client.is_model_ready(NAME + ".pixels") and client.is_model_ready(NAME + ".image")
+    expected = client.infer(NAME, [image_input(IMAGES[:2])]).as_numpy("probabilities")
+    through_view = client.infer(NAME + ".image", [image_input(IMAGES[:2])])
+    assert through_view.get_response()["model_name"] == NAME + ".image"
+    np.testing.assert_array_equal(through_view.as_numpy("probabilities"), expected)
+    pixels = np.stack([predictor.decode(f) for f in IMAGES[:2]])
+    for datatype in ("UINT8", "FP32"):
+        tensor = triton.InferInput("pixels", list(pixels.shape), datatype)
+        tensor.set_data_from_numpy(pixels.astype(np.float32 if datatype == "FP32" else np.uint8))
+        got = client.infer(NAME + ".pixels", [tensor]).as_numpy("probabilities")
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    output = triton.InferRequestedOutput("probabilities", class_count=2)
+    top = client.infer(NAME + ".pixels", [tensor], outputs=[output]).as_numpy("probabilities")
+    assert [int(entry.decode().split(":")[1]) for entry in top[0]] == list(np.argsort(-expected[0], kind="stable")[:2])
+    with pytest.raises(InferenceServerException, match="unknown input 'image'") as raised:
+        client.infer(NAME + ".pixels", [image_input(IMAGES[:1])])
+    assert raised.value.status() == "400"
+    scaled = triton.InferInput("pixels", list(pixels.shape), "FP32")
+    scaled.set_data_from_numpy(pixels.astype(np.float32) / 255.0 - 1.0)  # normalised by mistake: refused
+    with pytest.raises(InferenceServerException, match="0..255"):
+        client.infer(NAME + ".pixels", [scaled])

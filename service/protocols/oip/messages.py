@@ -7,7 +7,10 @@ builds the answer. Supported:
 
 - inputs (exactly one per request): ``image`` BYTES ``[N]``, each element one encoded image file
   (JSON: a base64 string; binary: the raw file), or ``pixels`` UINT8 ``[N, 3, S, S]`` already
-  resized and centre-cropped per the card (JSON: nested or flat integers; binary: raw bytes);
+  resized (and cropped, or not) by the client, unnormalised (JSON: nested or flat integers; binary:
+  raw bytes); FP32 pixels in 0..255 are taken too (rounded). The graph normalises inside;
+- a model's views (``ModelSpec.view``): the model itself declares both inputs, its view ``image``
+  only ``image`` and its view ``pixels`` only ``pixels`` (clients that expect one input);
 - output ``probabilities`` FP32 ``[N, C]``, or with ``"classification": k`` BYTES ``[N, k]``
   holding ``"score:index:label"`` strings, best first;
 - the binary tensor data extension: a JSON header of ``Inference-Header-Content-Length`` bytes
@@ -30,7 +33,9 @@ import numpy as np
 from imgcls.service.protocols.encoding import decode_base64
 
 IMAGE, PIXELS, PROBABILITIES = "image", "pixels", "probabilities"
-EXTENSIONS = ("binary_tensor_data", "classification", "model_repository")
+VIEWS = {"": (IMAGE, PIXELS), IMAGE: (IMAGE,), PIXELS: (PIXELS,)}  # view -> the inputs it declares and takes
+PIXEL_DATATYPES = ("UINT8", "FP32")  # declared: UINT8; FP32 values 0..255 are rounded
+EXTENSIONS = ("binary_tensor_data", "classification", "model_repository", "model_configuration")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 PLATFORM = "onnxruntime_onnx"
 UNSUPPORTED_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
@@ -55,14 +60,20 @@ class ModelSpec:
     crop_size: int
     class_names: tuple[str, ...]
     max_images: int
+    view: str = ""  # "": the model (both inputs); "image" or "pixels": the view declaring that input only
+
+    def input_shapes(self) -> dict[str, tuple[str, list[int]]]:
+        """The declared inputs: name -> (datatype, shape); -1 marks the batch dimension."""
+        size = self.crop_size
+        shapes = {IMAGE: ("BYTES", [-1]), PIXELS: ("UINT8", [-1, 3, size, size])}
+        return {name: shapes[name] for name in VIEWS[self.view]}
 
     def metadata(self) -> dict[str, Any]:
-        """The model metadata response (``GET /v2/models/{name}``); -1 marks the batch dimension."""
-        size = self.crop_size
+        """The model metadata response (``GET /v2/models/{name}``)."""
         return {
             "name": self.name, "versions": [self.version], "platform": PLATFORM,
-            "inputs": [{"name": IMAGE, "datatype": "BYTES", "shape": [-1]},
-                       {"name": PIXELS, "datatype": "UINT8", "shape": [-1, 3, size, size]}],
+            "inputs": [{"name": name, "datatype": datatype, "shape": shape}
+                       for name, (datatype, shape) in self.input_shapes().items()],
             "outputs": [{"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, len(self.class_names)]}],
         }
 
@@ -137,14 +148,17 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
 
 
 def parse_infer(body: bytes, header_length: str | None, model: ModelSpec) -> InferRequest:
-    document, binary = split_body(body, header_length)
+    return parse_document(*split_body(body, header_length), model)
+
+
+def parse_document(document: dict[str, Any], binary: bytes, model: ModelSpec) -> InferRequest:
+    """An infer request from its JSON document and the binary section after it (REST and gRPC alike)."""
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise bad('"id" must be a string', "bad_json")
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise bad(f'"inputs" must hold exactly one tensor: {IMAGE!r} (BYTES [N]) or {PIXELS!r} (UINT8 [N, 3, '
-                  f'{model.crop_size}, {model.crop_size}])', "bad_input")
+        raise bad(f'"inputs" must hold exactly one tensor: {_declared(model)}', "bad_input")
     tensor = inputs[0]
     name, shape, data = _tensor_header(tensor, model)
     raw = _binary_part(tensor, binary)
@@ -156,7 +170,9 @@ def parse_infer(body: bytes, header_length: str | None, model: ModelSpec) -> Inf
         images = _binary_bytes(raw, shape[0]) if raw is not None else _json_bytes(data, shape[0])
         pixels = None
     else:
-        images, pixels = None, (_binary_pixels(raw, shape) if raw is not None else _json_pixels(data, shape))
+        datatype = tensor["datatype"]
+        images = None
+        pixels = _binary_pixels(raw, shape, datatype) if raw is not None else _json_pixels(data, shape, datatype)
     parameters = document.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise bad('"parameters" must be an object', "bad_json")
@@ -167,11 +183,12 @@ def parse_infer(body: bytes, header_length: str | None, model: ModelSpec) -> Inf
 
 def _tensor_header(tensor: dict[str, Any], model: ModelSpec) -> tuple[str, list[int], Any]:
     name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
-    expected = {IMAGE: "BYTES", PIXELS: "UINT8"}
-    if name not in expected:
-        raise bad(f"unknown input {str(name)[:40]!r}: this model takes {IMAGE!r} or {PIXELS!r}", "bad_input")
-    if datatype != expected[name]:
-        raise bad(f"input {name!r} must have datatype {expected[name]}, got {str(datatype)[:20]!r}", "bad_datatype")
+    expected = {IMAGE: ("BYTES",), PIXELS: PIXEL_DATATYPES}
+    if name not in VIEWS[model.view]:
+        raise bad(f"unknown input {str(name)[:40]!r}: {model.name!r} takes {_declared(model)}", "bad_input")
+    if datatype not in expected[name]:
+        raise bad(f"input {name!r} must have datatype {' or '.join(expected[name])}, got {str(datatype)[:20]!r}",
+                  "bad_datatype")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                               for d in shape):
         raise bad(f"input {name!r}: shape must be a list of non-negative integers", "bad_shape")
@@ -239,22 +256,39 @@ def _json_bytes(data: Any, count: int) -> tuple[bytes, ...]:
     return tuple(images)
 
 
-def _binary_pixels(raw: bytes, shape: list[int]) -> np.ndarray:
-    if len(raw) != math.prod(shape):
-        raise bad(f"input {PIXELS!r}: {len(raw)} bytes of binary data, the shape {shape} needs {math.prod(shape)}",
-                  "bad_shape")
-    return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
+def _declared(model: ModelSpec) -> str:
+    return " or ".join(f"{name!r} ({datatype} {shape})" for name, (datatype, shape) in model.input_shapes().items())
 
 
-def _json_pixels(data: Any, shape: list[int]) -> np.ndarray:
+def _binary_pixels(raw: bytes, shape: list[int], datatype: str = "UINT8") -> np.ndarray:
+    dtype = np.dtype("<f4") if datatype == "FP32" else np.dtype(np.uint8)
+    if len(raw) != math.prod(shape) * dtype.itemsize:
+        raise bad(f"input {PIXELS!r}: {len(raw)} bytes of binary data, the shape {shape} of {datatype} needs "
+                  f"{math.prod(shape) * dtype.itemsize}", "bad_shape")
+    array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return _float_pixels(array) if datatype == "FP32" else array
+
+
+def _float_pixels(array: np.ndarray) -> np.ndarray:
+    """FP32 pixels (0..255, unnormalised) as the graph's uint8 input, rounded; anything else refused."""
+    if array.size and not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 255):
+        raise bad(f"input {PIXELS!r}: FP32 values must be within 0..255 (unnormalised pixels)", "bad_data")
+    return np.rint(array).astype(np.uint8)
+
+
+def _json_pixels(data: Any, shape: list[int], datatype: str = "UINT8") -> np.ndarray:
     try:
         array = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
-        raise bad(f'input {PIXELS!r}: "data" must be a (nested) list of integers 0..255', "bad_data") from None
-    if array.dtype.kind not in "iu":
-        raise bad(f'input {PIXELS!r}: "data" must hold integers 0..255 only', "bad_data")
+        raise bad(f'input {PIXELS!r}: "data" must be a (nested) list of numbers 0..255', "bad_data") from None
+    kinds = "iuf" if datatype == "FP32" else "iu"
+    if array.dtype.kind not in kinds:
+        raise bad(f'input {PIXELS!r}: "data" must hold {"numbers" if datatype == "FP32" else "integers"} 0..255 only',
+                  "bad_data")
     if array.size != math.prod(shape):
         raise bad(f"input {PIXELS!r}: {array.size} values, the shape {shape} needs {math.prod(shape)}", "bad_shape")
+    if datatype == "FP32":
+        return _float_pixels(array.reshape(shape).astype(np.float32))
     if array.size and (array.min() < 0 or array.max() > 255):
         raise bad(f"input {PIXELS!r}: values must be within 0..255 (UINT8)", "bad_data")
     return array.reshape(shape).astype(np.uint8)

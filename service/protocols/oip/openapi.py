@@ -42,9 +42,14 @@ SCHEMAS = {
         "platform": {"type": "string"}, "inputs": {"type": "array", "items": {"$ref": REF.format(name="OIPTensor")}},
         "outputs": {"type": "array", "items": {"$ref": REF.format(name="OIPTensor")}}}},
     "OIPReady": {"type": "object", "properties": {"ready": {"type": "boolean"}, "name": {"type": "string"}}},
+    "OIPModelConfig": {"type": "object", "description": "Triton's model configuration (JSON form)", "properties": {
+        "name": {"type": "string"}, "platform": {"type": "string"}, "max_batch_size": {"type": "integer"},
+        "input": {"type": "array", "items": {"type": "object"}}, "output": {"type": "array", "items": {"type": "object"}},
+        "dynamic_batching": {"type": "object"}}},
 }
 NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
-        "description": "the served model name (GET /model 'name'; imgcls serve --model-name)"}
+        "description": "the served model name (GET /model 'name'; imgcls serve --model-name), or its "
+                       "single-input view NAME.image (BYTES) or NAME.pixels (UINT8/FP32 NCHW)"}
 VERSION_PARAM = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"},
                  "description": "the model version of the metadata's 'versions' (short sha256 of the ONNX file)"}
 
@@ -101,4 +106,6 @@ def add_paths(spec: dict[str, Any]) -> dict[str, Any]:
         paths[path] = _get("model metadata: inputs and outputs", "OIPModelMetadata", unknown, parameters)
         paths[path + "/ready"] = _get("model readiness", "OIPReady", {**unknown, **not_ready}, parameters)
         paths[path + "/infer"] = _infer(parameters)
+        paths[path + "/config"] = _get("model configuration (Triton's extension): inputs with format and dims, "
+                                       "max_batch_size, dynamic batching", "OIPModelConfig", unknown, parameters)
     return spec

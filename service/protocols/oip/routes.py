@@ -9,6 +9,10 @@ routes share the engine with ``/classify``: the same decode pool, limits and rea
 ``imgcls_oip_requests{route, model, outcome, reason}``. The model repository extension:
 ``POST /v2/repository/index`` lists every model with its state, ``POST /v2/repository/models/{name}/load``
 loads (or replaces) a model and answers once every worker serves it, ``.../unload`` removes it.
+Each model also answers as its single-input views ``{name}.image`` and ``{name}.pixels``
+(``imgcls.service.protocols.oip.views``), and Triton's model configuration extension
+``GET /v2/models/{name}[/versions/{version}]/config`` describes each (inputs with format and dims,
+``max_batch_size``, the dynamic batching in force).
 Errors are the protocol's ``{"error": "..."}`` with a 4xx status for bad input (404 unknown model or
 version, 400 bad tensor or a refused bundle, 413 over a limit), 503 only while warming up or
 overloaded. Every path under ``/v2`` answers that JSON, known or not: a wrong method is 405 (with
@@ -33,6 +37,7 @@ from imgcls.service.protocols.oip.messages import (
     EXTENSIONS, HEADER_LENGTH, InferRequest, ModelSpec, OIPError, decompress, json_length, parse_infer,
 )
 from imgcls.service.protocols.oip.response import encode_infer, error_document
+from imgcls.service.protocols.oip.views import ViewName, model_config, model_spec, parse_view, resolve
 from imgcls.service.protocols.classify.schemas import REASON_STATUS
 from imgcls.service.protocols.classify.uploads import RequestRejected, read_body
 
@@ -46,19 +51,12 @@ VERSION = "/v2/models/{name}/versions/{version}"
 REPOSITORY = "/v2/repository/models/{name}"
 FIXED_ROUTES = ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/repository/index")
 MODEL_ROUTES = (MODEL, VERSION, MODEL + "/ready", VERSION + "/ready", MODEL + "/infer", VERSION + "/infer",
-                REPOSITORY + "/load", REPOSITORY + "/unload")
+                MODEL + "/config", VERSION + "/config", REPOSITORY + "/load", REPOSITORY + "/unload")
 ENGINE_STATUS = {"unknown_model": 404, "bad_model_name": 400, "model_required": 400, "load_refused": 400,
                  "bad_top_k": 400, "not_ready": 503, "overloaded": 503, "sync_incomplete": 503}
 PARSE_IN_THREAD_BYTES = 256 * 1024  # bigger JSON parts (JSON pixels, many base64 images) are parsed off the event loop
 MAX_LISTED_FAILURES = 5
 Handler = Callable[[Request, Any], Awaitable[Response]]
-
-
-def model_spec(model: LoadedModel) -> ModelSpec:
-    predictor = model.predictor
-    return ModelSpec(name=model.name, version=predictor.model_version.rsplit("@", 1)[-1],
-                     crop_size=predictor.input_size, class_names=tuple(predictor.class_names),
-                     max_images=model.settings.max_images)
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
@@ -70,18 +68,22 @@ def oip_error(exc: EngineError) -> OIPError:
     return OIPError(ENGINE_STATUS.get(exc.reason, 500), exc.message, exc.reason)
 
 
-def _model(request: Request, service: Any) -> LoadedModel:
-    """The served model the path names (and its version, when the path names one)."""
-    name, version = request.path_params["name"], request.path_params.get("version")
+def served_model(service: Any, name: str, version: str | None) -> tuple[LoadedModel, ViewName]:
+    """The served model a name or view name refers to, checked against the version asked for (if any)."""
     try:
-        model = service.models.registry.resolve(name)
+        model, view = resolve(name, service.models.registry)
     except EngineError as exc:
         raise oip_error(exc) from None
     spec_version = model_spec(model).version
     if version is not None and version != spec_version:
-        raise OIPError(404, f"model {model.name!r} has no version {version[:80]!r} (it serves {spec_version!r})",
+        raise OIPError(404, f"model {view.name!r} has no version {version[:80]!r} (it serves {spec_version!r})",
                        "unknown_version")
-    return model
+    return model, view
+
+
+def _model(request: Request, service: Any) -> tuple[LoadedModel, ViewName]:
+    """The served model the path names (and its version, when the path names one)."""
+    return served_model(service, request.path_params["name"], request.path_params.get("version"))
 
 
 def _headers(model: LoadedModel) -> dict[str, str]:
@@ -103,18 +105,23 @@ async def ready(_: Request, service: Any) -> Response:
 
 
 async def model_metadata(request: Request, service: Any) -> Response:
-    model = _model(request, service)
-    return _json(200, model_spec(model).metadata(), _headers(model))
+    model, view = _model(request, service)
+    return _json(200, model_spec(model, view.view).metadata(), _headers(model))
+
+
+async def model_configuration(request: Request, service: Any) -> Response:
+    model, view = _model(request, service)
+    return _json(200, model_config(model, view.view), _headers(model))
 
 
 async def model_ready(request: Request, service: Any) -> Response:
-    model = _model(request, service)
+    model, view = _model(request, service)
     is_ready = bool(service.__is_ready__()) and model.warmed
-    return _json(200 if is_ready else 400, {"name": model.name, "ready": is_ready}, _headers(model))
+    return _json(200 if is_ready else 400, {"name": view.name, "ready": is_ready}, _headers(model))
 
 
 async def infer(request: Request, service: Any) -> Response:
-    _model(request, service)  # an unknown model or version: 404 before the body is read
+    _, view = _model(request, service)  # an unknown model or version: 404 before the body is read
     limit = service.models.registry.settings.max_body_bytes
     try:
         body = await read_body(request, limit)
@@ -123,15 +130,15 @@ async def infer(request: Request, service: Any) -> Response:
     if not service.warmed():
         raise OIPError(503, "the model is still warming up", "not_ready")
     try:
-        async with service.models.registry.use(request.path_params["name"]) as model:
-            return await _infer(request, body, model)
+        async with service.models.registry.use(view.model) as model:
+            return await _infer(request, body, model, view.view)
     except EngineError as exc:
         raise oip_error(exc) from None
 
 
-async def _infer(request: Request, body: bytes, model: LoadedModel) -> Response:
+async def _infer(request: Request, body: bytes, model: LoadedModel, view: str) -> Response:
     """Parse, decode, infer and encode on one model version (held by the caller until this returns)."""
-    spec = model_spec(model)
+    spec = model_spec(model, view)
     version = request.path_params.get("version")
     if version is not None and version != spec.version:  # replaced since the check above
         raise OIPError(404, f"model {model.name!r} no longer serves version {version[:80]!r} (now {spec.version!r})",
@@ -146,10 +153,8 @@ async def _infer(request: Request, body: bytes, model: LoadedModel) -> Response:
         parsed = await asyncio.get_running_loop().run_in_executor(model.predictor.decode_pool(), work)
     else:
         parsed = work()
-    pixels = await _pixels(model, parsed)
-    job = await model.infer(pixels)
-    model.record_classified(job.probabilities)
-    content, headers = encode_infer(parsed, spec, job.probabilities)
+    probabilities = await run_parsed(model, parsed)
+    content, headers = encode_infer(parsed, spec, probabilities)
     return Response(content, status_code=200, headers={**_headers(model), **headers})
 
 
@@ -173,6 +178,14 @@ async def repository_unload(request: Request, service: Any) -> Response:
     except EngineError as exc:
         raise oip_error(exc) from None
     return _json(200, {"name": info.name, "version": info.version, "state": "UNAVAILABLE"})
+
+
+async def run_parsed(model: LoadedModel, parsed: InferRequest) -> np.ndarray:
+    """Probabilities for a parsed request: its pixels, or its images decoded like ``/classify``'s."""
+    pixels = await _pixels(model, parsed)
+    job = await model.infer(pixels)
+    model.record_classified(job.probabilities)
+    return job.probabilities
 
 
 def _parse(body: bytes, encoding: str | None, header_length: str | None, spec: ModelSpec, limit: int) -> InferRequest:
@@ -234,8 +247,7 @@ def _endpoint(template: str, handler: Handler, method: str | None,
             headers = {"Retry-After": "1"} if exc.status == 503 else headers
             response = _json(exc.status, error_document(exc.message), headers)
         if service is not None:
-            named = request.path_params.get("name", "")
-            model = named if named in service.models.registry.names() else ""  # bounded: served names only
+            model = metric_model(service, request.path_params.get("name", ""))
             service.metrics.oip_requests.labels(route=template, model=model, outcome=outcome, reason=reason).inc()
         return response
 
@@ -243,9 +255,16 @@ def _endpoint(template: str, handler: Handler, method: str | None,
     return endpoint
 
 
+def metric_model(service: Any, name: str) -> str:
+    """The served model a name or view name refers to, else "" (bounded: served names only)."""
+    model = parse_view(name, service.models.registry).model
+    return model if model in service.models.registry.names() else ""
+
+
 async def unknown_path(request: Request, _: Any) -> Response:
     raise OIPError(404, f"no such path {request.url.path[:120]!r}: the Open Inference Protocol routes are /v2, "
-                        "/v2/health/{live,ready}, /v2/models/{name}[/versions/{version}][/ready|/infer], /v2/repository/index "
+                        "/v2/health/{live,ready}, /v2/models/{name}[/versions/{version}][/ready|/infer|/config], "
+                        "/v2/repository/index "
                         "and /v2/repository/models/{name}/load|unload",
                    "unknown_path")
 
@@ -256,6 +275,7 @@ def build_routes(current: Callable[[], Any]) -> list[Route]:
         ("/v2", server_metadata, "GET"), ("/v2/health/live", live, "GET"), ("/v2/health/ready", ready, "GET"),
         (MODEL, model_metadata, "GET"), (VERSION, model_metadata, "GET"),
         (MODEL + "/ready", model_ready, "GET"), (VERSION + "/ready", model_ready, "GET"),
+        (MODEL + "/config", model_configuration, "GET"), (VERSION + "/config", model_configuration, "GET"),
         (MODEL + "/infer", infer, "POST"), (VERSION + "/infer", infer, "POST"),
         ("/v2/repository/index", repository_index, "POST"),
         (REPOSITORY + "/load", repository_load, "POST"), (REPOSITORY + "/unload", repository_unload, "POST"),
