@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 BOOTSTRAP_PYTHON ?= python3
 STAMP := $(VENV)/.imgcls-installed
-EXTRAS ?= train,serve-cpu,dev,ray
+EXTRAS ?= train,serve-cpu,dev,ray,docs
 
 .PHONY: venv system-tools test test-fast demo stock-demo bench bench-peers soak clean
 
