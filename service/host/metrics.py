@@ -114,6 +114,7 @@ class ServiceMetrics:
         for reason in getattr(self, "_reasons", ()):
             self.requests.labels(model=name, outcome="rejected", reason=reason)
         self.images.labels(model=name, outcome="classified", reason="none")
+        self.queue_images.labels(model=name).set(0)
         for label in class_names:
             self.predictions.labels(model=name, label=label)
 
