@@ -134,8 +134,8 @@ def section(result: dict[str, Any] | None) -> list[str]:
     return [
         "## Peers (item 17): Triton (PyTriton), LitServe, mosec and imgcls, same model and JPEGs",
         "",
-        f"`make bench-peers` (`python -m benchmarks.peers`), {result.get('seconds', 0) / 60:.1f} min, one run, "
-        f"on {result['machine'].get('cpu', '?')} ({result['machine'].get('cores_usable', '?')} usable cores"
+        f"`make bench-peers` (`python -m benchmarks.peers`), {result.get('seconds', 0) / 60:.1f} min, one run "
+        f"on {result['machine'].get('date', '?')}, on {result['machine'].get('cpu', '?')} ({result['machine'].get('cores_usable', '?')} usable cores"
         f"{', AVX2' if result['machine'].get('avx2') else ''}{', AVX-512' if result['machine'].get('avx512f') else ''}"
         f"{', VNNI' if result['machine'].get('vnni') else ''}){_load(result)}: "
         "figures move by about ±10 % between rounds, and only the ratios of this one run mean anything. Every server decodes with our "

@@ -6,6 +6,7 @@ other helpers own (items 3, 4, 5, 8) the adapters below read their own keys.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Callable, Iterable
 
 from benchmarks import peers_report
@@ -35,10 +36,15 @@ def predictor_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def bundle_arch(bundle: str) -> str:
-    """The architecture of a bundle path (from its card), else the string as given."""
+    """The architecture of a bundle path: from the folder name benchmarks.fixtures gives it
+    (``speed-ARCH[-int8][-fp16]/bundle``), so the table renders the same on a machine without the
+    bundles (docs/benchmarks.md is checked against it); else from its card, else the string as given."""
     import json
     from pathlib import Path
 
+    match = re.search(r"speed-([A-Za-z0-9_]+?)(?:-int8)?(?:-fp16)?/bundle/?$", bundle)
+    if match:
+        return match.group(1)
     try:
         return str(json.loads((Path(bundle) / "card.json").read_text())["arch"])
     except (OSError, ValueError, KeyError):
