@@ -19,7 +19,8 @@ setup(
     package_dir={"imgcls": "imgcls", **STAGES},
     packages=["imgcls", *(f"{name}.{sub}" if sub else name
                           for name, folder in STAGES.items() for sub in ["", *find_packages(folder)])],
-    # the pages' static files (HTML, JS, CSS) of whichever serving package holds them
-    package_data={"": ["static/*"]},
+    # the pages' static files (HTML, JS, CSS) of whichever serving package holds them; the gRPC protocol's
+    # .proto files and their licence beside the message modules generated from them
+    package_data={"": ["static/*"], "imgcls.service.protocols.oip_grpc": ["proto/*"]},
     options={"build": {"build_base": BUILD.name}},
 )

@@ -158,6 +158,11 @@ class ImageClassifier:
         drain.install()
         self._balance_connections(uvicorn_server)
         _CURRENT["service"] = self
+        self._grpc: dict[str, Any] = {}
+        if CONFIG.grpc_port:  # the Open Inference Protocol over gRPC on this worker's loop (imgcls.service.host.grpc_server)
+            from imgcls.service.host import grpc_server
+
+            self._grpc = grpc_server.start_in_background(CONFIG, lambda: _CURRENT.get("service"), _BACKGROUND)
 
     @staticmethod
     def _balancing() -> bool:
@@ -216,6 +221,10 @@ class ImageClassifier:
     def shutdown(self) -> None:
         if self._marker is not None:
             self._marker.unlink(missing_ok=True)
+        if self._grpc:
+            from imgcls.service.host import grpc_server
+
+            grpc_server.stop(self._grpc, CONFIG.grace)
         self.models.close()
 
     @bentoml.api(route="/classify", input_spec=ClassifyInput, output_spec=ClassifyResponse)

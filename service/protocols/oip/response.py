@@ -27,7 +27,7 @@ def serialize_bytes(items: list[str]) -> bytes:
     return b"".join(struct.pack("<I", len(item)) + item for item in encoded)
 
 
-def _output(request: RequestedOutput, probabilities: np.ndarray,
+def encode_output(request: RequestedOutput, probabilities: np.ndarray,
             class_names: tuple[str, ...]) -> tuple[dict[str, Any], bytes | None]:
     if request.classification:
         rows = classification_strings(probabilities, request.classification, class_names)
@@ -51,7 +51,7 @@ def encode_infer(request: InferRequest, model: ModelSpec, probabilities: np.ndar
     """The response body and headers: JSON only, or a JSON header followed by the binary outputs."""
     outputs, chunks = [], []
     for requested in request.outputs:
-        tensor, raw = _output(requested, probabilities, model.class_names)
+        tensor, raw = encode_output(requested, probabilities, model.class_names)
         outputs.append(tensor)
         if raw is not None:
             chunks.append(raw)

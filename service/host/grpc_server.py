@@ -1,0 +1,87 @@
+"""The Open Inference Protocol over gRPC in each worker process (``imgcls serve --grpc-port PORT``).
+
+Every BentoML worker runs a ``grpc.aio`` server on its own event loop (the loop uvicorn serves HTTP
+on), so a gRPC request reaches the same registry of models, decode pool, micro-batcher, limits and
+metrics as ``/v2`` does. The workers listen on one port: gRPC sets ``SO_REUSEPORT`` on Linux and the
+kernel spreads new connections over them (a connection stays on its worker). A message larger than
+``--max-body-bytes`` is refused by gRPC itself (RESOURCE_EXHAUSTED). With API keys, every method but
+the health ones (per ``--public-routes``) needs the metadata ``authorization: Bearer <key>``.
+On shutdown the server stops taking calls and gives running ones ``--grace`` seconds.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable, Sequence
+
+import grpc
+
+from imgcls.service.host.auth import is_public, key_matches, public_groups, read_keys
+from imgcls.service.host.config import ServiceConfig
+from imgcls.service.protocols.oip_grpc.servicer import handlers, route_path
+
+log = logging.getLogger(__name__)
+
+
+def authorizer(config: ServiceConfig) -> Callable[[str, Sequence[tuple[str, Any]]], bool]:
+    """The API key check of a gRPC method (``authorization`` metadata), as the HTTP middleware checks a path."""
+    keys = read_keys(config.api_keys_file) if config.api_keys_file else ()
+    public = public_groups(config.public_routes)
+
+    def authorize(method: str, metadata: Sequence[tuple[str, Any]]) -> bool:
+        if not keys or is_public(route_path(method), public):
+            return True
+        header = next((value for key, value in metadata if key == "authorization"), "")
+        header = header.encode() if isinstance(header, str) else bytes(header)
+        scheme, _, candidate = header.partition(b" ")
+        return scheme.lower() == b"bearer" and bool(candidate.strip()) and key_matches(candidate.strip(), keys)
+
+    return authorize
+
+
+def address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def serve(config: ServiceConfig, current: Callable[[], Any]) -> grpc.aio.Server:
+    """Start this worker's gRPC server on ``config.grpc_host:config.grpc_port`` (shared with the other workers)."""
+    server = grpc.aio.server(options=[
+        ("grpc.so_reuseport", 1),
+        ("grpc.max_receive_message_length", config.max_body_bytes),
+        ("grpc.max_send_message_length", -1),
+    ])
+    server.add_generic_rpc_handlers((handlers(current, authorizer(config)),))
+    where = address(config.grpc_host, config.grpc_port)
+    server.add_insecure_port(where)  # raises RuntimeError when the address cannot be bound
+    await server.start()
+    log.info("Open Inference Protocol over gRPC on %s", where)
+    return server
+
+
+def start_in_background(config: ServiceConfig, current: Callable[[], Any], keep: set) -> dict[str, Any]:
+    """Start the server on the running loop; returns a holder whose "server" is set once it listens."""
+    holder: dict[str, Any] = {}
+
+    async def run() -> None:
+        try:
+            holder["server"] = await serve(config, current)
+        except Exception:
+            log.exception("the gRPC server could not start on %s", address(config.grpc_host, config.grpc_port))
+
+    task = asyncio.get_running_loop().create_task(run())
+    keep.add(task)
+    task.add_done_callback(keep.discard)
+    return holder
+
+
+def stop(holder: dict[str, Any], grace: float) -> None:
+    """Stop taking calls; running ones get ``grace`` seconds (scheduled on the loop when it still runs)."""
+    server = holder.get("server")
+    if server is None:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    task = loop.create_task(server.stop(grace))
+    holder["stopping"] = task
