@@ -1,7 +1,7 @@
 """``imgcls demo``: the whole pipeline on the bundled example data, each stage in its own process.
 
 digits -> train (efficientnet_lite0, ImageNet weights, head strategy) -> export (+ INT8) ->
-score the validation split -> serve over HTTP (with the INT8 variant when it passed its gate) -> classify held-out images -> stop the server.
+score the validation split -> serve over HTTP (``--precision auto``: the INT8 variant only when it passed its gate and runs faster than fp32 on this CPU) -> classify held-out images -> stop the server.
 Every stage is the same command a user would type; this module only strings them together.
 """
 from __future__ import annotations
@@ -119,13 +119,14 @@ def run_demo(config: DemoConfig) -> None:
     if config.int8 and status == EXPORT_VARIANT_REFUSED:
         log.warning("the demo goes on with the fp32 model (the INT8 variant was refused, see above)")
     elif config.int8:
-        log.info("the INT8 variant passed its gate: the demo scores and serves model.int8.onnx")
+        log.info("the INT8 variant passed its gate: the demo scores model.int8.onnx; imgcls serve --precision auto "
+                 "serves it only where it runs faster than fp32 on this CPU (its log line says which and why)")
     scores = run_dir / "val_scores.csv"
     run_stage(
         "score", str(bundle), str(write_val_list(run_dir)), "--out", str(scores), "--labels", "imagefolder",
         "--precision", precision, "--overwrite",
     )
-    serve_and_classify(config, bundle, held_out_images(run_dir, config.held_out), precision)
+    serve_and_classify(config, bundle, held_out_images(run_dir, config.held_out), "auto")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
@@ -27,7 +28,8 @@ from imgcls.models.core import bundle as bundle_checks
 from imgcls.models.core.bundle import BundleError
 from imgcls.service.prefetch import decoded_batches, stack_decoded
 from imgcls.service.prediction import Prediction, top_k_indices
-from imgcls.service.runtime import CUDA, DeviceError, RuntimeConfig, available_cpus, create_session
+from imgcls.service.precision import AUTO, choose
+from imgcls.service.runtime import CUDA, DeviceError, RuntimeConfig, available_cpus, create_session, wants_cuda
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ class Predictor:
     ) -> "Predictor":
         """Open ``bundle_dir`` or raise ``BundleError`` (bundle) / ``DeviceError`` (provider).
 
+        ``precision``: fp32, int8, fp16 or ``auto`` (``imgcls.service.precision.choose``: the fastest
+        variant that passed its gate on this device and CPU kind; one log line says which and why);
         ``threads``: ONNX Runtime intra-op threads (default: usable CPUs / ``workers``);
         ``decode_threads``: the pool ``predict`` decodes in; ``runtime``, when given, replaces
         ``device``/``threads``/``workers`` (CUDA options, thread spinning).
@@ -82,12 +86,22 @@ class Predictor:
         bundle_dir = Path(bundle_dir)
         runtime = runtime or RuntimeConfig(device=device, threads=threads, workers=workers)
         card = bundle_checks.load_card(bundle_dir)
+        requested = precision
+        choice = choose(bundle_dir, card, requested, runtime, on_gpu=wants_cuda(runtime))
+        level = logging.WARNING if choice.warn else logging.INFO if requested in (AUTO, "int8") else logging.DEBUG
+        log.log(level, "%s: %s", bundle_dir, choice.reason)
+        precision = choice.precision
         path = bundle_checks.model_file(bundle_dir, card, precision)
         digest = bundle_checks.verify_sha256(card, path)
         session, provider = bundle_checks.open_session(path, lambda p: create_session(p, runtime))
         bundle_checks.check_embedded_card(session, card, path)
         input_name, output_name = bundle_checks.check_signature(session, card, path)
         log.info("loaded %s (%s, %d classes) on %s", path, precision, card.num_classes, provider)
+        if requested == AUTO and precision == "fp16" and provider != CUDA:
+            log.warning("%s: ONNX Runtime runs on %s, not the GPU: choosing the precision again for the CPU",
+                        bundle_dir, provider)
+            return cls.load(bundle_dir, precision=AUTO, runtime=replace(runtime, device="cpu"), max_bytes=max_bytes,
+                            max_pixels=max_pixels, decode_threads=decode_threads)
         return cls(
             card=card, session=session, provider=provider, precision=precision, model_path=path,
             model_version=bundle_checks.model_version(bundle_dir, digest), input_name=input_name,

@@ -196,15 +196,19 @@ def _preload_cuda_libraries() -> None:
         log.debug("onnxruntime.preload_dlls() failed: %s", exc)
 
 
+def wants_cuda(config: RuntimeConfig) -> bool:
+    """Whether a session for ``config`` asks for the CUDA provider first (``cuda``, or ``auto`` with a GPU build)."""
+    return config.device == "cuda" or (config.device == "auto" and cuda_in_build())
+
+
 def _providers_for(config: RuntimeConfig) -> list[Any]:
-    wants_cuda = config.device == "cuda" or (config.device == "auto" and cuda_in_build())
     if config.device == "cuda" and not cuda_in_build():
         raise DeviceError(
             "device 'cuda' requested but this onnxruntime build has no CUDAExecutionProvider "
             f"(available: {ort.get_available_providers()}); install the serve-gpu extra "
             "(onnxruntime-gpu) in its own environment, or use --device cpu"
         )
-    if wants_cuda:
+    if wants_cuda(config):
         _preload_cuda_libraries()
         return [(CUDA, config.cuda_options()), CPU]
     return [CPU]

@@ -17,7 +17,7 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 @dataclass(frozen=True)
 class EngineSettings:
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"  # imgcls.service.precision: auto | fp32 | int8 | fp16
     workers: int = 1  # worker processes sharing the CPUs (threads per worker derive from it)
     threads: int = 0  # ONNX Runtime intra-op threads; 0 = the CPUs we may use / workers
     decode_threads: int = 2

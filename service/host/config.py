@@ -16,7 +16,7 @@ from imgcls.service.engine.types import BadParameter
 
 PREFIX = "IMGCLS_"
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "int8", "fp16")
+PRECISIONS = ("auto", "fp32", "int8", "fp16")
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class ServiceConfig:
     model_name: str = ""  # with one bundle: the name it is served as; default: the bundle directory name
     poll_s: float = 0.0  # > 0: rescan the model repositories every poll_s seconds (new versions, new models)
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | int8 | fp16 (the bundle must contain that file)
+    precision: str = "auto"  # auto (imgcls.service.precision) | fp32 | int8 | fp16 (the bundle must contain that file)
     workers: int = 0  # BentoML worker processes; 0 = auto: one per CPU we may use (cgroup quota, affinity), 1 on a GPU
     threads: int = 0  # ONNX Runtime intra-op threads per worker; 0 = the CPUs we may use / workers
     decode_threads: int = 2  # threads per worker decoding and resizing uploads
@@ -46,8 +46,6 @@ class ServiceConfig:
     grace: float = 8.0  # after SIGTERM: seconds to answer accepted requests (fits docker stop's 10 s)
     state_dir: str = ""  # shared by the workers of one server: readiness markers
     api_keys_file: str = ""  # one API key per line: then inference and repository routes need Authorization: Bearer
-    grpc_port: int = 0  # > 0: the Open Inference Protocol over gRPC on this port too (every worker; 0 = off)
-    grpc_host: str = "127.0.0.1"  # the address the gRPC server listens on (imgcls serve: --host)
     public_routes: str = "health,metrics,ui"  # with API keys: the route groups that need none (health, metrics, ui)
     warmup_delay_s: float = 0.0  # test knob: sleep before the warm-up (to observe /readyz 503)
 
@@ -73,7 +71,7 @@ class ServiceConfig:
 
         public_groups(self.public_routes)  # ConfigError naming an unknown group
         for name in ("workers", "threads", "max_batch_size", "batch_wait_ms", "max_concurrency", "warmup_delay_s",
-                     "poll_s", "grpc_port"):
+                     "poll_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{setting_name(name)} must be >= 0, got {getattr(self, name)}")
 
@@ -120,7 +118,7 @@ def env_name(field_name: str) -> str:
 
 def setting_name(field_name: str) -> str:
     """How messages name a setting: its ``imgcls serve`` flag and its environment variable."""
-    if field_name in ("state_dir", "warmup_delay_s", "bundle", "grpc_host"):
+    if field_name in ("state_dir", "warmup_delay_s", "bundle"):
         return env_name(field_name)
     return f"--{field_name.replace('_', '-')} / {env_name(field_name)}"
 

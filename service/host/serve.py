@@ -1,4 +1,4 @@
-"""``imgcls serve BUNDLE...``: start the BentoML HTTP service for bundles or model repositories.
+"""``imgcls serve BUNDLE``: start the BentoML HTTP service for a bundle.
 
 A thin wrapper: the flags become ``IMGCLS_*`` environment variables (``imgcls.service.host.config``) and
 ``bentoml serve imgcls.service.host.service:ImageClassifier`` runs as a child process. SIGTERM/SIGINT are
@@ -42,11 +42,13 @@ FLAG_FIELDS = {  # flag -> ServiceConfig field (help text comes from the field c
     "max_queue_images": "max_queue_images", "max_body_bytes": "max_body_bytes", "max_images": "max_images",
     "max_image_bytes": "max_image_bytes", "max_pixels": "max_pixels", "default_top_k": "default_top_k",
     "timeout": "timeout", "max_concurrency": "max_concurrency", "model_name": "model_name", "grace": "grace",
-    "poll_s": "poll_s", "api_keys_file": "api_keys_file", "public_routes": "public_routes", "grpc_port": "grpc_port",
+    "poll_s": "poll_s", "api_keys_file": "api_keys_file", "public_routes": "public_routes",
 }
 FLAG_HELP = {  # what each flag does; the variable and default are appended
     "device": "auto: CUDA when the CUDAExecutionProvider is usable, else CPU; cuda without it is an error",
-    "precision": "which model file of the bundle to serve (the bundle must contain it)",
+    "precision": "which model file of the bundle to serve: auto picks the fastest variant that passed its "
+                 "gate here (fp16 on a GPU; INT8 on a CPU only where it runs faster than fp32 on this "
+                 "CPU kind) and logs why; fp32, int8, fp16: that file (the bundle must contain it)",
     "workers": "server processes, each with its own model copy; 0 = auto: one per usable CPU (cgroup quota, "
                "affinity), one on a GPU; 1 = lowest memory and single-request latency",
     "threads": "ONNX Runtime intra-op threads per worker; 0 = auto (usable CPUs / workers)",
@@ -72,8 +74,6 @@ FLAG_HELP = {  # what each flag does; the variable and default are appended
                      "need Authorization: Bearer <key> (401 otherwise); empty = no keys",
     "public_routes": "with API keys, the route groups open without a key, comma-separated: health (/livez, "
                      "/readyz, /v2/health), metrics (/metrics), ui (/ui and the API docs)",
-    "grpc_port": "also serve the Open Inference Protocol over gRPC (inference.GRPCInferenceService, tritonclient.grpc) "
-                 "on this TCP port, same address as --host, every worker; 0 = off",
     "grace": "after SIGTERM, seconds to answer the requests already accepted (fits docker stop's 10 s)",
 }
 
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, field_name in FLAG_FIELDS.items():
         spec = kinds[field_name]
         kind = {"int": int, "float": float}.get(str(spec.type), str)
-        choices = {"device": ("auto", "cpu", "cuda"), "precision": ("fp32", "int8", "fp16")}.get(flag)
+        choices = {"device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "int8", "fp16")}.get(flag)
         parser.add_argument("--" + flag.replace("_", "-"), dest=field_name, type=kind, choices=choices,
                             default=None, help=f"{FLAG_HELP[flag]}; ${env_name(field_name)} (default {spec.default})")
     parser.add_argument("--access-log", dest="access_log", action="store_true", default=None,
@@ -199,9 +199,6 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("serving on %s without API keys: anyone who can reach this address can classify and load "
                     "models (--api-keys-file FILE)", args.host)
     problem, found = port_problem(args.host, args.port), []
-    if not problem and config.grpc_port:
-        problem = ("--grpc-port must differ from --port" if config.grpc_port == args.port
-                   else port_problem(args.host, config.grpc_port))
     if not problem:
         problem, found = check_sources(config)
     provider = ""
@@ -210,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         log.error("%s", problem)
         return 2
-    config = dataclasses.replace(config.with_workers_resolved(on_gpu=provider == CUDA), grpc_host=args.host)
+    config = config.with_workers_resolved(on_gpu=provider == CUDA)
     env = {**os.environ, **config.to_env()}  # supervise adds the state directory
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")  # else BentoML posts usage data before it starts the workers
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APP_ROOT), env.get("PYTHONPATH")]))
@@ -218,9 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                "--working-dir", str(APP_ROOT), "--timeout-graceful-shutdown", str(max(1, round(config.grace)))]
     spans = "on" if tracing.spans_wanted(config.access_log, env) else "off (no tracing configured, no access log)"
     names = ", ".join(model.name for model in found)
-    log.info("serving %s on http://%s:%d%s (%d worker(s), %s, %s; OpenTelemetry spans %s)", names, args.host,
-             args.port, f" and gRPC {args.host}:{config.grpc_port}" if config.grpc_port else "", config.workers,
-             config.device, config.precision, spans)
+    log.info("serving %s on http://%s:%d (%d worker(s), %s, %s; OpenTelemetry spans %s)", names, args.host,
+             args.port, config.workers, config.device, config.precision, spans)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     # the checks above loaded ONNX Runtime and NumPy: a lean process supervises the server instead
