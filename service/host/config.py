@@ -46,6 +46,8 @@ class ServiceConfig:
     grace: float = 8.0  # after SIGTERM: seconds to answer accepted requests (fits docker stop's 10 s)
     state_dir: str = ""  # shared by the workers of one server: readiness markers
     api_keys_file: str = ""  # one API key per line: then inference and repository routes need Authorization: Bearer
+    grpc_port: int = 0  # > 0: the Open Inference Protocol over gRPC on this port too (every worker; 0 = off)
+    grpc_host: str = "127.0.0.1"  # the address the gRPC server listens on (imgcls serve: --host)
     public_routes: str = "health,metrics,ui"  # with API keys: the route groups that need none (health, metrics, ui)
     warmup_delay_s: float = 0.0  # test knob: sleep before the warm-up (to observe /readyz 503)
 
@@ -71,7 +73,7 @@ class ServiceConfig:
 
         public_groups(self.public_routes)  # ConfigError naming an unknown group
         for name in ("workers", "threads", "max_batch_size", "batch_wait_ms", "max_concurrency", "warmup_delay_s",
-                     "poll_s"):
+                     "poll_s", "grpc_port"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{setting_name(name)} must be >= 0, got {getattr(self, name)}")
 
@@ -118,7 +120,7 @@ def env_name(field_name: str) -> str:
 
 def setting_name(field_name: str) -> str:
     """How messages name a setting: its ``imgcls serve`` flag and its environment variable."""
-    if field_name in ("state_dir", "warmup_delay_s", "bundle"):
+    if field_name in ("state_dir", "warmup_delay_s", "bundle", "grpc_host"):
         return env_name(field_name)
     return f"--{field_name.replace('_', '-')} / {env_name(field_name)}"
 

@@ -1,4 +1,4 @@
-"""``imgcls serve BUNDLE``: start the BentoML HTTP service for a bundle.
+"""``imgcls serve BUNDLE...``: start the BentoML HTTP service for bundles or model repositories.
 
 A thin wrapper: the flags become ``IMGCLS_*`` environment variables (``imgcls.service.host.config``) and
 ``bentoml serve imgcls.service.host.service:ImageClassifier`` runs as a child process. SIGTERM/SIGINT are
@@ -42,7 +42,7 @@ FLAG_FIELDS = {  # flag -> ServiceConfig field (help text comes from the field c
     "max_queue_images": "max_queue_images", "max_body_bytes": "max_body_bytes", "max_images": "max_images",
     "max_image_bytes": "max_image_bytes", "max_pixels": "max_pixels", "default_top_k": "default_top_k",
     "timeout": "timeout", "max_concurrency": "max_concurrency", "model_name": "model_name", "grace": "grace",
-    "poll_s": "poll_s", "api_keys_file": "api_keys_file", "public_routes": "public_routes",
+    "poll_s": "poll_s", "api_keys_file": "api_keys_file", "public_routes": "public_routes", "grpc_port": "grpc_port",
 }
 FLAG_HELP = {  # what each flag does; the variable and default are appended
     "device": "auto: CUDA when the CUDAExecutionProvider is usable, else CPU; cuda without it is an error",
@@ -74,6 +74,8 @@ FLAG_HELP = {  # what each flag does; the variable and default are appended
                      "need Authorization: Bearer <key> (401 otherwise); empty = no keys",
     "public_routes": "with API keys, the route groups open without a key, comma-separated: health (/livez, "
                      "/readyz, /v2/health), metrics (/metrics), ui (/ui and the API docs)",
+    "grpc_port": "also serve the Open Inference Protocol over gRPC (inference.GRPCInferenceService, tritonclient.grpc) "
+                 "on this TCP port, same address as --host, every worker; 0 = off",
     "grace": "after SIGTERM, seconds to answer the requests already accepted (fits docker stop's 10 s)",
 }
 
@@ -199,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("serving on %s without API keys: anyone who can reach this address can classify and load "
                     "models (--api-keys-file FILE)", args.host)
     problem, found = port_problem(args.host, args.port), []
+    if not problem and config.grpc_port:
+        problem = ("--grpc-port must differ from --port" if config.grpc_port == args.port
+                   else port_problem(args.host, config.grpc_port))
     if not problem:
         problem, found = check_sources(config)
     provider = ""
@@ -207,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         log.error("%s", problem)
         return 2
-    config = config.with_workers_resolved(on_gpu=provider == CUDA)
+    config = dataclasses.replace(config.with_workers_resolved(on_gpu=provider == CUDA), grpc_host=args.host)
     env = {**os.environ, **config.to_env()}  # supervise adds the state directory
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")  # else BentoML posts usage data before it starts the workers
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APP_ROOT), env.get("PYTHONPATH")]))
@@ -215,8 +220,9 @@ def main(argv: list[str] | None = None) -> int:
                "--working-dir", str(APP_ROOT), "--timeout-graceful-shutdown", str(max(1, round(config.grace)))]
     spans = "on" if tracing.spans_wanted(config.access_log, env) else "off (no tracing configured, no access log)"
     names = ", ".join(model.name for model in found)
-    log.info("serving %s on http://%s:%d (%d worker(s), %s, %s; OpenTelemetry spans %s)", names, args.host,
-             args.port, config.workers, config.device, config.precision, spans)
+    log.info("serving %s on http://%s:%d%s (%d worker(s), %s, %s; OpenTelemetry spans %s)", names, args.host,
+             args.port, f" and gRPC {args.host}:{config.grpc_port}" if config.grpc_port else "", config.workers,
+             config.device, config.precision, spans)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     # the checks above loaded ONNX Runtime and NumPy: a lean process supervises the server instead
