@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from imgcls.export.config import INPUT_NAME, OUTPUT_NAME, ExportConfig
 from imgcls.export.errors import QuantizationRefused
-from imgcls.export.images import images_sha256, load_pixels
+from imgcls.export.images import LabelledPixels, images_sha256, load_pixels
 from imgcls.export.validate import run_batches, session
 from imgcls.models.core.card import ModelCard
 from imgcls.models.core.dataset import SplitListing
@@ -36,17 +37,39 @@ def throughput(sessions: dict[str, Any], pixels: np.ndarray, batch: int) -> dict
     return {name: batch * runs[name] / elapsed[name] for name in sessions}
 
 
-def precision_gate(fp32_path: Path, other_path: Path, split: SplitListing, card: ModelCard,
-                   config: ExportConfig, precision: str = "int8") -> dict[str, Any]:
-    """Accuracy, agreement, size and speed of ``other_path`` vs fp32 on the validation split.
+@dataclass(frozen=True)
+class GateReference:
+    """What every gate of one export shares: the validation pixels, the fp32 session and its predictions.
 
-    Raises ``QuantizationRefused`` when top-1 accuracy drops more than ``config.max_accuracy_drop`` points.
-    """
+    Built once per export (``gate_reference``), so a ladder of rungs evaluates fp32 once."""
+
+    val: LabelledPixels
+    fp32: Any  # onnxruntime.InferenceSession
+    fp32_preds: np.ndarray
+
+
+def gate_reference(fp32_path: Path, split: SplitListing, card: ModelCard, config: ExportConfig,
+                   precision: str = "int8") -> GateReference:
     val = load_pixels(split, split.val, card.preprocess, config.gate_images)
     if len(val.labels) == 0:
         raise QuantizationRefused(f"the validation split has no readable images to gate {precision} on", {})
-    sessions = {"fp32": session(fp32_path), precision: session(other_path)}
-    preds = {name: run_batches(s, val.pixels, config.benchmark_batch).argmax(1) for name, s in sessions.items()}
+    fp32 = session(fp32_path)
+    return GateReference(val, fp32, run_batches(fp32, val.pixels, config.benchmark_batch).argmax(1))
+
+
+def precision_gate(fp32_path: Path, other_path: Path, split: SplitListing, card: ModelCard,
+                   config: ExportConfig, precision: str = "int8",
+                   reference: GateReference | None = None) -> dict[str, Any]:
+    """Accuracy, agreement, size and speed of ``other_path`` vs fp32 on the validation split.
+
+    ``reference``: the fp32 side, computed once per export (default: computed here).
+    Raises ``QuantizationRefused`` when top-1 accuracy drops more than ``config.max_accuracy_drop`` points.
+    """
+    reference = reference or gate_reference(fp32_path, split, card, config, precision)
+    val = reference.val
+    sessions = {"fp32": reference.fp32, precision: session(other_path)}
+    preds = {"fp32": reference.fp32_preds,
+             precision: run_batches(sessions[precision], val.pixels, config.benchmark_batch).argmax(1)}
     accuracy = {name: float(np.mean(p == val.labels)) for name, p in preds.items()}
     speed = throughput(sessions, val.pixels, config.benchmark_batch)
     sizes = {"fp32": fp32_path.stat().st_size, precision: other_path.stat().st_size}

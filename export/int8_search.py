@@ -31,11 +31,11 @@ import numpy as np
 from imgcls.export.config import FP32_FILENAME, INT8_FILENAME, ExportConfig
 from imgcls.export.cpu import cpu_features, local_target
 from imgcls.export.errors import QuantizationRefused
-from imgcls.export.gate import precision_gate
+from imgcls.export.gate import GateReference, gate_reference, precision_gate
 from imgcls.export.images import held_out, image_set, load_pixels
 from imgcls.export.speed import format_of, speed_record
-from imgcls.export.quantize import (DYNAMIC_MATMUL_ARCHS, Recipe, calibration_images, prepare, quantize_prepared,
-                                    recipe_for)
+from imgcls.export.quantize import (DYNAMIC_MATMUL_ARCHS, Recipe, calibration_images, fast_recipe_for, prepare,
+                                    quantize_prepared, recipe_for)
 from imgcls.export.validate import check_graph
 from imgcls.models.core.card import ModelCard
 from imgcls.models.core.dataset import SplitListing
@@ -50,11 +50,12 @@ def resolve_target(config: ExportConfig) -> str:
 
 
 def _attempt(method: str, candidate: Path, fp32: Path, split: SplitListing, card: ModelCard,
-             config: ExportConfig, settings: dict[str, Any]) -> dict[str, Any]:
-    """Gate one candidate file; the attempt record (``passed`` True/False)."""
+             config: ExportConfig, settings: dict[str, Any],
+             reference: Callable[[], GateReference]) -> dict[str, Any]:
+    """Gate one candidate file against the export's one fp32 evaluation; the attempt record."""
     check_graph(candidate, card, config.opset)
     try:
-        figures = precision_gate(fp32, candidate, split, card, config, "int8")
+        figures = precision_gate(fp32, candidate, split, card, config, "int8", reference())
         attempt = {"method": method, "passed": True, "gate": figures}
     except QuantizationRefused as refusal:
         attempt = {"method": method, "passed": False, "reason": str(refusal), "gate": refusal.figures}
@@ -99,6 +100,7 @@ class Ladder:
         self.target = resolve_target(config)
         self.attempts: list[dict[str, Any]] = []
         self.skipped: list[dict[str, str]] = []
+        self._reference: GateReference | None = None
         prepare(self.fp32, self.prepared)
         self.calibration: dict[str, Any] = {}
         if card.arch in DYNAMIC_MATMUL_ARCHS:  # dynamic quantization needs no calibration images
@@ -122,47 +124,63 @@ class Ladder:
         (log.warning if warn else log.info)("int8 %s: skipped: %s", method, reason)
         self.skipped.append({"method": method, "reason": reason})
 
+    def reference(self) -> GateReference:
+        """The fp32 side of every gate: validation pixels and fp32 predictions, computed once."""
+        if self._reference is None:
+            self._reference = gate_reference(self.fp32, self.split, self.card, self.config)
+        return self._reference
+
     def gate(self, method: str, path: Path, settings: dict[str, Any]) -> bool:
-        attempt = _attempt(method, path, self.fp32, self.split, self.card, self.config, settings)
+        attempt = _attempt(method, path, self.fp32, self.split, self.card, self.config, settings, self.reference)
         self.attempts.append(attempt)
         return attempt["passed"]
 
-    def ptq(self) -> Path | None:
-        recipe = recipe_for(self.target, self.card.arch, self.config.calibration_method, self.config.exclude_nodes)
-        path, settings = self.quantized(recipe, "ptq.onnx")
-        self.base_recipe, self.base_path = recipe, path
-        return path if self.gate("ptq", path, settings) else None
+    def ptq(self, recipe: Recipe | None = None) -> Path | None:
+        """Plain PTQ with ``recipe`` (default: the target's accurate format, the base of the later rungs)."""
+        if recipe is None:
+            recipe = recipe_for(self.target, self.card.arch, self.config.calibration_method, self.config.exclude_nodes)
+            path, settings = self.quantized(recipe, "ptq.onnx")
+            self.base_recipe, self.base_path = recipe, path
+            return path if self.gate("ptq", path, settings) else None
+        fmt = format_of(recipe.settings())
+        path, settings = self.quantized(recipe, f"ptq-{fmt}.onnx")
+        return path if self.gate(f"ptq ({fmt})", path, settings) else None
 
-    def head(self) -> Path | None:
-        """PTQ with the classifier left fp32 and retrained on the INT8 model's own training features."""
+    def head(self, recipe: Recipe | None = None) -> Path | None:
+        """PTQ with the classifier left fp32 and retrained on the INT8 model's own training features
+        (``recipe``: default the base recipe of the ``ptq`` rung)."""
         import onnx
 
         from imgcls.export.head_refit import (MIN_FIT_IMAGES, HeadRecipe, find_head, head_samples, head_weights,
                                               int8_features, refit, write_head)
 
+        fmt = None if recipe is None else format_of(recipe.settings())
+        method = HEAD_METHOD if fmt is None else f"{HEAD_METHOD} ({fmt})"
+        recipe = recipe or self.base_recipe
         prepared = onnx.load(str(self.prepared))
         head = find_head(prepared)
         if head is None:
-            self.skip(HEAD_METHOD, "the graph does not end in a Gemm with constant weights", warn=False)
+            self.skip(method, "the graph does not end in a Gemm with constant weights", warn=False)
             return None
         samples = head_samples(self.split, self.config.head_images)
         if len(samples) < MIN_FIT_IMAGES:
-            self.skip(HEAD_METHOD, f"only {len(samples)} images to retrain the classifier on apart from the gate's "
-                                   f"{len(self.split.val)}; an honest refit needs at least {MIN_FIT_IMAGES} "
-                                   "(fewer are memorised, not learned)")
+            self.skip(method, f"only {len(samples)} images to retrain the classifier on apart from the gate's "
+                              f"{len(self.split.val)}; an honest refit needs at least {MIN_FIT_IMAGES} "
+                              "(fewer are memorised, not learned)")
             return None
         fitted = image_set([s.path for s in samples], self.split, "retrained the head")
-        recipe = HeadRecipe.from_card(self.card)
-        backbone, settings = self.quantized(self.base_recipe.excluding((head.name,)), "head-backbone.onnx")
-        features, labels = int8_features(backbone, head, self.split, samples, self.card, self.config.progress)
-        weight, bias, figures = refit(*head_weights(prepared, head), features, labels, recipe)
-        path = self.scratch / "head.onnx"
+        head_recipe = HeadRecipe.from_card(self.card)
+        backbone, settings = self.quantized(recipe.excluding((head.name,)), f"head-backbone-{fmt or 'base'}.onnx")
+        features, labels, engine = int8_features(backbone, head, self.split, samples, self.card, self.config.progress)
+        weight, bias, figures = refit(*head_weights(prepared, head), features, labels, head_recipe)
+        path = self.scratch / f"head-{fmt or 'base'}.onnx"
         write_head(backbone, path, head, weight, bias)
-        settings["head_refit"] = {"node": head.name, **fitted, "images_read": int(len(labels)), "recipe": asdict(recipe),
+        settings["head_refit"] = {"node": head.name, **fitted, "images_read": int(len(labels)), "recipe": asdict(head_recipe),
+                                  "features": engine,
                                   **{k: round(v, 6) for k, v in figures.items()}}
         log.info("int8 head: classifier retrained on %d INT8 training features (train top-1 %.2f%% -> %.2f%%)",
                  len(labels), 100 * figures["train_top1_before"], 100 * figures["train_top1_after"])
-        return path if self.gate(HEAD_METHOD, path, settings) else None
+        return path if self.gate(method, path, settings) else None
 
     def mixed(self) -> Path | None:
         from imgcls.export.sensitivity import rank_nodes
@@ -200,17 +218,31 @@ def within_budget(ranked: list, budget_bytes: float) -> list:
 Rung = Callable[[Ladder], "Path | None"]
 
 
+def rung_plan(target: str, arch: str, config: ExportConfig) -> list[tuple[str, Rung]]:
+    """The rungs in the order they are tried. Where the target has a fast format (``FAST_TYPES``:
+    U8S8 on VNNI), it comes first, plain then with the retrained head, so a server with VNNI gets an
+    INT8 file that is accurate and fast; then the accurate format: PTQ, retrained head, mixed precision."""
+    fast = fast_recipe_for(target, arch, config.calibration_method, config.exclude_nodes)
+    rungs: list[tuple[str, Rung]] = []
+    if fast is not None:
+        fmt = format_of(fast.settings())
+        rungs.append((f"ptq {fmt}", lambda ladder: ladder.ptq(fast)))
+        if config.head_refit:
+            rungs.append((f"head {fmt}", lambda ladder: ladder.head(fast)))
+    rungs.append(("ptq", Ladder.ptq))
+    if config.head_refit and arch not in DYNAMIC_MATMUL_ARCHS:
+        rungs.append(("head", Ladder.head))
+    if config.mixed_precision and arch not in DYNAMIC_MATMUL_ARCHS:
+        rungs.append(("mixed", Ladder.mixed))
+    return rungs
+
+
 def search(staging: Path, card: ModelCard, split: SplitListing, config: ExportConfig,
            extra_rungs: tuple[tuple[str, Rung], ...] = ()) -> tuple[Path | None, dict[str, Any]]:
     """Try the rungs in order; ``(staging/model.int8.onnx or None, report section)``."""
     with tempfile.TemporaryDirectory(prefix="imgcls-int8-") as scratch:
         ladder = Ladder(staging, Path(scratch), card, held_out(split), config)
-        rungs: list[tuple[str, Rung]] = [("ptq", Ladder.ptq)]
-        if config.head_refit and card.arch not in DYNAMIC_MATMUL_ARCHS:
-            rungs.append(("head", Ladder.head))
-        if config.mixed_precision and card.arch not in DYNAMIC_MATMUL_ARCHS:
-            rungs.append(("mixed", Ladder.mixed))
-        rungs += list(extra_rungs)
+        rungs = rung_plan(ladder.target, card.arch, config) + list(extra_rungs)
         kept = None
         for name, rung in rungs:
             kept = rung(ladder)

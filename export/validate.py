@@ -58,11 +58,15 @@ def check_graph(path: Path, card: ModelCard, opset: int) -> dict[str, Any]:
     return {"opset": written, "input_shape": in_dims, "output_shape": out_dims, "checker": "passed"}
 
 
-def session(model: Path | bytes, threads: int | None = None):  # -> onnxruntime.InferenceSession
-    """A CPU session of a model file, or of a serialized model (``ModelProto.SerializeToString()``)."""
+def session(model: Path | bytes, threads: int | None = None,
+            config_entries: dict[str, str] | None = None):  # -> onnxruntime.InferenceSession
+    """A CPU session of a model file, or of a serialized model (``ModelProto.SerializeToString()``);
+    ``config_entries``: ORT session configuration keys (e.g. ``session.disable_quant_qdq``)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    for key, value in (config_entries or {}).items():
+        options.add_session_config_entry(key, value)
     if threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
 from imgcls.export.cpu import local_target
-from imgcls.export.head_refit import HeadRecipe, find_head, head_samples, head_weights, int8_features, refit, write_head
+from imgcls.export.head_refit import (ENGINES, FAITHFUL_RELATIVE_DIFF, HeadRecipe, find_head, head_samples, head_weights,
+                                      int8_features, refit, write_head)
+from imgcls.export.validate import session
 from imgcls.export.images import load_pixels
 from imgcls.export.quantize import calibration_pixels, prepare, quantize_prepared, recipe_for
 from imgcls.models.core.card import ModelCard
@@ -58,8 +59,14 @@ def test_a_graph_not_ending_in_a_gemm_has_no_head_rung():
 def test_refit_fits_the_int8_features_and_is_written_where_ort_runs_it(backbone, tmp_path):
     card, split, prepared, head, path = backbone
     samples = head_samples(split, 10_000)
-    features, labels = int8_features(path, head, split, samples, card)
+    features, labels, engine = int8_features(path, head, split, samples, card)
     assert features.shape[0] == len(samples) == len(labels)
+    # the engine is chosen by measurement: both timed, the float simulation measured against the integer kernels
+    closeness = engine["qdq_in_float_vs_integer_kernels"]
+    assert set(engine["images_per_s"]) == set(ENGINES) and engine["engine"] in ENGINES
+    assert closeness["faithful"] == (closeness["relative_l2_diff"] <= FAITHFUL_RELATIVE_DIFF)
+    if not closeness["faithful"]:
+        assert engine["engine"] == "integer kernels"
     weight, bias = head_weights(onnx.load(str(prepared)), head)
     # a head whose class rows are shifted by one misplaces every class: the refit must learn them back
     weight, bias = np.roll(weight, 1, axis=0), np.roll(bias, 1)
@@ -74,7 +81,8 @@ def test_refit_fits_the_int8_features_and_is_written_where_ort_runs_it(backbone,
     written = tmp_path / "head.onnx"
     write_head(path, written, head, new_weight, new_bias)
     pixels = load_pixels(split, samples[:8], card.preprocess).pixels
-    logits = ort.InferenceSession(str(written), providers=["CPUExecutionProvider"]).run(["logits"], {"pixels": pixels})[0]
+    same_engine = session(written, config_entries=ENGINES[engine["engine"]])
+    logits = same_engine.run(["logits"], {"pixels": pixels})[0]
     np.testing.assert_allclose(logits, features[:8] @ new_weight.T + new_bias, rtol=1e-4, atol=1e-4)
 
 

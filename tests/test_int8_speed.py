@@ -57,3 +57,35 @@ def test_card_and_report_carry_the_measured_speed_and_the_summary_says_it(tmp_pa
     assert report["int8"]["speed"]["line"] == speed["line"]
     assert speed["line"].startswith(f"INT8 runs {speed['ratio_vs_fp32']:.2f}x fp32 on this CPU (")
     assert speed["line"] in capsys.readouterr().out
+
+
+def test_vnni_tries_the_fast_format_with_the_retrained_head_before_the_accurate_one():
+    from imgcls.export.config import ExportConfig
+    from imgcls.export.int8_search import rung_plan
+
+    config = ExportConfig(int8=True)
+    assert [name for name, _ in rung_plan("vnni", "efficientnet_lite0", config)] == \
+        ["ptq U8S8", "head U8S8", "ptq", "head", "mixed"]
+    assert [name for name, _ in rung_plan("x86", "efficientnet_lite0", config)] == ["ptq", "head", "mixed"]
+    assert [name for name, _ in rung_plan("vnni", "vit_b_16", config)] == ["ptq"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["vnni", "x86"])
+def test_forced_target_orders_the_rungs_and_records_the_format_of_each(tmp_path, target):
+    run = make_tiny_run(tmp_path, classes=("cat", "dog", "owl"), per_class=10, train_steps=30)
+    out = tmp_path / "bundle"
+    # a gate nothing can pass: every rung is tried, in order
+    code = main([str(run), "--out", str(out), "--int8", "--no-progress", "--calibration-size", "32",
+                 "--int8-target", target, "--max-accuracy-drop", "-100", "--no-mixed-precision"])
+    assert code == 3
+    int8 = ModelCard.load(out).export["int8"]
+    assert int8["target"] == target and int8["target_choice"] == "--int8-target"
+    tried = [a["method"] for a in int8["attempts"]]
+    skipped = [s["method"] for s in int8.get("skipped", [])]
+    if target == "vnni":
+        assert tried == ["ptq (U8S8)", "ptq"], tried
+        assert skipped == ["ptq + retrained head (U8S8)", "ptq + retrained head"], "too few images to refit"
+    else:
+        assert tried == ["ptq"] and not any("U8S8" in m for m in skipped)
+    assert int8["speed"]["serve_here"] == "fp32" and int8["speed"]["line"].endswith("its gate refused it; serve fp32")

@@ -67,7 +67,8 @@ def augment(image: Image.Image, rng: random.Random, aug: Augmentation) -> np.nda
 
 
 class ImageListDataset(Dataset):
-    """(normalised float32 [3, crop, crop] tensor, label) for each sample of a listing."""
+    """(normalised float32 [3, crop, crop] tensor, label) for each sample of a listing; with
+    ``pixels_only`` the uint8 pixels before normalisation (what an exported graph takes)."""
 
     def __init__(
         self,
@@ -84,6 +85,7 @@ class ImageListDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.pass_index = 0
+        self.pixels_only = False
 
     def set_epoch(self, epoch: int, pass_index: int | None = None) -> None:
         """Augmentation of epoch ``epoch`` (or of cached-feature pass ``pass_index``)."""
@@ -104,6 +106,8 @@ class ImageListDataset(Dataset):
         else:
             rng = random.Random(f"{self.seed}:{self.pass_index}:{index}")
             pixels = augment(image, rng, self.augmentation)
+        if self.pixels_only:
+            return torch.from_numpy(pixels), sample.label
         return torch.from_numpy(self.preprocess.normalize(pixels)), sample.label
 
 

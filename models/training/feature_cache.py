@@ -11,9 +11,11 @@ one safetensors file per piece of ``PIECE_BATCHES`` batches, named
 ``<part>-<key>-<start>-<stop>.safetensors``: the features of images ``start..stop-1`` of a part
 (``train``, ``pass<k>`` for augmented passes, ``val``). Each piece is written atomically as soon as
 it is computed, so a piece on disk is always complete. ``key`` hashes everything the features
-depend on (the backbone's weights, the preprocessing, the split listing, the part's augmentation),
-so a piece computed under other settings is never reused. Pieces are whole batches in the loader
-order of an uninterrupted run, so reused and recomputed features are the same numbers. In DDP,
+depend on (the backbone's weights, the preprocessing, the split listing, the part's augmentation,
+the engine that computes them: ONNX Runtime on the exported backbone,
+``imgcls.models.training.ort_features``, or PyTorch eager), so a piece computed under other
+settings is never reused. Pieces are whole batches in the loader order of an uninterrupted run, so
+reused and recomputed features are the same numbers. ``stats.json`` says how the last caching ran. In DDP,
 rank r computes (and writes) pieces r, r + N, ...
 """
 from __future__ import annotations
@@ -38,6 +40,7 @@ from imgcls.models.zoo.registry import get_submodule_parent, head_parameter_name
 log = logging.getLogger(__name__)
 
 CACHE_DIRNAME = "feature_cache"
+STATS_FILENAME = "stats.json"
 PIECE_BATCHES = 4
 _PIECE = re.compile(r"^(?P<part>[a-z0-9]+)-(?P<key>[0-9a-f]{16})-(?P<start>\d+)-(?P<stop>\d+)\.safetensors$")
 
@@ -121,6 +124,10 @@ class FeatureStore:
 
         write_atomically(self.path(part, key, start, stop), save({"features": rows.contiguous()}))
 
+    def write_stats(self, stats: dict[str, Any]) -> None:
+        """``stats.json``: how the last caching ran (engine, threads, images computed and reused, seconds)."""
+        write_atomically(self.directory / STATS_FILENAME, json.dumps(stats, indent=2).encode())
+
     def forget_other_keys(self, keys: Iterable[str]) -> int:
         """Delete pieces (and only pieces) computed under other settings; returns how many."""
         keep, removed = set(keys), 0
@@ -134,7 +141,7 @@ class FeatureStore:
 
 @torch.no_grad()
 def features_in_pieces(
-    extractor: nn.Module,
+    extractor: Callable[[torch.Tensor], torch.Tensor],
     dataset: Dataset,
     store: FeatureStore,
     part: str,

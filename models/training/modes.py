@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -18,6 +18,7 @@ from imgcls.models.training.strategies import Freezer, backbone_trainable
 from imgcls.models.training.config import TrainConfig
 from imgcls.models.training.data import ImageListDataset
 from imgcls.models.training.loop import predict_logits
+from imgcls.models.training.ort_features import EAGER_ENGINE, OrtBackbone, engine_name
 from imgcls.models.core.progress import track
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,15 @@ class CachedFeatureMode:
     def steps_per_epoch(self) -> int:
         return -(-len(self.sampler) // self.config.batch_size)
 
-    def _features(self, dataset: ImageListDataset, extractor: nn.Module, part: str, key: str,
+    def _engine(self, extractor: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+        """(what computes features from a batch, its name): ONNX Runtime on the exported backbone on
+        CPU in one process (uint8 pixels in, as the bundle), else the eager module."""
+        if self.dist.world_size == 1 and self.dist.device.type == "cpu":
+            self.train_set.pixels_only = self.val_set.pixels_only = True
+            return OrtBackbone(extractor, self.train_set.preprocess), engine_name()
+        return extractor, EAGER_ENGINE
+
+    def _features(self, dataset: ImageListDataset, extractor: Callable[[torch.Tensor], torch.Tensor], part: str, key: str,
                   desc: str) -> tuple[torch.Tensor, int]:
         """(features of every image of ``dataset``, how many were read from the run's feature cache)."""
         local, indices, reused = features_in_pieces(
@@ -160,11 +169,11 @@ class CachedFeatureMode:
                      self.store.directory)
         return gather_rows(local, indices, len(dataset), self.dist.world_size), reused
 
-    def _keys(self, extractor: nn.Module) -> dict[str, str]:
-        """The cache key of each part: what its features depend on."""
+    def _keys(self, extractor: nn.Module, engine: str) -> dict[str, str]:
+        """The cache key of each part: what its features depend on (the engine that computes them included)."""
         c, train = self.config, self.train_set
         common = {"backbone": state_digest(extractor), "listing": train.listing.sha256(),
-                  "preprocess": train.preprocess.to_dict(), "batch_size": c.batch_size}
+                  "preprocess": train.preprocess.to_dict(), "batch_size": c.batch_size, "engine": engine}
         keys = {"train": cache_key(part="train", **common), "val": cache_key(part="val", **common)}
         for index in range(c.augmented_passes):
             keys[f"pass{index + 1}"] = cache_key(part=index, seed=c.seed, augmentation=repr(train.augmentation),
@@ -173,8 +182,9 @@ class CachedFeatureMode:
 
     def prepare(self) -> None:
         started = time.perf_counter()
-        extractor = feature_extractor(self.model, self.arch)
-        keys = self._keys(extractor)
+        module = feature_extractor(self.model, self.arch)
+        extractor, engine = self._engine(module)
+        keys = self._keys(module, engine)
         if self.dist.is_main and self.store.forget_other_keys(keys.values()):
             log.info("feature cache: dropped pieces computed under other settings")
         passes, reused = self.config.augmented_passes, 0
@@ -194,10 +204,18 @@ class CachedFeatureMode:
         reused += count
         seconds = time.perf_counter() - started
         images = len(self.train_set) * max(1, passes) + len(self.val_set)
-        log.info("cached %d x %d backbone features in %.1f s (%d computed at %.1f images/s, %d reused) in %s",
-                 images, self.val_features.shape[1], seconds, images - reused,
-                 (images - reused) / max(seconds, 1e-9), reused, self.store.directory)
-        del extractor
+        self.train_set.pixels_only = self.val_set.pixels_only = False
+        converted = getattr(extractor, "export_seconds", 0.0)
+        log.info("cached %d x %d backbone features in %.1f s with %s (%d computed at %.1f images/s, %d reused; "
+                 "backbone conversion %.1f s of it) in %s", images, self.val_features.shape[1], seconds, engine,
+                 images - reused, (images - reused) / max(seconds - converted, 1e-9), reused, converted,
+                 self.store.directory)
+        if self.dist.is_main:
+            self.store.write_stats({"engine": engine, "threads": getattr(extractor, "threads", torch.get_num_threads()),
+                                    "images": images, "computed": images - reused, "reused": reused,
+                                    "seconds": round(seconds, 3), "conversion_seconds": round(converted, 3),
+                                    "images_per_s": round((images - reused) / max(seconds - converted, 1e-9), 2)})
+        del extractor, module
         # A linear head on cached features is a few tiny ops per step: more threads only add
         # synchronisation (10x slower on a busy 2-core machine, measured).
         torch.set_num_threads(1)

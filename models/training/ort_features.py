@@ -1,0 +1,77 @@
+"""Backbone features through ONNX Runtime, for ``imgcls train --strategy head``.
+
+The frozen backbone (the model with its classifier replaced by ``nn.Identity``) is converted once
+with the exporter and wrapper the bundle is made with (``imgcls.models.training.onnx_graph``: uint8
+NCHW pixels in, normalised inside), and the cached features are computed by ONNX Runtime with one
+thread per core of the machine. The head is therefore trained on the features the exported model
+computes, and caching runs at the predictor's speed instead of PyTorch eager's (measured on
+efficientnet_lite0, 2 cores: ONNX Runtime several times faster than eager).
+
+Used on CPU in a single process; on a GPU or under DDP the eager module runs instead. The engine is
+part of the feature cache's key (``engine_name``), so pieces computed by one are never reused by the other.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import torch
+from torch import nn
+
+from imgcls.models.core.preprocess import Preprocess
+from imgcls.models.training.onnx_graph import BUNDLE_OPSET, pixels_graph
+
+log = logging.getLogger(__name__)
+
+EAGER_ENGINE = "torch eager"
+INPUT_NAME, OUTPUT_NAME = "pixels", "features"
+
+
+def engine_name() -> str:
+    import onnxruntime
+
+    return f"onnxruntime {onnxruntime.__version__} (dynamo graph, opset {BUNDLE_OPSET})"
+
+
+def machine_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class OrtBackbone:
+    """``uint8 [N,3,H,W]`` tensor -> ``float32 [N,F]`` features, by ONNX Runtime on the exported backbone.
+
+    The backbone is converted on the first call, so a run whose features are all cached exports nothing."""
+
+    def __init__(self, extractor: nn.Module, preprocess: Preprocess, threads: int | None = None) -> None:
+        self.extractor, self.preprocess = extractor, preprocess
+        self.threads = threads or machine_cores()
+        self.export_seconds = 0.0
+        self._session = None
+
+    def session(self):
+        if self._session is None:
+            import onnxruntime
+
+            started = time.perf_counter()
+            proto = pixels_graph(self.extractor, self.preprocess, opset=BUNDLE_OPSET, exporter="dynamo",
+                                 names=(INPUT_NAME, OUTPUT_NAME))
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            self._session = onnxruntime.InferenceSession(proto.SerializeToString(), options,
+                                                         providers=["CPUExecutionProvider"])
+            self.export_seconds = time.perf_counter() - started
+            log.info("backbone converted to ONNX for feature caching in %.1f s (ONNX Runtime, %d threads)",
+                     self.export_seconds, self.threads)
+        return self._session
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.dtype != torch.uint8:
+            raise TypeError(f"OrtBackbone takes uint8 pixels, got {pixels.dtype}")
+        features = self.session().run([OUTPUT_NAME], {INPUT_NAME: pixels.cpu().numpy()})[0]
+        return torch.from_numpy(features.reshape(len(features), -1))
