@@ -60,9 +60,11 @@ def http(server):
         yield client
 
 
-def classify(http: httpx.Client, model: str | None = None, **params) -> httpx.Response:
+def classify(http: httpx.Client, model: str | None = None, fresh: bool = False, **params) -> httpx.Response:
+    """``fresh``: a new connection (the workers share the socket: answers then come from both)."""
     query = {**({"model": model} if model is not None else {}), **params}
-    return http.post("/classify", params=query, content=IMAGE, headers={"Content-Type": "image/png"})
+    headers = {"Content-Type": "image/png", **({"Connection": "close"} if fresh else {})}
+    return http.post("/classify", params=query, content=IMAGE, headers=headers)
 
 
 def version_of(http: httpx.Client, name: str) -> str:
@@ -126,14 +128,15 @@ def test_load_and_unload_of_a_missing_model_are_typed_4xx(http):
 
 
 def test_unload_then_load_again(http):
-    assert http.post("/v2/repository/models/alpha/unload").status_code == 200
-    for _ in range(4):  # every worker: the call answered once all of them applied it
-        assert classify(http, "alpha").status_code == 404
+    unloaded = http.post("/v2/repository/models/alpha/unload")
+    assert unloaded.status_code == 200 and unloaded.json()["workers"] == 2
+    for _ in range(8):  # every worker: the call answered once all of them applied it
+        assert classify(http, "alpha", fresh=True).status_code == 404
     assert classify(http).status_code == 200  # one model left: the name may be left out
     loaded = http.post("/v2/repository/models/alpha/load")
     assert loaded.status_code == 200 and loaded.json()["state"] == "READY", loaded.text
-    for _ in range(4):
-        assert classify(http, "alpha").status_code == 200
+    for _ in range(8):
+        assert classify(http, "alpha", fresh=True).status_code == 200
 
 
 def test_a_new_version_replaces_the_old_under_load_with_no_failed_request(http, server, bundles, repository):
@@ -147,7 +150,7 @@ def test_a_new_version_replaces_the_old_under_load_with_no_failed_request(http, 
         with httpx.Client(base_url=server.url, timeout=60.0) as own:
             while not stop.is_set():
                 sent = time.monotonic()
-                response = classify(own, "beta")
+                response = classify(own, "beta", fresh=True)
                 version = response.json().get("model", {}).get("version", "") if response.status_code == 200 else ""
                 answers.append((sent, time.monotonic(), response.status_code, version))
 
@@ -172,6 +175,7 @@ def test_a_new_version_replaces_the_old_under_load_with_no_failed_request(http, 
     after = [version for sent, done, _, version in answers if sent > returned]
     assert after and set(after) == {new}
     assert len([a for a in answers if a[1] < called]) > 4  # the loop really ran before the swap
+    assert loaded.json()["workers"] == 2  # the call answered once both workers served the new version
 
 
 def test_a_corrupt_bundle_dropped_into_the_repository_is_refused(http, server, bundles, repository):
@@ -184,11 +188,12 @@ def test_a_corrupt_bundle_dropped_into_the_repository_is_refused(http, server, b
     onnx.write_bytes(bytes(data))
     broken.rename(repository / "beta" / "9")
     deadline = time.monotonic() + 20
-    while "refused" not in server.log_tail() and time.monotonic() < deadline:
+    while "beta refused" not in server.log_tail(100_000) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert "refused" in server.log_tail() and "beta" in server.log_tail()
-    for _ in range(4):
-        answer = classify(http, "beta")
+    refusals = [line for line in server.log_tail(100_000).splitlines() if "beta refused" in line]
+    assert refusals and "beta/9" in refusals[0] and "sha256" in refusals[0].lower(), refusals
+    for _ in range(8):
+        answer = classify(http, "beta", fresh=True)
         assert answer.status_code == 200 and answer.json()["model"]["version"] == served
     refused = http.post("/v2/repository/models/beta/load")
     assert refused.status_code == 400 and "sha256" in refused.json()["error"].lower(), refused.text
@@ -199,7 +204,11 @@ def test_a_corrupt_bundle_dropped_into_the_repository_is_refused(http, server, b
 def test_polling_adds_a_new_model(http, bundles, repository):
     install(bundles[1], repository / "gamma")
     deadline = time.monotonic() + 30
-    while classify(http, "gamma").status_code != 200 and time.monotonic() < deadline:
+
+    def everywhere() -> bool:  # 8 answers on fresh connections: both workers serve it
+        return all(classify(http, "gamma", fresh=True).status_code == 200 for _ in range(8))
+
+    while not everywhere():
+        assert time.monotonic() < deadline, "the new model did not reach every worker within 30 s"
         time.sleep(0.3)
-    for _ in range(4):  # every worker found it
-        assert classify(http, "gamma").status_code == 200
+    assert {e["name"]: e["state"] for e in http.post("/v2/repository/index").json()}["gamma"] == "READY"

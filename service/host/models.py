@@ -107,35 +107,36 @@ class ServedModels:
         where = ", ".join(str(r) for r in self.repositories) or "no model repository is served"
         raise UnknownModel(f"no model {name!r} to load ({where})")
 
-    async def load(self, name: str) -> ModelInfo:
+    async def load(self, name: str) -> tuple[ModelInfo, int]:
+        """Load (or replace) ``name`` here, then in every worker; returns its info and how many workers serve it."""
         source = self.source_of(name)
         loop = asyncio.get_running_loop()
         info = await loop.run_in_executor(None, self.registry.load, source)
         self._signatures[name] = signature(source.path)
-        await self._publish({"op": "load", "name": name, "path": str(source.path)})
-        return info
+        return info, await self._publish({"op": "load", "name": name, "path": str(source.path)})
 
-    async def unload(self, name: str) -> ModelInfo:
+    async def unload(self, name: str) -> tuple[ModelInfo, int]:
+        """Unload ``name`` here, then in every worker; returns its info and how many workers applied it."""
         info = self.registry.unload(name)
-        await self._publish({"op": "unload", "name": name})
-        return info
+        return info, await self._publish({"op": "unload", "name": name})
 
     # ---------------------------------------------------------------- every worker the same
     def _log_path(self) -> Path | None:
         return self._state / "models.log" if self._state is not None else None
 
-    async def _publish(self, operation: dict[str, Any]) -> None:
-        """Append to the log, then wait until every live worker applied it."""
+    async def _publish(self, operation: dict[str, Any]) -> int:
+        """Append to the log, wait until every live worker applied it; returns how many workers have."""
         path = self._log_path()
         if path is None or self.config.workers < 2:
-            return
+            return 1
         number = await asyncio.get_running_loop().run_in_executor(None, self._append, path, operation)
         deadline = time.monotonic() + SYNC_TIMEOUT_S
-        while not self._all_applied(number):
+        while (applied := self._applied_by(number)) is None:
             if time.monotonic() > deadline:
                 raise SyncIncomplete(f"{operation['op']} {operation['name']!r} is applied in this worker; not every "
                                      f"worker confirmed it within {SYNC_TIMEOUT_S:.0f} s")
             await asyncio.sleep(WATCH_S)
+        return applied
 
     def _append(self, path: Path, operation: dict[str, Any]) -> int:
         with self._sync_lock, open(path.with_suffix(".lock"), "a") as lock:
@@ -165,17 +166,19 @@ class ServedModels:
             temporary.write_text(f"{self._applied} {os.getpid()}")
             temporary.replace(target)
 
-    def _all_applied(self, number: int) -> bool:
+    def _applied_by(self, number: int) -> int | None:
+        """How many live workers applied operation ``number``; None while one has not."""
         assert self._state is not None
-        for marker in readiness.live_markers(self._state):
+        markers = readiness.live_markers(self._state)
+        for marker in markers:
             applied = self._state / f"applied-{marker.name.split('-', 1)[1]}"
             try:
                 done = int(applied.read_text().split()[0])
             except (OSError, ValueError, IndexError):
-                return False
+                return None
             if done < number:
-                return False
-        return True
+                return None
+        return len(markers)
 
     def _apply_log(self, locked: bool = False) -> None:
         path = self._log_path()

@@ -166,18 +166,18 @@ async def repository_index(_: Request, service: Any) -> Response:
 
 async def repository_load(request: Request, service: Any) -> Response:
     try:
-        info = await service.models.load(request.path_params["name"])
+        info, workers = await service.models.load(request.path_params["name"])
     except EngineError as exc:
         raise oip_error(exc) from None
-    return _json(200, {"name": info.name, "version": info.version, "state": "READY"})
+    return _json(200, {"name": info.name, "version": info.version, "state": "READY", "workers": workers})
 
 
 async def repository_unload(request: Request, service: Any) -> Response:
     try:
-        info = await service.models.unload(request.path_params["name"])
+        info, workers = await service.models.unload(request.path_params["name"])
     except EngineError as exc:
         raise oip_error(exc) from None
-    return _json(200, {"name": info.name, "version": info.version, "state": "UNAVAILABLE"})
+    return _json(200, {"name": info.name, "version": info.version, "state": "UNAVAILABLE", "workers": workers})
 
 
 async def run_parsed(model: LoadedModel, parsed: InferRequest) -> np.ndarray:
