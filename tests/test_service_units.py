@@ -164,3 +164,14 @@ def test_serve_refuses_a_missing_or_empty_bundle_before_starting(tmp_path):
     assert "no such folder" in check_sources(ServiceConfig(bundle=str(tmp_path / "nope")))[0]
     assert "card" in check_sources(ServiceConfig(bundle=str(tmp_path)))[0].lower()
     assert main([str(tmp_path / "nope")]) == 2
+
+
+def test_a_bundle_folder_whose_name_is_no_model_name_says_what_to_do(tmp_path):
+    from tests.factories import make_tiny_bundle
+
+    bundle = make_tiny_bundle(tmp_path / "made")
+    odd = bundle.rename(bundle.parent / "my bundle (copy)")
+    problem, found = check_sources(ServiceConfig(bundle=str(odd)))
+    assert "--model-name" in problem and found == []
+    problem, found = check_sources(ServiceConfig(bundle=str(odd), model_name="mine"))
+    assert problem is None and [s.name for s in found] == ["mine"]

@@ -95,7 +95,13 @@ def resolve_sources(paths: list[str], model_name: str = "") -> tuple[list[ModelS
             raise BadParameter(f"a model name ({model_name!r}) applies to one bundle; {len(sources)} models are served",
                                "bad_model_name")
         sources = [ModelSource(check_model_name(model_name), sources[0].path)]
-    names = [check_model_name(s.name) for s in sources]
+    for source in sources:
+        try:
+            check_model_name(source.name)
+        except BadParameter as exc:
+            hint = "serve it with --model-name NAME" if len(sources) == 1 else "rename its folder"
+            raise BadParameter(f"{source.path}: {exc.message}; {hint}", exc.reason) from None
+    names = [s.name for s in sources]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise BadParameter(f"two models would be served as {duplicates[0]!r}: give each bundle its own folder name",
