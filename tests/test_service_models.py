@@ -132,6 +132,8 @@ def test_unload_then_load_again(http):
     assert unloaded.status_code == 200 and unloaded.json()["workers"] == 2
     for _ in range(8):  # every worker: the call answered once all of them applied it
         assert classify(http, "alpha", fresh=True).status_code == 404
+    time.sleep(1.2)  # two polls of the repository (--poll-s 0.5): an unloaded model stays out
+    assert classify(http, "alpha", fresh=True).status_code == 404
     assert classify(http).status_code == 200  # one model left: the name may be left out
     loaded = http.post("/v2/repository/models/alpha/load")
     assert loaded.status_code == 200 and loaded.json()["state"] == "READY", loaded.text

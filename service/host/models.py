@@ -12,7 +12,8 @@ started later (a crash's replacement) replays the log after loading the configur
 
 With ``--poll-s N`` each worker also rescans the model repositories every N seconds: a model whose
 served version folder changed (a higher numbered version, or a bundle rewritten in place) is
-loaded, warmed and swapped in; a new subfolder is added; a removed one is unloaded. A bundle that
+loaded, warmed and swapped in; a new subfolder is added; a removed one is unloaded; a model unloaded
+by a call stays out until a call loads it again. A bundle that
 fails verification is logged once and the served version keeps serving. Every worker scans the same
 folders, so they converge within N seconds of each other.
 """
@@ -62,6 +63,7 @@ class ServedModels:
         self._initial = sources
         self._signatures: dict[str, tuple[str, int]] = {}
         self._refused: set[tuple[str, int]] = set()
+        self._unloaded: set[str] = set()  # unloaded by a call: the poller leaves them out until loaded again
         self._state = Path(config.state_dir) if config.state_dir else None
         self._applied = 0
         self._stop = threading.Event()
@@ -113,11 +115,13 @@ class ServedModels:
         loop = asyncio.get_running_loop()
         info = await loop.run_in_executor(None, self.registry.load, source)
         self._signatures[name] = signature(source.path)
+        self._unloaded.discard(name)
         return info, await self._publish({"op": "load", "name": name, "path": str(source.path)})
 
     async def unload(self, name: str) -> tuple[ModelInfo, int]:
         """Unload ``name`` here, then in every worker; returns its info and how many workers applied it."""
         info = self.registry.unload(name)
+        self._unloaded.add(name)
         return info, await self._publish({"op": "unload", "name": name})
 
     # ---------------------------------------------------------------- every worker the same
@@ -198,8 +202,10 @@ class ServedModels:
         name = operation["name"]
         try:
             if operation["op"] == "unload":
+                self._unloaded.add(name)
                 self.registry.unload(name)
             else:
+                self._unloaded.discard(name)
                 self.registry.load(ModelSource(name, Path(operation["path"])))
                 self._signatures[name] = signature(Path(operation["path"]))
         except EngineError as exc:
@@ -226,6 +232,8 @@ class ServedModels:
                 self._refuse_once(name, (str(repository / name), 0), why)
             for source in found:
                 seen.add(source.name)
+                if source.name in self._unloaded:
+                    continue
                 current = signature(source.path)
                 if self._signatures.get(source.name) == current or current in self._refused:
                     continue
