@@ -1,4 +1,4 @@
-"""The README's "Exit codes" line, enforced: each stage run as a user runs it (``python -m imgcls``)
+"""The exit codes docs/getting-started.md documents, enforced: each stage run as a user runs it (``python -m imgcls``)
 with a representative bad input exits 2 with ONE line on stderr naming the problem, never a
 traceback. Also: a serving-only install says which extra a stage needs, and ``imgcls --help`` says
 which stages the installed extras support."""

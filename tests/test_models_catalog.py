@@ -117,7 +117,7 @@ def test_json_schema_is_stable_and_filters_apply(tmp_path):
 
 
 def readme_example() -> list[str]:
-    line = next(line for line in (REPO_ROOT / "README.md").read_text().splitlines()
+    line = next(line for line in (REPO_ROOT / "docs" / "backbones.md").read_text().splitlines()
                 if line.startswith("imgcls models --max-params"))
     return shlex.split(line)[2:]
 
@@ -129,7 +129,7 @@ def printed_commands(text: str) -> list[list[str]]:
 
 @pytest.mark.slow
 def test_readme_example_says_what_it_filtered_out(tmp_path, rows):
-    """On a machine that measured nothing, the README's example lists nothing and says why, naming the
+    """On a machine that measured nothing, docs/backbones.md's example lists nothing and says why, naming the
     models that pass every other filter and the command that measures them."""
     args = readme_example()
     assert "--max-latency-ms" in args and "--json" in args

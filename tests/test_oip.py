@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow  # a bundle export and a server start (~25 s on 2 
 MANIFEST = yaml.safe_load((REPO_ROOT / "deploy" / "kserve" / "inferenceservice.yaml").read_text())
 CONTAINER = MANIFEST["spec"]["predictor"]["containers"][0]
 MANIFEST_ENV = {item["name"]: item["value"] for item in CONTAINER["env"]}
-NAME = MANIFEST_ENV["IMGCLS_MODEL_NAME"]  # the server runs with the manifest's variables; the README uses it too
+NAME = MANIFEST_ENV["IMGCLS_MODEL_NAME"]  # the server runs with the manifest's variables; docs/serving.md uses it too
 LIMITS = {"IMGCLS_MAX_BODY_BYTES": str(300_000), "IMGCLS_MAX_IMAGES": "4", "IMGCLS_MAX_PIXELS": str(1_000_000),
           "IMGCLS_MAX_IMAGE_BYTES": str(200_000)}
 IMAGES = [encode(make_image(80, 60, seed=s)) for s in range(3)] + [encode(make_image(50, 70, seed=9), "JPEG")]
@@ -395,9 +395,9 @@ def test_openapi_documents_the_v2_routes(http):
     assert "application/octet-stream" in infer["requestBody"]["content"]
 
 
-def test_readme_tritonclient_example_runs_as_written(server, tmp_path):
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme[readme.index("## Open Inference Protocol"):]
+def test_docs_tritonclient_example_runs_as_written(server, tmp_path):
+    guide = (REPO_ROOT / "docs" / "serving.md").read_text()
+    section = guide[guide.index("## Open Inference Protocol"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert "localhost:3000" in code and f'"{NAME}"' in code
     (tmp_path / "cat.jpg").write_bytes(IMAGES[3])
