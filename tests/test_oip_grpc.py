@@ -1,0 +1,102 @@
+"""The Open Inference Protocol over gRPC on a real `imgcls serve --grpc-port`, with API keys: the
+`authorization: Bearer <key>` metadata, health open by default, the metrics counting gRPC calls by
+method, model and reason, and the start-time checks of the port (exit 2, one line)."""
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+
+from imgcls.service.host.launcher import LOOPBACK, child_environment, free_port, start_server
+from tests.conftest import encode, make_image
+from tests.factories import make_tiny_bundle
+
+pytestmark = pytest.mark.slow  # a bundle export and a server start
+
+KEY = "grpc-k3y-5e1f"
+IMAGE = encode(make_image(64, 48, seed=3))
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_tiny_bundle(tmp_path_factory.mktemp("grpc-bundle"))
+
+
+@pytest.fixture(scope="module")
+def server(bundle, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("grpc")
+    keys = folder / "keys.txt"
+    keys.write_text(f"{KEY}\n")
+    grpc_port = free_port()
+    handle = start_server(bundle, folder / "serve.log", args=["--api-keys-file", str(keys), "--grpc-port",
+                                                               str(grpc_port), "--model-name", "m"])
+    handle.grpc_url = f"{LOOPBACK}:{grpc_port}"
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return triton.InferenceServerClient(server.grpc_url)
+
+
+def image_input() -> triton.InferInput:
+    tensor = triton.InferInput("image", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([IMAGE], dtype=object))
+    return tensor
+
+
+def grpc_counts(server) -> dict[str, float]:
+    text = httpx.get(server.url + "/metrics", timeout=10, trust_env=False).text  # metrics: public by default
+    return {series: float(value) for series, value in
+            re.findall(r'^(imgcls_oip_requests_total\{.*route="grpc:.*\}) (\S+)$', text, re.M)}
+
+
+def test_api_keys_over_grpc(server, client):
+    before = grpc_counts(server)
+    assert client.is_server_live() and client.is_server_ready()  # health: open without a key
+    for headers in (None, {"authorization": "Bearer wrong"}, {"authorization": f"Basic {KEY}"}):
+        with pytest.raises(InferenceServerException) as raised:
+            client.get_model_metadata("m", headers=headers)
+        assert raised.value.status() == "StatusCode.UNAUTHENTICATED" and "API key" in raised.value.message()
+    with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+        client.infer("m", [image_input()])
+    good = {"authorization": f"Bearer {KEY}"}
+    assert client.get_model_metadata("m", headers=good).name == "m"
+    assert client.is_model_ready("m.image", headers=good)
+    result = client.infer("m.image", [image_input()], headers=good)
+    assert result.as_numpy("probabilities").shape == (1, 3)
+    after = grpc_counts(server)
+
+    def delta(labels: str) -> float:
+        series = f"imgcls_oip_requests_total{{{labels}}}"
+        return after.get(series, 0.0) - before.get(series, 0.0)
+
+    assert delta('model="m",outcome="ok",reason="none",route="grpc:ModelInfer"') == 1  # the view counts as its model
+    assert delta('model="m",outcome="rejected",reason="unauthorized",route="grpc:ModelInfer"') == 1
+    assert delta('model="m",outcome="rejected",reason="unauthorized",route="grpc:ModelMetadata"') == 3
+    assert delta('model="",outcome="ok",reason="none",route="grpc:ServerLive"') == 1
+    assert KEY not in server.log_tail(200_000)
+
+
+def serve(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "imgcls", "serve", *args], capture_output=True, text=True,
+                          timeout=120, env=child_environment())
+
+
+def test_a_grpc_port_in_use_or_equal_to_the_http_port_exits_2(bundle):
+    port = free_port()
+    result = serve(str(bundle), "--port", str(port), "--grpc-port", str(port))
+    assert result.returncode == 2 and "--grpc-port must differ from --port" in result.stderr, result.stderr
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        result = serve(str(bundle), "--port", str(free_port()), "--grpc-port", str(taken.getsockname()[1]))
+    assert result.returncode == 2 and "cannot listen" in result.stderr and "Traceback" not in result.stderr
