@@ -36,15 +36,30 @@ class DemoConfig:
 EXPORT_VARIANT_REFUSED = 3
 
 
-def run_stage(*args: str, accepted: tuple[int, ...] = (0,)) -> int:
+def run_stage(*args: str, accepted: tuple[int, ...] = (0,), timings: dict[str, float] | None = None) -> int:
+    """``imgcls ARGS`` in its own process; its wall time goes in the log and in ``timings[ARGS[0]]``."""
     command = [sys.executable, "-m", "imgcls", *args]
     log.info("$ imgcls %s", " ".join(args))
     started = time.perf_counter()
     result = subprocess.run(command, check=False, env=child_environment())
     if result.returncode not in accepted:
         raise SystemExit(f"demo: `imgcls {args[0]}` failed with exit status {result.returncode}")
-    log.info("imgcls %s took %.1f s", args[0], time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    if timings is not None:
+        timings[args[0]] = round(seconds, 1)
+    log.info("imgcls %s took %.1f s", args[0], seconds)
     return result.returncode
+
+
+def int8_here(bundle: Path) -> bool:
+    """Whether the INT8 file passed its gate and runs faster than fp32 on this CPU, as the export just
+    measured it here (``export.int8.speed``); logs the export's one line about it."""
+    card = json.loads((bundle / "card.json").read_text())
+    section = card.get("export", {}).get("int8") or {}
+    speed = section.get("speed") if isinstance(section.get("speed"), dict) else {}
+    if speed.get("line"):
+        log.info("%s", speed["line"])
+    return section.get("status") == "passed" and speed.get("serve_here") == "int8"
 
 
 def classify_over_http(url: str, paths: list[Path]) -> dict:
@@ -57,8 +72,9 @@ def classify_over_http(url: str, paths: list[Path]) -> dict:
 
 
 def serve_and_classify(config: DemoConfig, bundle: Path, held_out: list[tuple[Path, str]],
-                       precision: str = "fp32") -> None:
+                       precision: str = "fp32", timings: dict[str, float] | None = None) -> None:
     log.info("$ imgcls serve %s --precision %s --host 127.0.0.1 --port <free>", bundle, precision)
+    started = time.perf_counter()
     try:
         server = start_server(bundle, args=("--precision", precision), ready_timeout=config.ready_timeout_s)
     except RuntimeError as exc:
@@ -68,6 +84,8 @@ def serve_and_classify(config: DemoConfig, bundle: Path, held_out: list[tuple[Pa
         answer = classify_over_http(server.url, [path for path, _ in held_out])
         print_answers(answer, held_out)
     log.info("server stopped (exit status %s)", server.process.returncode)
+    if timings is not None:
+        timings["serve"] = round(time.perf_counter() - started, 1)
 
 
 def print_answers(answer: dict, held_out: list[tuple[Path, str]]) -> None:
@@ -101,32 +119,36 @@ def write_val_list(run_dir: Path) -> Path:
     return listing
 
 
-def run_demo(config: DemoConfig) -> None:
+def run_demo(config: DemoConfig) -> dict[str, float]:
+    """Every stage in turn; returns each stage's wall time in seconds (``serve``: start, classify, stop)."""
+    timings: dict[str, float] = {}
     data = config.workdir / "demo-data" / "digits"
     run_dir = config.workdir / "runs" / "demo"
     bundle = config.workdir / "bundles" / "demo"
     if not data.is_dir():
-        run_stage("digits", str(data))
+        run_stage("digits", str(data), timings=timings)
     run_stage(
         "train", "--data", str(data), "--arch", config.arch, "--weights", "imagenet",
-        "--strategy", "head", "--epochs", str(config.epochs), "--out", str(run_dir), "--overwrite",
+        "--strategy", "head", "--epochs", str(config.epochs), "--out", str(run_dir), "--overwrite", timings=timings,
     )
     status = run_stage(
         "export", str(run_dir), "--out", str(bundle), "--overwrite", *(["--int8"] if config.int8 else []),
-        accepted=(0, EXPORT_VARIANT_REFUSED),
+        accepted=(0, EXPORT_VARIANT_REFUSED), timings=timings,
     )
-    precision = "int8" if config.int8 and status == 0 else "fp32"
+    precision = "int8" if config.int8 and status == 0 and int8_here(bundle) else "fp32"
     if config.int8 and status == EXPORT_VARIANT_REFUSED:
         log.warning("the demo goes on with the fp32 model (the INT8 variant was refused, see above)")
     elif config.int8:
-        log.info("the INT8 variant passed its gate: the demo scores model.int8.onnx; imgcls serve --precision auto "
-                 "serves it only where it runs faster than fp32 on this CPU (its log line says which and why)")
+        log.info("the INT8 variant passed its gate; the demo scores %s, the variant imgcls serve --precision auto "
+                 "picks on this CPU (%s)", f"model.{'int8.' if precision == 'int8' else ''}onnx",
+                 "faster than fp32 here" if precision == "int8" else "INT8 is slower than fp32 here")
     scores = run_dir / "val_scores.csv"
     run_stage(
         "score", str(bundle), str(write_val_list(run_dir)), "--out", str(scores), "--labels", "imagefolder",
-        "--precision", precision, "--overwrite",
+        "--precision", precision, "--overwrite", timings=timings,
     )
-    serve_and_classify(config, bundle, held_out_images(run_dir, config.held_out), "auto")
+    serve_and_classify(config, bundle, held_out_images(run_dir, config.held_out), "auto", timings)
+    return timings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = DemoConfig(args.workdir, args.arch, args.epochs, args.int8, args.held_out, args.ready_timeout)
     started = time.perf_counter()
-    run_demo(config)
-    log.info("demo finished in %.0f s", time.perf_counter() - started)
+    timings = run_demo(config)
+    log.info("demo finished in %.0f s (%s)", time.perf_counter() - started,
+             ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in timings.items()))
     return 0
 
 

@@ -63,6 +63,8 @@ class OrtBackbone:
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
+            # as the predictor: no busy-waiting threads, the data loader decodes on the same cores
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._session = onnxruntime.InferenceSession(proto.SerializeToString(), options,
                                                          providers=["CPUExecutionProvider"])
             self.export_seconds = time.perf_counter() - started
