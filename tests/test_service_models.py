@@ -6,6 +6,8 @@ Tiny bundles (tests/factories.py) with different weights, so each version has it
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from imgcls.service.host.launcher import start_server
+from imgcls.service.host.launcher import child_environment, free_port, start_server
 from tests.conftest import encode, make_image
 from tests.factories import make_tiny_bundle
 
@@ -214,3 +216,27 @@ def test_polling_adds_a_new_model(http, bundles, repository):
         assert time.monotonic() < deadline, "the new model did not reach every worker within 30 s"
         time.sleep(0.3)
     assert {e["name"]: e["state"] for e in http.post("/v2/repository/index").json()}["gamma"] == "READY"
+
+
+def test_a_corrupt_model_in_the_repository_at_start_leaves_the_others_serving(bundles, tmp_path):
+    repo = tmp_path / "repo"
+    install(bundles[0], repo / "good")
+    broken = install(bundles[1], repo / "broken" / "1")
+    (broken / "model.onnx").write_bytes(b"not the file the card describes")
+    handle = start_server(repo, tmp_path / "serve.log", env={"IMGCLS_WORKERS": "1"})
+    try:
+        with httpx.Client(base_url=handle.url, timeout=60.0) as http:
+            assert classify(http, "good").status_code == 200
+            refused = classify(http, "broken")
+            assert refused.status_code == 404 and refused.json()["error"]["reason"] == "unknown_model"
+            index = {e["name"]: e for e in http.post("/v2/repository/index").json()}
+            assert index["good"]["state"] == "READY" and index["broken"]["state"] == "UNAVAILABLE"
+            assert "broken" in index["broken"]["reason"]
+        assert "leaving out broken" in handle.log_tail(100_000)
+    finally:
+        handle.stop()
+    only_broken = tmp_path / "only-broken"
+    install(broken, only_broken / "broken" / "1")
+    result = subprocess.run([sys.executable, "-m", "imgcls", "serve", str(only_broken), "--port", str(free_port())],
+                            capture_output=True, text=True, env=child_environment({}), timeout=120)
+    assert result.returncode == 2 and "no model of the repository could be loaded" in result.stderr

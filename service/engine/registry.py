@@ -117,14 +117,18 @@ class ModelRegistry:
         self._announce(model, serving=True)
         return old
 
+    def refuse(self, name: str, message: str) -> None:
+        """Record why ``name`` is not served (the repository index lists it UNAVAILABLE with this reason)."""
+        with self._lock:
+            self._failures[name] = message
+
     def load(self, source: ModelSource) -> ModelInfo:
         """Load, verify and warm ``source``, then serve it as ``source.name`` (replacing any version)."""
         with self._load_lock:
             try:
                 model = self.open(source)
             except LoadRefused as exc:
-                with self._lock:
-                    self._failures[source.name] = exc.message
+                self.refuse(source.name, exc.message)
                 log.warning("refused: %s (the served version, if any, keeps serving)", exc.message)
                 raise
             try:

@@ -24,6 +24,7 @@ CARD = "card.json"
 class ModelSource:
     name: str
     path: Path  # the bundle folder (a version folder inside a repository)
+    in_repository: bool = False  # found by scanning a model repository (refused alone, the others serve)
 
 
 def is_bundle(folder: Path) -> bool:
@@ -47,7 +48,7 @@ def in_repository(repository: Path, name: str) -> ModelSource:
     folder = repository / name
     if not folder.is_dir():
         raise UnknownModel(f"no model {name!r} in the repository {repository}")
-    return ModelSource(name, version_folder(folder))
+    return ModelSource(name, version_folder(folder), in_repository=True)
 
 
 def scan_repository(repository: Path) -> tuple[list[ModelSource], dict[str, str]]:
@@ -94,7 +95,7 @@ def resolve_sources(paths: list[str], model_name: str = "") -> tuple[list[ModelS
         if len(sources) != 1:
             raise BadParameter(f"a model name ({model_name!r}) applies to one bundle; {len(sources)} models are served",
                                "bad_model_name")
-        sources = [ModelSource(check_model_name(model_name), sources[0].path)]
+        sources = [ModelSource(check_model_name(model_name), sources[0].path, sources[0].in_repository)]
     for source in sources:
         try:
             check_model_name(source.name)

@@ -71,9 +71,19 @@ class ServedModels:
 
     # ---------------------------------------------------------------- start
     def open_initial(self) -> None:
-        """Load (not warm) the configured models; a refused one stops the worker (``imgcls serve`` checked them)."""
+        """Load (not warm) the configured models. A refused repository model is left out with a log line
+        (listed UNAVAILABLE; a later version is picked up by polling or a load call); any other refused
+        bundle stops the worker (``imgcls serve`` verified them before starting)."""
         for source in self._initial:
-            self.registry.add(self.registry.open(source), source.path)
+            try:
+                model = self.registry.open(source)
+            except LoadRefused as exc:
+                if not source.in_repository:
+                    raise
+                self.registry.refuse(source.name, exc.message)
+                self._refuse_once(source.name, signature(source.path), exc.message)
+                continue
+            self.registry.add(model, source.path)
             self._signatures[source.name] = signature(source.path)
 
     def warm_up(self) -> None:

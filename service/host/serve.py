@@ -157,7 +157,7 @@ def check_sources(config: ServiceConfig) -> tuple[str | None, list[ModelSource]]
     except EngineError as exc:
         return exc.message, []
     for model in found:
-        if not any(model.path.glob("*.onnx")):
+        if not model.in_repository and not any(model.path.glob("*.onnx")):
             return f"bundle {model.path}: no ONNX file (run `imgcls export` first)", []
     return None, found
 
@@ -166,18 +166,25 @@ def verify_bundles(config: ServiceConfig, found: list[ModelSource]) -> tuple[str
     """Load each bundle once as a worker would (hashes, embedded card, graph, device) before starting.
 
     A worker that fails in ``__init__`` is restarted by BentoML forever, so ``imgcls serve`` would
-    never exit; refusing here ends it with exit status 2 and the message naming the problem.
-    Returns (problem or None, the execution provider obtained).
+    never exit; refusing here ends it with exit status 2 and the message naming the problem. A model
+    of a repository that fails is left out with a warning instead (the workers list it UNAVAILABLE),
+    unless no model is left. Returns (problem or None, the execution provider obtained).
     """
     from imgcls.service.predictor import BundleError, DeviceError, Predictor
 
-    provider = ""
+    provider, served = "", 0
     for model in found:
         try:
             with Predictor.load(model.path, precision=config.precision, device=config.device, threads=1) as loaded:
-                provider = loaded.provider
-        except (BundleError, DeviceError, CardError) as exc:
+                provider, served = loaded.provider, served + 1
+        except DeviceError as exc:
             return str(exc), ""
+        except (BundleError, CardError) as exc:
+            if not model.in_repository:
+                return str(exc), ""
+            log.warning("model repository: leaving out %s: %s", model.name, exc)
+    if not served:
+        return "no model of the repository could be loaded (see the warnings above)", ""
     return None, provider
 
 
