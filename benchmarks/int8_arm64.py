@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         row["points_vs_gate_x86"] = (100 * (row["top1"] - gate_top1)
                                      if about["same_images_as_gate"] and gate_top1 is not None else None)
-    write_result(args.out, "int8_arm64", {"bundle": str(args.bundle), **about, "compared_with": f"x86 {EDGE_FILE}",
+    write_result(args.out, "int8_arm64", {"bundle": args.bundle.resolve().name, **about, "compared_with": f"x86 {EDGE_FILE}",
                                           "note": "top1: the row's kernels on these images; agreement and logit differences vs x86 running the "
                                                   "same .ort file; emulated timing is not reported",
                                           "rows": rows})

@@ -151,3 +151,20 @@ def test_imgcls_serve_defaults_to_auto_and_says_what_each_model_serves(
     finally:
         server.stop()
     assert "WARNING" in log.read_text() and "slow: serving int8 as asked, but INT8 runs 0.13× fp32" in log.read_text()
+
+
+def test_on_a_gpu_auto_serves_fp16_when_its_gate_passed_else_fp32(int8_bundle, tmp_path):
+    """The choice itself (this machine has no GPU to load on): fp16 where the bundle holds a gated one."""
+    from imgcls.export.bundle import export_bundle
+    from imgcls.export.config import ExportConfig
+    from imgcls.models.core.card import ModelCard
+    from imgcls.service.runtime import RuntimeConfig
+
+    run = make_tiny_run(tmp_path, train_steps=10)
+    half = tmp_path / "bundles" / "half"
+    export_bundle(run, half, ExportConfig(fp16=True, progress=False))
+    assert ModelCard.load(half).export["fp16"]["status"] == "passed"
+    choice = precision_module.choose(half, ModelCard.load(half), "auto", RuntimeConfig(device="cpu"), on_gpu=True)
+    assert (choice.precision, choice.reason) == ("fp16", "serving fp16: on a GPU, and its gate passed")
+    choice = precision_module.choose(int8_bundle, ModelCard.load(int8_bundle), "auto", RuntimeConfig(), on_gpu=True)
+    assert choice.precision == "fp32" and choice.reason == "serving fp32 on the GPU: the bundle has no fp16 variant"
