@@ -61,6 +61,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("cold_start", "10", timeout_s=180),
     Benchmark("oip_load", "12", ("--bundle", "{workdir}/speed-mobilenet_v2/bundle", "--seconds", "12",
                                  "--rounds", "3"), workdir=False),
+    # the same protocol over gRPC (ModelInfer, JPEG as BYTES) against /v2 binary over HTTP, 2 workers
+    Benchmark("grpc_load", "27", ("--bundle", "{workdir}/speed-mobilenet_v2/bundle", "--seconds", "16",
+                                  "--rounds", "4"), workdir=False),
     # --engine ray vs the single-process scorer: a batch job (1440 JPEGs) and a short one, where
     # the engine's fixed start-up shows.
     Benchmark("ray_scoring", "14", timeout_s=600),
