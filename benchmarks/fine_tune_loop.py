@@ -27,6 +27,7 @@ from benchmarks.report import machine, summary_row, write_result
 
 log = logging.getLogger("bench.fine_tune_loop")
 BATCH = 32
+ROUNDS = 3
 
 
 def _caching_rate(extractor: Any, dataset: Any, directory: Path) -> float:
@@ -65,23 +66,31 @@ def caching(data: Path, work: Path, arch: str) -> dict[str, Any]:
     extractor = feature_extractor(model, arch)
     backbone = OrtBackbone(extractor, preprocess, cores)
     backbone.session()  # converted once, timed apart
-    ort_rate = _caching_rate(backbone, ort_set, work / "ort")
-    eager_rate = _caching_rate(extractor, eager_set, work / "eager")
     graph = to_onnx(model, preprocess, opset=18).SerializeToString()
     session, _ = create_session(graph, RuntimeConfig(device="cpu", threads=cores))
-    pixels = np.stack([ort_set[i][0].numpy() for i in range(min(len(ort_set), 4 * BATCH))])
+    pixels = np.stack([ort_set[i][0].numpy() for i in range(len(ort_set))])
     name = session.get_inputs()[0].name
-    session.run(None, {name: pixels[:BATCH]})
-    started, done = time.perf_counter(), 0
-    while time.perf_counter() - started < 5.0:
+
+    def predictor_pass() -> None:
         for start in range(0, len(pixels), BATCH):
             session.run(None, {name: pixels[start:start + BATCH]})
-            done += len(pixels[start:start + BATCH])
-    predictor_rate = done / (time.perf_counter() - started)
+
+    predictor_pass()  # warm-up
+    # alternating rounds, best of each: the machine is shared, both see the same conditions
+    ort_rates, predictor_rates = [], []
+    for index in range(ROUNDS):
+        ort_rates.append(_caching_rate(backbone, ort_set, work / f"ort{index}"))
+        started = time.perf_counter()
+        predictor_pass()
+        predictor_rates.append(len(pixels) / (time.perf_counter() - started))
+    ort_rate, predictor_rate = max(ort_rates), max(predictor_rates)
+    eager_rate = _caching_rate(extractor, eager_set, work / "eager")
     return {"arch": arch, "images": len(samples), "batch": BATCH, "threads": cores,
             "conversion_s": round(backbone.export_seconds, 2), "ort_caching_images_per_s": round(ort_rate, 1),
             "eager_caching_images_per_s": round(eager_rate, 1), "predictor_ort_images_per_s": round(predictor_rate, 1),
-            "caching_vs_predictor": round(ort_rate / predictor_rate, 3), "caching_vs_eager": round(ort_rate / eager_rate, 2)}
+            "caching_vs_predictor": round(ort_rate / predictor_rate, 3), "caching_vs_eager": round(ort_rate / eager_rate, 2),
+            "rounds": {"ort_caching": [round(r, 1) for r in ort_rates],
+                       "predictor_ort": [round(r, 1) for r in predictor_rates]}}
 
 
 def demo(work: Path) -> dict[str, Any]:
@@ -131,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-demo", dest="demo", action="store_false")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for chatty in ("onnx_ir", "onnxscript", "torch"):  # the exporter's pass-by-pass notes
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     from imgcls.digits import write_digits
 
     with tempfile.TemporaryDirectory(prefix="imgcls-bench-loop-") as temp:
