@@ -22,7 +22,7 @@ VALUES = {"device": "cpu", "precision": "int8", "workers": "3", "threads": "2", 
           "max_batch_size": "4", "batch_wait_ms": "2.5", "max_queue_images": "300", "max_body_bytes": "1000",
           "max_images": "5", "max_image_bytes": "999", "max_pixels": "12345", "default_top_k": "2",
           "timeout": "7.5", "max_concurrency": "9", "model_name": "my-model", "grace": "4.5",
-          "poll_s": "2.5", "api_keys_file": "/keys.txt", "public_routes": "health"}
+          "poll_s": "2.5", "api_keys_file": "/keys.txt", "public_routes": "health", "grpc_port": "50051"}
 
 
 def test_every_flag_reads_exactly_imgcls_flag(tmp_path):
