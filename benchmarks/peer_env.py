@@ -46,6 +46,9 @@ SPECS: dict[str, PeerEnvSpec] = {
     "litserve": PeerEnvSpec("litserve", ("litserve==0.2.19", "python-multipart>=0.0.9", *COMMON),
                             (sys.executable, DEBIAN_PYTHON)),
     "mosec": PeerEnvSpec("mosec", ("mosec==0.9.8", *COMMON), (sys.executable, DEBIAN_PYTHON)),
+    # not a server: KServe's Python clients (REST and gRPC) against imgcls, tests/test_kserve_client.py;
+    # kserve pins protobuf, psutil and brings uvloop, hence an environment of its own
+    "kserve": PeerEnvSpec("kserve", ("kserve==0.21.0", *COMMON), (sys.executable, DEBIAN_PYTHON)),
 }
 
 
