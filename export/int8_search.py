@@ -272,7 +272,7 @@ def _section(ladder: Ladder, kept: Path | None) -> dict[str, Any]:
         "status": "passed" if kept is not None else "refused",
         "method": final["method"] if kept is not None else None,
         "target": ladder.target, "target_choice": "auto (from CPU features)" if ladder.config.int8_target == "auto" else "--int8-target",
-        "gated_on": gated_on, **final["settings"], "gate": final["gate"], "format": fmt,
+        "gated_on": gated_on, **final["settings"], "gate": final["gate"], "int8_format": fmt,
         "attempts": [_attempt_record(a) for a in ladder.attempts],
     }
     speed = speed_record(final["gate"], fmt, kept is not None, gated_on)

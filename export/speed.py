@@ -16,8 +16,8 @@ needs, ``card.export["int8"]["speed"]``::
      "serve_here": "int8",               # int8 only when the gate passed and it is faster here, else fp32
      "line": "INT8 runs 1.42x fp32 on this CPU (AVX-512 VNNI, U8S8): serve INT8 here"}
 
-``card.export["int8"]`` also says ``format`` (the kept file's, e.g. ``U8U8``) and ``target`` (which
-CPUs the file was made for). A server on a CPU of another ``isa`` cannot rely on ``ratio_vs_fp32``:
+``card.export["int8"]`` also says ``int8_format`` (the kept file's, e.g. ``U8U8``; ``format`` stays
+the quantization format, ``QDQ``) and ``target`` (which CPUs the file was made for). A server on a CPU of another ``isa`` cannot rely on ``ratio_vs_fp32``:
 the same file can run 0.13x fp32 on AVX2 and faster than fp32 with VNNI.
 """
 from __future__ import annotations

@@ -47,12 +47,13 @@ def test_card_and_report_carry_the_measured_speed_and_the_summary_says_it(tmp_pa
     speed = int8["speed"]
     gate = int8["gate"]
     assert speed["ratio_vs_fp32"] == pytest.approx(gate["int8_images_per_s"] / gate["fp32_images_per_s"], rel=1e-3)
-    assert speed["batch"] == gate["benchmark_batch"] and speed["format"] == int8["format"]
+    assert speed["batch"] == gate["benchmark_batch"] and speed["format"] == int8["int8_format"]
+    assert int8["format"] == "QDQ"
     assert speed["cpu"]["isa"] == local_isa() and speed["cpu"]["model"] == cpu_features()["model"]
     assert speed["cpu"]["target"] == cpu_features()["target"]
     passed = int8["status"] == "passed"
     assert speed["serve_here"] == ("int8" if passed and speed["ratio_vs_fp32"] >= 1 else "fp32")
-    assert int8["format"] in ("U8U8", "U8S8", "S8S8")
+    assert int8["int8_format"] in ("U8U8", "U8S8", "S8S8")
     report = json.loads((out / "export_report.json").read_text())
     assert report["int8"]["speed"]["line"] == speed["line"]
     assert speed["line"].startswith(f"INT8 runs {speed['ratio_vs_fp32']:.2f}x fp32 on this CPU (")
