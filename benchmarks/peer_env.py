@@ -49,6 +49,8 @@ SPECS: dict[str, PeerEnvSpec] = {
     # not a server: KServe's Python clients (REST and gRPC) against imgcls, tests/test_kserve_client.py;
     # kserve pins protobuf, psutil and brings uvloop, hence an environment of its own
     "kserve": PeerEnvSpec("kserve", ("kserve==0.21.0", *COMMON), (sys.executable, DEBIAN_PYTHON)),
+    # not a server either: the schema fuzzer of tests/test_oip_fuzz.py
+    "schemathesis": PeerEnvSpec("schemathesis", ("schemathesis==4.32.5",), (sys.executable, DEBIAN_PYTHON)),
 }
 
 

@@ -393,6 +393,9 @@ def test_openapi_documents_the_v2_routes(http):
     infer = paths["/v2/models/{name}/infer"]["post"]
     assert {"200", "400", "404", "413"} <= set(infer["responses"])
     assert "application/octet-stream" in infer["requestBody"]["content"]
+    for path in ("/v2/models/{name}", "/v2/models/{name}/config", "/v2/models/{name}/versions/{version}/config"):
+        assert {"200", "400", "404"} <= set(paths[path]["get"]["responses"]), path  # 400: a name with path characters
+    assert_error(http.get("/v2/models/a%20b/config"), 400, "model name")
 
 
 def test_docs_tritonclient_example_runs_as_written(server, tmp_path):

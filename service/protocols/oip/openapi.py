@@ -97,8 +97,10 @@ def add_paths(spec: dict[str, Any]) -> dict[str, Any]:
     """Add the ``/v2`` routes and their schemas to ``spec`` (in place; returned for chaining)."""
     spec.setdefault("components", {}).setdefault("schemas", {}).update(SCHEMAS)
     paths = spec.setdefault("paths", {})
-    not_ready = {"400": ("not ready (the protocol answers false with a 4xx)", "OIPReady")}
-    unknown = {"404": ("unknown model name or version", "OIPError")}
+    not_ready = {"400": ("not ready (the protocol answers false with a 4xx), or a model name with path "
+                         "characters", "OIPReady")}
+    unknown = {"404": ("unknown model name or version", "OIPError"),
+               "400": ("a model name with path characters (letters, digits, '.', '_', '-' only)", "OIPError")}
     paths["/v2"] = _get("server metadata and supported extensions", "OIPServerMetadata", {}, [])
     paths["/v2/health/live"] = _get("liveness", "OIPReady", {}, [])
     paths["/v2/health/ready"] = _get("readiness: every worker warmed (like /readyz)", "OIPReady", not_ready, [])
