@@ -110,7 +110,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--exporter", choices=EXPORTERS, default="dynamo")
     parser.add_argument("--parity-images", type=int, default=16, help="real images checked against PyTorch")
     parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="minmax")
-    parser.add_argument("--calibration-size", type=int, default=300, help="training images used to calibrate")
+    parser.add_argument("--calibration-size", type=int, default=100,
+                        help="training images used to calibrate (default 100)")
     parser.add_argument("--int8-target", choices=INT8_TARGETS, default="auto",
                         help="auto (default): from this CPU's features; x86: U8U8 (AVX2 without VNNI); "
                              "vnni: U8U8; arm64: S8S8")
