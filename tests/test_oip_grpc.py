@@ -100,3 +100,38 @@ def test_a_grpc_port_in_use_or_equal_to_the_http_port_exits_2(bundle):
         taken.listen()
         result = serve(str(bundle), "--port", str(free_port()), "--grpc-port", str(taken.getsockname()[1]))
     assert result.returncode == 2 and "cannot listen" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sigterm_drains_grpc_calls(bundle, tmp_path):
+    """Clients calling in a loop when the server is stopped: every call answers or gets UNAVAILABLE (retry
+    elsewhere), none fails otherwise (a call cut by the models closing); the server exits 0."""
+    import threading
+
+    import grpc
+
+    grpc_port = free_port()
+    server = start_server(bundle, tmp_path / "serve.log", args=["--grpc-port", str(grpc_port), "--workers", "1"])
+    outcomes: list[tuple[int, set]] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        client = triton.InferenceServerClient(f"{LOOPBACK}:{grpc_port}")
+        done, codes = 0, set()
+        while not stop.is_set() and not codes:
+            try:
+                client.infer(bundle.name, [image_input()])
+                done += 1
+            except InferenceServerException as exc:
+                codes.add(exc.status())
+        outcomes.append((done, codes))
+
+    threads = [threading.Thread(target=loop) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    threading.Event().wait(1.5)
+    assert server.stop() == 0
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert len(outcomes) == 6 and all(done > 0 for done, _ in outcomes), outcomes
+    assert set().union(*(codes for _, codes in outcomes)) <= {str(grpc.StatusCode.UNAVAILABLE)}, outcomes

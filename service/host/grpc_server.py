@@ -6,12 +6,15 @@ metrics as ``/v2`` does. The workers listen on one port: gRPC sets ``SO_REUSEPOR
 kernel spreads new connections over them (a connection stays on its worker). A message larger than
 ``--max-body-bytes`` is refused by gRPC itself (RESOURCE_EXHAUSTED). With API keys, every method but
 the health ones (per ``--public-routes``) needs the metadata ``authorization: Bearer <key>``.
-On shutdown the server stops taking calls and gives running ones ``--grace`` seconds.
+On SIGTERM, when the HTTP drain starts, the server stops taking calls (new ones get UNAVAILABLE,
+which clients retry) and gives the running ones ``--grace`` seconds, before the models close.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+from types import FrameType
 from typing import Any, Callable, Sequence
 
 import grpc
@@ -68,16 +71,32 @@ def start_in_background(config: ServiceConfig, current: Callable[[], Any], keep:
         except Exception:
             log.exception("the gRPC server could not start on %s", address(config.grpc_host, config.grpc_port))
 
-    task = asyncio.get_running_loop().create_task(run())
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(run())
     keep.add(task)
     task.add_done_callback(keep.discard)
+    _stop_on_sigterm(holder, config.grace, loop)
     return holder
+
+
+def _stop_on_sigterm(holder: dict[str, Any], grace: float, loop: asyncio.AbstractEventLoop) -> None:
+    """On SIGTERM (the HTTP drain starts: ``imgcls.service.host.drain``), stop taking gRPC calls too and give
+    the running ones ``grace`` seconds, before the models close; then the previous handler runs."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous):
+        return
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(stop, holder, grace)
+        previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def stop(holder: dict[str, Any], grace: float) -> None:
     """Stop taking calls; running ones get ``grace`` seconds (scheduled on the loop when it still runs)."""
     server = holder.get("server")
-    if server is None:
+    if server is None or "stopping" in holder:
         return
     try:
         loop = asyncio.get_running_loop()
