@@ -1,11 +1,11 @@
 """One server, many models: memory of ten models, a swap under load, one model against the code before.
 
-    .venv/bin/python -m benchmarks.many_models --baseline-tree /tmp/base --out benchmarks/results/many_models.json
+    .venv/bin/python -m benchmarks.many_models --out benchmarks/results/many_models.json
 
-``--baseline-tree``: a checkout of the code before the serving side held many models (``git worktree
-add /tmp/base 92fba03``); its server runs from that folder (working directory and ``PYTHONPATH``) with
-this interpreter, and each server's arbiter command line and ``GET /models`` (absent before) are kept
-to show which code answered. Four phases, each server ready before it is measured, stopped after:
+The code before the serving side held many models is commit ``--baseline-commit`` (92fba03), unpacked
+once into ``--workdir`` with ``git archive`` (or ``--baseline-tree DIR``, e.g. a ``git worktree``); its
+server runs from that folder (working directory and ``PYTHONPATH``) with this interpreter, and each
+server's arbiter command line and ``GET /models`` (absent before) are kept to show which code answered. Four phases, each server ready before it is measured, stopped after:
 
 1. Memory: one efficientnet_lite0 bundle copied under ``--models`` names (each loaded as its own
    session; the copies share one ONNX file's bytes, not a session), one ``--workers`` server for all of
@@ -42,7 +42,7 @@ from benchmarks.http_load import drive
 from benchmarks.peer_servers import HOST, OIP_MODEL, first_answer, oip_request, peak_rss, post, raw_request, tree_pids
 from benchmarks.loadgen import Request
 from benchmarks.many_models_report import summary
-from benchmarks.report import setup_logging, stop_group, write_result
+from benchmarks.report import REPO_ROOT, setup_logging, stop_group, write_result
 from benchmarks.summaries import bundle_arch
 
 log = logging.getLogger("bench.many_models")
@@ -112,6 +112,17 @@ def swap_phase(lite0: Path, lite0_v2: Path, jpegs: list[bytes], args: argparse.N
     finally:
         result_exit = server.stop()
     return {**result, "workers": args.workers, "exit_code": result_exit}
+
+
+def unpacked_commit(workdir: Path, commit: str) -> Path:
+    """``commit``'s files under ``workdir`` (``git archive``, once): no work tree or branch is touched."""
+    tree = workdir / f"code-{commit}"
+    if not (tree / "imgcls" / "__init__.py").is_file():
+        shutil.rmtree(tree, ignore_errors=True)
+        tree.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", commit], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
 
 
 def base_command(tree: Path, bundle: Path, port: int) -> tuple[list[str], dict[str, str]]:
@@ -209,7 +220,9 @@ def start_phase(bundle: Path, jpeg: bytes, args: argparse.Namespace, scratch: Pa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline-tree", type=Path, help="checkout of the code before (git worktree add DIR 92fba03)")
+    parser.add_argument("--baseline-commit", default="92fba03", help="the code before (unpacked into --workdir)")
+    parser.add_argument("--baseline-tree", type=Path, help="instead: a checkout of the code before")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the code before")
     parser.add_argument("--bundle", type=Path, help="the model served under many names (default: efficientnet_lite0, "
                         "ImageNet weights, exported once into --workdir)")
     parser.add_argument("--bundle-v2", type=Path, help="the version swapped in (default: the same model exported by the "
@@ -235,7 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started, load_at_start = time.perf_counter(), os.getloadavg()[0]
     results: dict[str, Any] = {"clients": args.clients, "workers": args.workers, "models": args.models}
-    if args.baseline_tree:
+    if args.no_baseline or not {"one_model", "start"} & set(args.phases):
+        args.baseline_tree = None
+    elif args.baseline_tree is None:
+        args.baseline_tree = unpacked_commit(args.workdir, args.baseline_commit)
+        results["baseline_commit"] = args.baseline_commit
+    else:
         results["baseline_commit"] = subprocess.run(["git", "-C", str(args.baseline_tree), "rev-parse", "--short",
                                                      "HEAD"], capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="imgcls-many-models-") as folder:

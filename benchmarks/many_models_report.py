@@ -66,7 +66,8 @@ def one_model_rows(o: dict[str, Any], floor: dict[str, Any] | None, clients: int
             continue
         ratio = now["throughput_rps"] / then["throughput_rps"] if then and then["throughput_rps"] else None
         base = (f"the code before ({then['throughput_rps']:.1f} req/s, p99 {then['p99_ms']:.0f} ms, rounds "
-                f"{then['rounds_rps']})" if then else "code before not measured")
+                f"{then['rounds_rps']}; ratio per round {_spread(now['rounds_rps'], then['rounds_rps'])})"
+                if then else "code before not measured")
         rows.append(summary_row(ITEM, "mobilenet_v2 (one model)",
                                 f"/{route} req/s at {clients} clients (p99 {now['p99_ms']:.0f} ms, rounds "
                                 f"{now['rounds_rps']})", now["throughput_rps"], base, ratio,
@@ -91,6 +92,14 @@ def start_row(s: dict[str, Any]) -> dict[str, Any]:
                        now["median_s"], f"no-op BentoML service {floor['median_s']:.2f} s {floor['samples_s']}",
                        now["median_s"] / floor["median_s"], f"<= no-op + {GOAL_START_S} s",
                        now["median_s"] <= floor["median_s"] + GOAL_START_S)
+
+
+def _spread(now: list[float], then: list[float]) -> str:
+    """Median (min-max) of the round-by-round ratios: how much the machine's noise moves the total's."""
+    ratios = [a / b for a, b in zip(now, then) if b]
+    if not ratios:
+        return "-"
+    return f"median {statistics.median(ratios):.2f}, {min(ratios):.2f}-{max(ratios):.2f}"
 
 
 def _mean(values: list[float]) -> float:
