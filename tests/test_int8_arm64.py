@@ -14,10 +14,12 @@ from tests.factories import make_tiny_bundle
 from tests.system_tools import require, unavailable
 
 pytestmark = pytest.mark.slow
-# Measured: the tiny bundle's U8U8 edge file gives bit-identical logits on x86 (AVX-512 VNNI) and on both
-# emulated ARM64 CPUs (max |difference| 0.0 over 12 images, logits up to ~10). The tolerance leaves room
-# for float rounding in the dequantized tail on other x86 kernels, far below a changed answer.
-LOGIT_TOLERANCE = 1e-3
+# Measured (AMD EPYC with AVX-512 VNNI, onnxruntime 1.31.1): the tiny bundle's edge file gives bit-identical
+# logits on x86 and on both emulated ARM64 CPUs (12 images, logits up to ~10). On the demo's
+# efficientnet_lite0 (U8S8, 359 validation images) ARM64 and x86 agree on every answer, mean |logit
+# difference| 0.00014, max 0.186 on logits up to 7.68 (2.4 %): the integer kernels may requantize one
+# value a step apart, which a deep graph carries to the logits. The bound: 3 % of the largest logit.
+RELATIVE_TOLERANCE = 0.03
 
 
 def test_the_edge_file_answers_the_same_on_arm64_kernels(tmp_path):
@@ -42,7 +44,7 @@ def test_the_edge_file_answers_the_same_on_arm64_kernels(tmp_path):
         figures = agreement(arm, x86, images.labels)
         assert arm.shape == x86.shape == (12, 3)
         assert figures["top1_agreement"] == 1.0, (cpu, figures)
-        assert figures["max_abs_logit_diff"] <= LOGIT_TOLERANCE, (cpu, figures)
+        assert figures["max_abs_logit_diff"] <= RELATIVE_TOLERANCE * figures["logit_scale"], (cpu, figures)
         assert figures["top1"] == figures["top1_x86_ort"]
     assert np.abs(x86).max() > 0.1, "the logits say something (a dead model would agree trivially)"
 
