@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import runpy
 
-import pytest
-
 from tests.conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "service" / "protocols" / "oip_grpc"
-pytest.importorskip("grpc_tools", reason="grpcio-tools is in the dev extra")
 
 
 def test_committed_modules_are_what_the_generator_writes(tmp_path):
