@@ -5,13 +5,15 @@
 The code before the serving side held many models is commit ``--baseline-commit`` (92fba03), unpacked
 once into ``--workdir`` with ``git archive`` (or ``--baseline-tree DIR``, e.g. a ``git worktree``); its
 server runs from that folder (working directory and ``PYTHONPATH``) with this interpreter, and each
-server's arbiter command line and ``GET /models`` (absent before) are kept to show which code answered. Four phases, each server ready before it is measured, stopped after:
+server's arbiter command line and ``GET /models`` (absent before) are kept to show which code
+answered. Four phases, each server ready before it is measured, stopped after:
 
-1. Memory: one efficientnet_lite0 bundle copied under ``--models`` names (each loaded as its own
-   session; the copies share one ONNX file's bytes, not a session), one ``--workers`` server for all of
-   them against one server for one copy, each after ``--clients`` clients (spread over every model)
-   for ``--memory-seconds``; the sum of the process tree's peak RSS (``peer_servers.peak_rss``). Ten
-   one-model servers are one measured server times ten. Goal: <= 1.5 GiB.
+1. Memory: ``--models`` distinct efficientnet_lite0 models (ImageNet backbone, a digits head trained
+   one epoch per seed; ``--copies``: one stock bundle copied under as many names, each still loaded as
+   its own session) in one ``--workers`` server, against one server for the first of them, each after
+   ``--clients`` clients (spread over every model) for ``--memory-seconds``; the sum of the process
+   tree's peak RSS (``peer_servers.peak_rss``). Ten one-model servers are one measured server times
+   ten. Goal: <= 1.5 GiB.
 2. Swap under load (``benchmarks.model_swap``): version 2 (the same model exported by the other ONNX
    exporter, so another file) replaces version 1 under ``--clients`` clients. Goal: 0 failed requests,
    old version before, new after.
@@ -59,6 +61,27 @@ def lite0_bundle(workdir: Path, exporter: str) -> Path:
     return bundle
 
 
+def lite0_heads(workdir: Path, count: int) -> Path:
+    """A model repository of ``count`` distinct efficientnet_lite0 models (ImageNet backbone, a digits head
+    trained one epoch with seed 1..count: own split, init and weights), each exported fp32; cached."""
+    folder = workdir / "lite0-digits-heads"
+    repository = folder / "repository"
+    if not (folder / "digits").is_dir():
+        fixtures.run_cli("digits", "--limit-per-class", "20", str(folder / "digits.partial"))
+        (folder / "digits.partial").rename(folder / "digits")
+    for seed in range(1, count + 1):
+        bundle = repository / f"lite0-digits-{seed:02d}"
+        if (bundle / "card.json").is_file():
+            continue
+        run = folder / "runs" / f"seed{seed:02d}"
+        shutil.rmtree(run, ignore_errors=True)
+        fixtures.run_cli("train", "--data", str(folder / "digits"), "--arch", "efficientnet_lite0", "--strategy", "head",
+                         "--epochs", "1", "--seed", str(seed), "--out", str(run))
+        shutil.rmtree(bundle, ignore_errors=True)
+        fixtures.run_cli("export", str(run), "--out", str(bundle), "--no-progress")
+    return repository
+
+
 def workers_rss(memory: dict[str, Any]) -> list[float]:
     return [mib for name, mib in memory["peak_rss_by_process"] if name == WORKER]
 
@@ -83,15 +106,26 @@ def serve_and_load(target: Path, names: list[str], jpegs: list[bytes], args: arg
     return {"models": len(names), **memory, "workers_mb": workers, "load": load, "exit_code": exit_code}
 
 
-def memory_phase(lite0: Path, jpegs: list[bytes], args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
-    repository = scratch / "repository"
-    names = [f"lite0-{i:02d}" for i in range(1, args.models + 1)]
-    for name in names:
-        shutil.copytree(lite0, repository / name)
+def memory_models(lite0: Path | None, args: argparse.Namespace, scratch: Path) -> tuple[Path, list[str], str]:
+    """The repository of the memory phase, its model names, and what the models are."""
+    if lite0 is not None:
+        repository = scratch / "repository"
+        names = [f"{lite0.name}-{i:02d}" for i in range(1, args.models + 1)]
+        for name in names:
+            shutil.copytree(lite0, repository / name)
+        return repository, names, f"one bundle copied under {len(names)} names, each loaded as its own session"
+    repository = lite0_heads(args.workdir, args.models)
+    names = sorted(p.name for p in repository.iterdir())[: args.models]
+    return repository, names, (f"{len(names)} distinct models: ImageNet backbone, a digits head trained one epoch "
+                               "with its own seed, fp32")
+
+
+def memory_phase(lite0: Path | None, jpegs: list[bytes], args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    repository, names, kind = memory_models(lite0, args, scratch)
     one = serve_and_load(repository / names[0], names[:1], jpegs, args, scratch / "one-model.log")
     many = serve_and_load(repository, names, jpegs, args, scratch / "many-models.log")
     per_worker_added = (statistics.fmean(many["workers_mb"]) - statistics.fmean(one["workers_mb"])) / (len(names) - 1)
-    return {"one_model_server": one, "many_model_server": many,
+    return {"kind": kind, "one_model_server": one, "many_model_server": many,
             "ten_one_model_servers_mb": round(one["peak_rss_mb"] * len(names), 1),
             "ten_one_model_servers_how": f"one one-model server measured, times {len(names)}",
             "added_model_per_worker_mb": round(per_worker_added, 1)}
@@ -223,8 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-commit", default="92fba03", help="the code before (unpacked into --workdir)")
     parser.add_argument("--baseline-tree", type=Path, help="instead: a checkout of the code before")
     parser.add_argument("--no-baseline", action="store_true", help="skip the code before")
-    parser.add_argument("--bundle", type=Path, help="the model served under many names (default: efficientnet_lite0, "
-                        "ImageNet weights, exported once into --workdir)")
+    parser.add_argument("--bundle", type=Path, help="a bundle served under many names (memory) and swapped (default: "
+                        "efficientnet_lite0 with its ImageNet head, exported once into --workdir)")
+    parser.add_argument("--copies", action="store_true", help="memory phase: copies of that bundle instead of "
+                        "distinct lite0 models (each trained and exported once into --workdir, ~1 min per model)")
     parser.add_argument("--bundle-v2", type=Path, help="the version swapped in (default: the same model exported by the "
                         "legacy ONNX exporter)")
     parser.add_argument("--models", type=int, default=10)
@@ -261,14 +297,15 @@ def main(argv: list[str] | None = None) -> int:
         described = peers.jpeg_set(scratch)
         jpegs = [data for _, data in described]
         results["jpegs"] = [{"image": d, "bytes": len(b)} for d, b in described]
-        if {"memory", "swap"} & set(args.phases):
-            lite0 = args.bundle or lite0_bundle(args.workdir, "dynamo")
-            results["many_models_arch"] = bundle_arch(str(lite0))
         if "memory" in args.phases:
-            results["memory"] = memory_phase(lite0, jpegs, args, scratch)
+            copied = args.bundle or (lite0_bundle(args.workdir, "dynamo") if args.copies else None)
+            results["memory"] = memory_phase(copied, jpegs, args, scratch)
         if "swap" in args.phases:
+            lite0 = args.bundle or lite0_bundle(args.workdir, "dynamo")
             results["swap"] = swap_phase(lite0, args.bundle_v2 or lite0_bundle(args.workdir, "legacy"), jpegs, args,
                                          scratch)
+        if {"memory", "swap"} & set(args.phases):
+            results["many_models_arch"] = bundle_arch(str(args.bundle)) if args.bundle else "efficientnet_lite0"
         if {"one_model", "start"} & set(args.phases):
             speed = fixtures.speed_bundle("mobilenet_v2", args.workdir).bundle_dir
         if "one_model" in args.phases:

@@ -33,8 +33,8 @@ def memory_rows(m: dict[str, Any], clients: int, arch: str) -> list[dict[str, An
     statuses = ", ".join(f"{k}: {v}" for k, v in many["load"]["statuses"].items())
     return [
         summary_row(ITEM, f"{arch} x{many['models']}",
-                    f"one server, {len(many['workers_mb'])} workers, all models: peak RSS MiB of all its processes "
-                    f"after {clients} clients over every model (statuses {statuses})", total,
+                    f"one server, {len(many['workers_mb'])} workers, all models ({m.get('kind', '?')}): peak RSS MiB "
+                    f"of all its processes after {clients} clients over every model (statuses {statuses})", total,
                     f"{many['models']} one-model servers: {ten:.0f} MiB ({m['ten_one_model_servers_how']}, "
                     f"{one['peak_rss_mb']:.0f} MiB)", total / ten if ten else None, "<= 1.5 GiB (1536 MiB)",
                     total <= GOAL_TOTAL_MB),
