@@ -76,7 +76,8 @@ def one_model_rows(o: dict[str, Any], floor: dict[str, Any] | None, clients: int
         floor_worker = max((mib for name, mib in floor["peak_rss_by_process"] if "worker" in name), default=None)
         worker = max(today.get("workers_mb") or [0.0])
         if floor_worker:
-            rows.append(summary_row(ITEM, "mobilenet_v2 (one model)", "peak RSS MiB per worker after the load",
+            then = f"; the code before: {max(before['workers_mb']):.0f}" if before and before.get("workers_mb") else ""
+            rows.append(summary_row(ITEM, "mobilenet_v2 (one model)", f"peak RSS MiB per worker after the load{then}",
                                     worker, f"a no-op BentoML worker: {floor_worker:.0f} MiB", worker / floor_worker,
                                     f"<= no-op worker + {GOAL_WORKER_MB:.0f} MiB",
                                     worker <= floor_worker + GOAL_WORKER_MB))
