@@ -5,8 +5,9 @@ A thin wrapper: the flags become ``IMGCLS_*`` environment variables (``imgcls.se
 passed on to it, so ``docker stop`` / Ctrl+C drain requests: the workers stop listening at once (new
 connections are refused), answer every request they had accepted, and get ``--grace`` seconds for it
 (uvicorn's ``--timeout-graceful-shutdown``) before they cancel what is left; a server still running
-``supervise.KILL_MARGIN_S`` after that is killed. Once the checks pass, this process ``exec``s into
-``imgcls.service.host.supervise`` (same pid), which runs and supervises ``bentoml serve``. SIGTERM
+``supervise.KILL_MARGIN_S`` after that is killed. Once the quick checks pass, this process ``exec``s into
+``imgcls.service.host.supervise`` (same pid), which runs and supervises ``bentoml serve``; on a CPU the
+bundles are verified meanwhile in a forked child (``fork_check``), else before the ``exec``. SIGTERM
 exits 0, Ctrl+C (SIGINT) 130 like every other stage.
 Every flag --some-flag defaults to its environment variable IMGCLS_SOME_FLAG, then to the built-in
 default. Exit status 2 (one line, no traceback) for a bad bundle, flag, variable or a port already in use.

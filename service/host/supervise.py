@@ -1,7 +1,7 @@
 """The process ``imgcls serve`` becomes once the bundle is verified: it runs ``bentoml serve``.
 
-``imgcls serve`` checks flags, port and bundle (loading the model once, which brings in ONNX Runtime
-and NumPy), then ``exec``s ``python -m imgcls.service.host.supervise`` in the same process (same pid,
+``imgcls serve`` checks flags, port and bundle (the bundle check loads the model once, which brings in
+ONNX Runtime and NumPy), then ``exec``s ``python -m imgcls.service.host.supervise`` in the same process (same pid,
 so ``docker stop``, a process manager or Ctrl+C still signal it): the whole life of the server is
 then supervised by a process that imported only the standard library, 14 MiB instead of the 95 MiB
 the checks leave behind (measured, MobileNet-v2 bundle).
