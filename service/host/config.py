@@ -50,7 +50,6 @@ class ServiceConfig:
     grpc_host: str = "127.0.0.1"  # the address the gRPC server listens on (imgcls serve: --host)
     public_routes: str = "health,metrics,ui"  # with API keys: the route groups that need none (health, metrics, ui)
     warmup_delay_s: float = 0.0  # test knob: sleep before the warm-up (to observe /readyz 503)
-    await_check: bool = False  # set by imgcls serve: load models only once its bundle check passed (supervise)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -121,7 +120,7 @@ def env_name(field_name: str) -> str:
 
 def setting_name(field_name: str) -> str:
     """How messages name a setting: its ``imgcls serve`` flag and its environment variable."""
-    if field_name in ("state_dir", "warmup_delay_s", "bundle", "grpc_host", "await_check"):
+    if field_name in ("state_dir", "warmup_delay_s", "bundle", "grpc_host"):
         return env_name(field_name)
     return f"--{field_name.replace('_', '-')} / {env_name(field_name)}"
 

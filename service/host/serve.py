@@ -5,9 +5,8 @@ A thin wrapper: the flags become ``IMGCLS_*`` environment variables (``imgcls.se
 passed on to it, so ``docker stop`` / Ctrl+C drain requests: the workers stop listening at once (new
 connections are refused), answer every request they had accepted, and get ``--grace`` seconds for it
 (uvicorn's ``--timeout-graceful-shutdown``) before they cancel what is left; a server still running
-``supervise.KILL_MARGIN_S`` after that is killed. Once the quick checks pass, this process ``exec``s into
-``imgcls.service.host.supervise`` (same pid), which runs and supervises ``bentoml serve``; on a CPU the
-bundles are verified meanwhile in a forked child (``fork_check``), else before the ``exec``. SIGTERM
+``supervise.KILL_MARGIN_S`` after that is killed. Once the checks pass, this process ``exec``s into
+``imgcls.service.host.supervise`` (same pid), which runs and supervises ``bentoml serve``. SIGTERM
 exits 0, Ctrl+C (SIGINT) 130 like every other stage.
 Every flag --some-flag defaults to its environment variable IMGCLS_SOME_FLAG, then to the built-in
 default. Exit status 2 (one line, no traceback) for a bad bundle, flag, variable or a port already in use.
@@ -18,7 +17,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import signal
 import socket
 import sys
 from pathlib import Path
@@ -32,7 +30,7 @@ from imgcls.service.engine.types import EngineError
 from imgcls.service.host import tracing
 from imgcls.service.host.auth import is_loopback, read_keys
 from imgcls.service.host.config import ServiceConfig, env_name
-from imgcls.service.runtime import CUDA, cuda_in_build
+from imgcls.service.runtime import CUDA
 from imgcls.stage_parser import StageParser
 
 log = logging.getLogger("imgcls.serve")
@@ -190,46 +188,6 @@ def verify_bundles(config: ServiceConfig, found: list[ModelSource]) -> tuple[str
     return None, provider
 
 
-def announce(config: ServiceConfig, found: list[ModelSource], host: str, port: int) -> None:
-    """The line that says what is served where, once the bundles passed their check."""
-    spans = "on" if tracing.spans_wanted(config.access_log, os.environ) else "off (no tracing configured, no access log)"
-    names = ", ".join(model.name for model in found)
-    log.info("serving %s on http://%s:%d%s (%d worker(s), %s, %s; OpenTelemetry spans %s)", names, host, port,
-             f" and gRPC {host}:{config.grpc_port}" if config.grpc_port else "", config.workers,
-             config.device, config.precision, spans)
-
-
-def fork_check(config: ServiceConfig, found: list[ModelSource], host: str, port: int) -> int:
-    """``verify_bundles`` in a forked child (ONNX Runtime is loaded already), returning its pid.
-
-    The child exits 0 once every bundle passed (after the ``serving ...`` line), 2 after the one
-    line naming the problem. ``supervise --check-pid`` waits for it while BentoML starts: the workers
-    load no model and the server's output is held until it passed; a failure stops the server and
-    ``imgcls serve`` exits with the child's status.
-    """
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 1
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the supervisor, which ends this check
-        problem, _ = verify_bundles(config, found)
-        if problem:
-            log.error("%s", problem)
-            code = 2
-        else:
-            announce(config, found, host, port)
-            code = 0
-    except Exception as exc:  # noqa: BLE001 - said in one line; the supervisor stops the server
-        log.error("checking the bundles failed: %s", exc)
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        os._exit(code)
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -255,30 +213,28 @@ def main(argv: list[str] | None = None) -> int:
                    else port_problem(args.host, config.grpc_port))
     if not problem:
         problem, found = check_sources(config)
+    provider = ""
+    if not problem:
+        problem, provider = verify_bundles(config, found)
     if problem:
         log.error("%s", problem)
         return 2
-    check_pid = 0
-    if config.device == "cpu" or not cuda_in_build():  # the provider is known: verify while BentoML starts
-        config = dataclasses.replace(config.with_workers_resolved(on_gpu=False), grpc_host=args.host)
-        check_pid = fork_check(config, found, args.host, args.port)
-    else:  # the worker count depends on the provider obtained: verify first
-        problem, provider = verify_bundles(config, found)
-        if problem:
-            log.error("%s", problem)
-            return 2
-        config = dataclasses.replace(config.with_workers_resolved(on_gpu=provider == CUDA), grpc_host=args.host)
-        announce(config, found, args.host, args.port)
+    config = dataclasses.replace(config.with_workers_resolved(on_gpu=provider == CUDA), grpc_host=args.host)
     env = {**os.environ, **config.to_env()}  # supervise adds the state directory
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")  # else BentoML posts usage data before it starts the workers
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APP_ROOT), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", args.host, "--port", str(args.port),
                "--working-dir", str(APP_ROOT), "--timeout-graceful-shutdown", str(max(1, round(config.grace)))]
+    spans = "on" if tracing.spans_wanted(config.access_log, env) else "off (no tracing configured, no access log)"
+    names = ", ".join(model.name for model in found)
+    log.info("serving %s on http://%s:%d%s (%d worker(s), %s, %s; OpenTelemetry spans %s)", names, args.host,
+             args.port, f" and gRPC {args.host}:{config.grpc_port}" if config.grpc_port else "", config.workers,
+             config.device, config.precision, spans)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     # the checks above loaded ONNX Runtime and NumPy: a lean process supervises the server instead
     supervisor = [sys.executable, "-m", "imgcls.service.host.supervise", "--grace", str(config.grace),
-                  "--cwd", str(APP_ROOT), *(["--check-pid", str(check_pid)] if check_pid else []), "--", *command]
+                  "--cwd", str(APP_ROOT), "--", *command]
     os.execve(sys.executable, supervisor, env)
     return 1  # not reached: execve replaces this process or raises
 

@@ -21,7 +21,6 @@ import asyncio
 import logging
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,6 @@ from imgcls.service.host.metrics import (HTTPMetricsMiddleware, ServiceMetrics, 
                                         metrics_endpoint)
 from imgcls.service.host.private import worker_index
 from imgcls.service.host.server_metrics import ServerCollector
-from imgcls.service.host.supervise import CHECKED_MARKER
 from imgcls.service.protocols.classify import encode
 from imgcls.service.protocols.classify.schemas import REASON_STATUS, ClassifyResponse, error_body
 from imgcls.service.protocols.classify.uploads import RequestRejected, parse_request
@@ -137,7 +135,6 @@ class ImageClassifier:
         install(self.metrics, [ServerCollector(CONFIG.workers, CONFIG.state_dir)])
         from imgcls.service.host.models import ServedModels  # ONNX Runtime: in the workers, not the arbiter
 
-        wait_for_bundle_check()
         self.models = ServedModels(CONFIG, self.metrics, worker_index())
         self.models.open_initial()
         self._warm = threading.Event()
@@ -264,16 +261,6 @@ class ImageClassifier:
         outcome = "ok" if result.classified == len(result.images) else "partial"
         self.metrics.requests.labels(model=name, outcome=outcome, reason="none").inc()
         return json_response(200, encode.response(result), headers)
-
-
-def wait_for_bundle_check() -> None:
-    """Under ``imgcls serve``, whose bundle check runs while BentoML starts: load nothing before it passed
-    (a failed check kills the server; ``imgcls.service.host.supervise``)."""
-    if not (CONFIG.await_check and CONFIG.state_dir):
-        return
-    marker = Path(CONFIG.state_dir) / CHECKED_MARKER
-    while not marker.exists():
-        time.sleep(0.01)
 
 
 class ClassifyMethodGuard:
