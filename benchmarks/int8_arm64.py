@@ -121,7 +121,7 @@ def gate_images(run: Path, bundle: Path, limit: int | None) -> tuple[Any, dict[s
         same = False
     return val, {"gate_images": gate.get("images"), "same_images_as_gate": same,
                  "gate_fp32_top1": gate.get("fp32_top1"), "gate_int8_top1_x86": gate.get("int8_top1"),
-                 "int8_format": card.export["int8"].get("format"), "int8_target": card.export["int8"].get("target"),
+                 "int8_format": card.export["int8"].get("int8_format"), "int8_target": card.export["int8"].get("target"),
                  "gated_on": card.export["int8"].get("gated_on")}
 
 

@@ -4,6 +4,8 @@ The one place a precision is chosen (``Predictor.load`` calls ``choose``; ``imgc
 engine pass ``auto`` by default). On a GPU: ``model.fp16.onnx`` when its gate passed, else fp32.
 On a CPU: ``model.int8.onnx`` only when its gate passed and it runs faster than fp32 on a CPU of
 this kind (``imgcls.models.core.cpu``: ``vnni``, ``x86`` without VNNI, ``arm64``), else fp32.
+Never a U8S8 or S8S8 INT8 file (``export.int8.int8_format``) on x86 without VNNI: ONNX Runtime's
+kernels for those saturate there (answers differ from the gate's), however fast they run.
 
 The INT8 speed figure comes from the card (``export.int8.speed``, timed by the export's gate, used
 when the exporting CPU was of this kind; older cards: ``export.int8.gate.speed_ratio`` with
@@ -11,7 +13,7 @@ when the exporting CPU was of this kind; older cards: ``export.int8.gate.speed_r
 alternating batches of one shape on the CPU provider, and the figure is cached in imgcls's cache
 folder (``precision-speed.json``, keyed by both files' sha256 and this CPU's ISA), so a server's
 workers and later starts reuse it. An explicit ``int8`` that is slower here is served as asked,
-with a warning. Every choice comes with one line saying what is served and why.
+with a warning, and so is one that saturates here. Every choice comes with one line saying what is served and why.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ MEASURE_BATCH = 8
 MEASURE_SECONDS = 0.5  # per file, after one warm-up run, at least MEASURE_ROUNDS runs each
 MEASURE_ROUNDS = 3
 MAX_CACHE_ENTRIES = 256
+SATURATING_FORMATS = frozenset({"U8S8", "S8S8"})  # signed weights: pair sums overflow int16 without VNNI
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,10 @@ def choose(bundle_dir: Path, card: ModelCard, requested: str, runtime: RuntimeCo
     if requested == AUTO:
         return _on_cpu(bundle_dir, card, runtime, cpu)
     if requested == "int8" and not on_gpu and _variant_state(bundle_dir, card, "int8") is None:
+        saturates = _saturation(card, cpu)
+        if saturates:
+            return PrecisionChoice("int8", f"serving int8 as asked, but {saturates}: answers may differ from "
+                                           "the gate's; --precision auto would serve fp32 here", warn=True)
         speed = int8_speed(bundle_dir, card, runtime, cpu)
         if speed.ratio < 1.0:
             return PrecisionChoice("int8", f"serving int8 as asked, but {_speed_words(speed, cpu)}: "
@@ -87,10 +94,34 @@ def _on_cpu(bundle_dir: Path, card: ModelCard, runtime: RuntimeConfig, cpu: CpuK
     missing = _variant_state(bundle_dir, card, "int8")
     if missing is not None:
         return PrecisionChoice("fp32", f"serving fp32: {missing}")
+    saturates = _saturation(card, cpu)
+    if saturates:
+        return PrecisionChoice("fp32", f"serving fp32: {saturates}")
     speed = int8_speed(bundle_dir, card, runtime, cpu)
     if speed.ratio >= 1.0:
         return PrecisionChoice("int8", f"serving int8: {_speed_words(speed, cpu)}")
     return PrecisionChoice("fp32", f"serving fp32: {_speed_words(speed, cpu)}")
+
+
+def kernel_format(card: ModelCard) -> str:
+    """The INT8 file's kernel format (``U8U8``, ``U8S8``, ``S8S8``; ``?`` when the card does not say).
+
+    ``export.int8.int8_format``, else the format of its speed record; ``export.int8.format`` is the
+    quantization format (``QDQ``), not this."""
+    section = card.export.get("int8") or {}
+    records = section.get("speed")
+    speed_formats = [r.get("format") for r in (records if isinstance(records, list) else [records])
+                     if isinstance(r, Mapping) and r.get("format")]
+    return str(section.get("int8_format") or next(iter(speed_formats), None) or "?")
+
+
+def _saturation(card: ModelCard, cpu: CpuKind) -> str | None:
+    """Why the INT8 file's kernels saturate on ``cpu`` (U8S8/S8S8 on x86 without VNNI), else None."""
+    fmt = kernel_format(card)
+    if cpu.kind != "x86" or fmt.upper() not in SATURATING_FORMATS:
+        return None
+    return (f"the INT8 file's kernels are {fmt}, which saturate on this CPU ({cpu.words}; "
+            "ONNX Runtime's signed-weight kernels need VNNI)")
 
 
 def _speed_words(speed: SpeedFigure, cpu: CpuKind) -> str:
@@ -130,7 +161,7 @@ def int8_speed(bundle_dir: Path, card: ModelCard, runtime: RuntimeConfig, cpu: C
 def card_speed(card: ModelCard, cpu: CpuKind) -> SpeedFigure | None:
     """The card's INT8 speed figure timed on a CPU of ``cpu``'s kind, or None."""
     section = card.export.get("int8") or {}
-    fmt = str(section.get("format") or "?")
+    fmt = kernel_format(card)
     records = section.get("speed")
     for record in records if isinstance(records, list) else [records]:
         if not isinstance(record, Mapping) or "ratio_vs_fp32" not in record:
@@ -154,7 +185,7 @@ def measured_speed(bundle_dir: Path, card: ModelCard, runtime: RuntimeConfig, cp
     key = f"{digests[0]}+{digests[1]}@{cpu.isa}"
     store = cache_dir() / SPEED_CACHE
     known = _read_cache(store)
-    fmt = str((card.export.get("int8") or {}).get("format") or "?")
+    fmt = kernel_format(card)
     if key in known:
         return SpeedFigure(known[key]["ratio_vs_fp32"], fmt, f"timed here before, cached in {store}")
     started = time.perf_counter()
@@ -201,4 +232,4 @@ def _time_files(paths: Mapping[str, Path], crop: int, runtime: RuntimeConfig) ->
     return {name: MEASURE_BATCH * runs[name] / elapsed[name] for name in sessions}
 
 
-__all__ = ["AUTO", "CHOICES", "PrecisionChoice", "SpeedFigure", "card_speed", "choose", "int8_speed", "measured_speed"]
+__all__ = ["AUTO", "CHOICES", "PrecisionChoice", "SpeedFigure", "card_speed", "choose", "kernel_format", "int8_speed", "measured_speed"]
