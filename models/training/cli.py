@@ -261,6 +261,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("imgcls train: interrupted; %s", next_step(args, argv))
         return 130
+    except ImportError as exc:  # Ctrl-C while a compiled module initialised: pybind11 reraises it as ImportError
+        if not caused_by_interrupt(exc):
+            raise
+        log.error("imgcls train: interrupted; %s", next_step(args, argv))
+        return 130
+
+
+def caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised because of a KeyboardInterrupt (its cause or context chain holds one)."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if isinstance(link, KeyboardInterrupt):
+            return True
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return False
+
 
 if __name__ == "__main__":
     sys.exit(main())

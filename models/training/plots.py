@@ -7,6 +7,10 @@ from typing import Any, Sequence
 import matplotlib
 
 matplotlib.use("Agg")
+# The Agg backend's compiled module loads here, not at the first figure: the plots are drawn after the
+# last epoch's state is saved, where a Ctrl-C must stop the run (exit 130); a KeyboardInterrupt inside
+# an extension module's initialisation surfaces as an ImportError instead.
+import matplotlib.backends.backend_agg  # noqa: E402,F401
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 from imgcls.models.core.atomic import write_atomically  # noqa: E402
