@@ -1,7 +1,7 @@
 """``imgcls demo``: the whole pipeline on the bundled example data, each stage in its own process.
 
 digits -> train (efficientnet_lite0, ImageNet weights, head strategy) -> export (+ INT8) ->
-score the validation split -> serve over HTTP (``--precision auto``: the INT8 variant only when it passed its gate and runs faster than fp32 on this CPU) -> classify held-out images -> stop the server.
+score the validation split and serve over HTTP (both ``--precision auto``: the INT8 variant only when it passed its gate and runs faster than fp32 on this CPU, the choice imgcls serve makes) -> classify held-out images -> stop the server.
 Every stage is the same command a user would type; this module only strings them together.
 """
 from __future__ import annotations
@@ -49,17 +49,6 @@ def run_stage(*args: str, accepted: tuple[int, ...] = (0,), timings: dict[str, f
         timings[args[0]] = round(seconds, 1)
     log.info("imgcls %s took %.1f s", args[0], seconds)
     return result.returncode
-
-
-def int8_here(bundle: Path) -> bool:
-    """Whether the INT8 file passed its gate and runs faster than fp32 on this CPU, as the export just
-    measured it here (``export.int8.speed``); logs the export's one line about it."""
-    card = json.loads((bundle / "card.json").read_text())
-    section = card.get("export", {}).get("int8") or {}
-    speed = section.get("speed") if isinstance(section.get("speed"), dict) else {}
-    if speed.get("line"):
-        log.info("%s", speed["line"])
-    return section.get("status") == "passed" and speed.get("serve_here") == "int8"
 
 
 def classify_over_http(url: str, paths: list[Path]) -> dict:
@@ -135,17 +124,12 @@ def run_demo(config: DemoConfig) -> dict[str, float]:
         "export", str(run_dir), "--out", str(bundle), "--overwrite", *(["--int8"] if config.int8 else []),
         accepted=(0, EXPORT_VARIANT_REFUSED), timings=timings,
     )
-    precision = "int8" if config.int8 and status == 0 and int8_here(bundle) else "fp32"
     if config.int8 and status == EXPORT_VARIANT_REFUSED:
         log.warning("the demo goes on with the fp32 model (the INT8 variant was refused, see above)")
-    elif config.int8:
-        log.info("the INT8 variant passed its gate; the demo scores %s, the variant imgcls serve --precision auto "
-                 "picks on this CPU (%s)", f"model.{'int8.' if precision == 'int8' else ''}onnx",
-                 "faster than fp32 here" if precision == "int8" else "INT8 is slower than fp32 here")
     scores = run_dir / "val_scores.csv"
     run_stage(
         "score", str(bundle), str(write_val_list(run_dir)), "--out", str(scores), "--labels", "imagefolder",
-        "--precision", precision, "--overwrite", timings=timings,
+        "--precision", "auto", "--overwrite", timings=timings,
     )
     serve_and_classify(config, bundle, held_out_images(run_dir, config.held_out), "auto", timings)
     return timings

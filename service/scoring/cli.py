@@ -3,7 +3,7 @@
     imgcls score BUNDLE INPUTS... | --split val|train|all [--split-file PATH]
                  --out FILE.csv|.jsonl|.parquet [--top-k 5] [--batch-size 32]
                  [--decode-threads N] [--threads N] [--resume | --overwrite] [--labels imagefolder|FILE.csv]
-                 [--shard i/n] [--precision fp32|int8|fp16] [--device auto|cpu|cuda] [--all-files]
+                 [--shard i/n] [--precision fp32|int8|fp16|auto] [--device auto|cpu|cuda] [--all-files]
                  [--engine local|ray [--ray-address auto|ray://HOST:10001] [--actors N]
                   [--actor-cpus C] [--actor-gpus G]]
                  [--min-score S]
@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Sequence
 
 from imgcls.models.core.bundle import PRECISIONS, BundleError, load_card
+from imgcls.service.precision import AUTO
 from imgcls.models.core.calibration import check_min_score, effective_min_score
 from imgcls.models.core.output_lock import OutputLockedError, output_lock
 from imgcls.models.core.progress import track
@@ -102,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split-file", type=Path, default=None, metavar="PATH",
                         help="the split listing (RUN/split.json or RUN) for --split (default --split val)")
     parser.add_argument("--shard", default=None, help="i/n: score only shard i (1-based) of n")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--precision", choices=(*PRECISIONS, AUTO), default="fp32",
+                        help="auto: the variant imgcls serve --precision auto picks on this machine")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--all-files", action="store_true", help="under directories, score every file, not only image extensions")
     parser.add_argument("--min-score", type=float, default=None,

@@ -25,6 +25,8 @@ from imgcls.models.core import bundle as bundle_checks
 from imgcls.service.scoring.dataset_dir import is_dataset_dir, prepare_dataset_dir, read_dataset_rows
 from imgcls.models.core.calibration import effective_min_score
 from imgcls.models.core.progress import track
+from imgcls.service.precision import AUTO, choose
+from imgcls.service.runtime import RuntimeConfig, wants_cuda
 from imgcls.service.scoring.inputs import InputError
 from imgcls.service.scoring.outputs import Row, open_output
 from imgcls.service.scoring.ray_engine import (
@@ -128,6 +130,11 @@ def score_with_ray(args: argparse.Namespace) -> int:
     """Run ``imgcls score`` on Ray; returns the exit status (errors raise, the CLI maps them to 2)."""
     ray = import_ray()
     card = bundle_checks.load_card(args.bundle)  # fail here, not in every actor
+    if args.precision == AUTO:  # chosen once, here, so that every actor loads the same file
+        runtime = RuntimeConfig(device=args.device)
+        choice = choose(Path(args.bundle), card, AUTO, runtime, on_gpu=wants_cuda(runtime))
+        log.info("%s", choice.reason)
+        args = argparse.Namespace(**{**vars(args), "precision": choice.precision})
     bundle_checks.model_file(args.bundle, card, args.precision)
     (paths, labels, trained), uris = _inputs(args, card)
     k = min(args.top_k, card.num_classes)
