@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from imgcls.export.config import INPUT_NAME, OUTPUT_NAME
-from imgcls.export.cpu import cpu_features
+from imgcls.models.core.cpu import cpu_features
 from imgcls.export.images import load_pixels, load_split
 from imgcls.export.quantize import Recipe, calibration_pixels, prepare, quantize_prepared, recipe_for
 from imgcls.models.core.card import ModelCard

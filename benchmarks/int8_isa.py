@@ -87,7 +87,7 @@ def compare(models: dict[str, Path], pixels: np.ndarray, labels: np.ndarray, cpu
 
 
 def _u8s8_control(prepared_source: Path, scratch: Path, card: Any, split: Any) -> Path:
-    from imgcls.export.cpu import local_target
+    from imgcls.models.core.cpu import local_target
     from imgcls.export.quantize import calibration_pixels, quantize_file, recipe_for
 
     recipe = replace(recipe_for(local_target(), card.arch), weight_type="QInt8")

@@ -33,7 +33,7 @@ from torch import nn
 from benchmarks.report import markdown_table, setup_logging, write_result
 from imgcls.export.config import INPUT_NAME, OUTPUT_NAME
 from imgcls.models.training.onnx_graph import PixelsToLogits
-from imgcls.export.cpu import local_target
+from imgcls.models.core.cpu import local_target
 from imgcls.export.images import load_pixels, load_split
 from imgcls.export.quantize import calibration_pixels, quantize_file, recipe_for
 from imgcls.models.core.card import ModelCard

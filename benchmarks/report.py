@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine() -> dict[str, Any]:
-    from imgcls.export.cpu import VNNI_FLAGS, cpu_flags, cpu_model
+    from imgcls.models.core.cpu import VNNI_FLAGS, cpu_flags, cpu_model
 
     flags = cpu_flags()
     return {

@@ -32,7 +32,7 @@ class ExportConfig:
     # 300 gave the same plain-PTQ top-1 (93.31 %) and the retrained head passed with each (96.94-97.21 %):
     # calibration runs the graph with every activation as an output, so each image costs several inferences.
     calibration_size: int = 100
-    int8_target: str = "auto"  # auto: from this machine's CPU features (imgcls.export.cpu)
+    int8_target: str = "auto"  # auto: from this machine's CPU features (imgcls.models.core.cpu)
     exclude_nodes: tuple[str, ...] = field(default_factory=tuple)
     head_refit: bool = True  # when plain PTQ misses the gate: retrain the classifier on the INT8 features
     head_images: int = 5000  # ... of at most this many training images (spread over the split)

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from imgcls.export.config import FP32_FILENAME, INT8_FILENAME, ExportConfig
-from imgcls.export.cpu import cpu_features, local_target
+from imgcls.models.core.cpu import cpu_features, local_target
 from imgcls.export.errors import QuantizationRefused
 from imgcls.export.gate import GateReference, gate_reference, precision_gate
 from imgcls.export.images import held_out, image_set, load_pixels

@@ -1,7 +1,7 @@
 """INT8: ONNX Runtime static QDQ quantization calibrated on the run's training images.
 
 A ``Recipe`` says how one INT8 file is made (types per target, per-channel, calibration, nodes kept
-in float). Per target (see ``imgcls.export.cpu``): ``x86`` (AVX2 without VNNI) uses U8 activations
+in float). Per target (see ``imgcls.models.core.cpu``): ``x86`` (AVX2 without VNNI) uses U8 activations
 and U8 weights, because ORT's U8S8 kernels saturate int16 pair sums there (``reduce_range`` halves
 the weight resolution to avoid it and loses accuracy: 53.9 % vs U8U8 84.7 % on the issue-12 model).
 ``vnni`` uses U8U8 too: measured on an AVX-512 VNNI machine, efficientnet_lite0 on the digits, U8U8

@@ -8,7 +8,7 @@ needs, ``card.export["int8"]["speed"]``::
      "fp32_images_per_s": 150.3, "int8_images_per_s": 213.1,
      "batch": 8,                         # the batch both were timed at
      "format": "U8S8",                   # activation and weight types of the kernels that ran
-     "cpu": {"isa": "avx512_vnni",       # imgcls.export.cpu.isa_of: avx512_vnni | avx_vnni | amx_int8 |
+     "cpu": {"isa": "avx512_vnni",       # imgcls.models.core.cpu.isa_of: avx512_vnni | avx_vnni | amx_int8 |
                                          #   avx512 | avx2 | arm64_dotprod | arm64 | <machine>
              "target": "vnni",           # the INT8 target this CPU calls for (x86 | vnni | arm64)
              "model": "AMD EPYC ...", "machine": "x86_64"},
@@ -24,11 +24,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from imgcls.export.cpu import cpu_features, isa_of
+from imgcls.models.core.cpu import ISA_WORDS, cpu_features, isa_of
 
 _TYPE_LETTERS = {"QUInt8": "U8", "QInt8": "S8"}
-_ISA_WORDS = {"avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI", "amx_int8": "AMX", "avx512": "AVX-512, no VNNI",
-              "avx2": "AVX2, no VNNI", "arm64_dotprod": "ARM64 dot product", "arm64": "ARM64"}
 
 
 def format_of(settings: Mapping[str, Any]) -> str:
@@ -42,7 +40,7 @@ def format_of(settings: Mapping[str, Any]) -> str:
 def speed_line(ratio: float, isa: str, fmt: str, passed: bool, precision: str = "int8") -> str:
     """The one line the export report says about speed on this CPU."""
     name = precision.upper()
-    head = f"{name} runs {ratio:.2f}x fp32 on this CPU ({_ISA_WORDS.get(isa, isa)}, {fmt})"
+    head = f"{name} runs {ratio:.2f}x fp32 on this CPU ({ISA_WORDS.get(isa, isa)}, {fmt})"
     if not passed:
         return f"{head}: its gate refused it; serve fp32"
     if ratio >= 1.0:

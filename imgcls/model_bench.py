@@ -65,7 +65,7 @@ def cache_root(override: str | Path | None = None) -> Path:
 
 
 def _cpu() -> tuple[str, list[str]]:
-    from imgcls.export.cpu import cpu_flags, cpu_model
+    from imgcls.models.core.cpu import cpu_flags, cpu_model
 
     return cpu_model(), sorted(cpu_flags() & set(FLAGS))
 

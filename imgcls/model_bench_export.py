@@ -39,8 +39,8 @@ class BenchModels:
 
 
 def _target() -> str:
-    """The export's INT8 target for this CPU (``imgcls.export.cpu``: vnni, arm64 or x86)."""
-    from imgcls.export.cpu import local_target
+    """The export's INT8 target for this CPU (``imgcls.models.core.cpu``: vnni, arm64 or x86)."""
+    from imgcls.models.core.cpu import local_target
 
     return local_target()
 
@@ -114,7 +114,7 @@ def _export(folder: Path, arch: str, weights: str, int8: bool, split: SplitListi
         return {}
     from imgcls.export.quantize import calibration_pixels, quantize_file, recipe_for
 
-    recipe = recipe_for(_target(), arch)  # the export's own recipe for this CPU (imgcls.export.cpu)
+    recipe = recipe_for(_target(), arch)  # the export's own recipe for this CPU (imgcls.models.core.cpu)
     pixels = calibration_pixels(split, card, len(split.train))
     return quantize_file(folder / "model.onnx", folder / INT8_FILENAME, recipe, pixels)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from imgcls.export.cli import EXIT_REFUSED, main
-from imgcls.export.cpu import cpu_features, cpu_flags, target_for
+from imgcls.models.core.cpu import cpu_features, cpu_flags, target_for
 from imgcls.export.quantize import TARGET_TYPES, recipe_for
 from imgcls.models.core.card import ModelCard
 from tests.factories import make_tiny_run

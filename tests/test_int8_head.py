@@ -6,7 +6,7 @@ import onnx
 import pytest
 import torch
 
-from imgcls.export.cpu import local_target
+from imgcls.models.core.cpu import local_target
 from imgcls.export.head_refit import (ENGINES, FAITHFUL_RELATIVE_DIFF, HeadRecipe, find_head, head_samples, head_weights,
                                       int8_features, refit, write_head)
 from imgcls.export.validate import session

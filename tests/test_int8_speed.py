@@ -7,7 +7,7 @@ import json
 import pytest
 
 from imgcls.export.cli import main
-from imgcls.export.cpu import cpu_features, isa_of, local_isa
+from imgcls.models.core.cpu import cpu_features, isa_of, local_isa
 from imgcls.export.speed import format_of, speed_line, speed_record
 from imgcls.models.core.card import ModelCard
 from tests.factories import make_tiny_run

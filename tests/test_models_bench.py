@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from imgcls.model_bench import BenchConfig, load_results, measure, results_path
-from imgcls.export.cpu import local_target
+from imgcls.models.core.cpu import local_target
 from imgcls.models_cli import main
 from tests.conftest import REPO_ROOT
 

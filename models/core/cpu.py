@@ -4,6 +4,11 @@
 ``x86`` (AVX2/AVX-512 without VNNI: U8S8 pair sums saturate, INT8 is often slower than fp32) or
 ``arm64``. ``isa`` is one word finer (``avx2``, ``avx512``, ``avx512_vnni``, ``arm64_dotprod`` ...),
 the same words the card's ``export.int8.speed.cpu`` uses. Read from ``/proc/cpuinfo``; no torch.
+
+Why the kind matters: on x86 without VNNI the U8S8 kernels multiply-add pairs of u8*s8 products into
+int16 (``vpmaddubsw``), which saturates; with VNNI (``vpdpbusd``) or on ARM64 (``sdot``/``udot``)
+products accumulate in int32 and do not. The export chooses its INT8 target from this (``auto``) and
+records ``cpu_features`` of the machine whose kernels ran the gate.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
+REPORTED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "asimddp")
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 ARM_MACHINES = frozenset({"aarch64", "arm64"})
 # The instruction set that decides ONNX Runtime's integer kernels, most capable first.
@@ -32,6 +38,27 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
         if key.strip().lower() in ("flags", "features"):
             return frozenset(value.split())
     return frozenset()
+
+
+def cpu_model(cpuinfo: Path = CPUINFO) -> str:
+    """The CPU's model name (x86 ``model name``, ARM ``Model``/``CPU part``), else what platform says."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Model", "CPU part") and value.strip():
+            return value.strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_features(cpuinfo: Path = CPUINFO) -> dict[str, object]:
+    """What a bundle records about the gating machine: architecture, model name, INT8-relevant flags."""
+    flags = cpu_flags(cpuinfo)
+    return {"machine": platform.machine(), "model": cpu_model(cpuinfo),
+            "flags": sorted(f for f in REPORTED_FLAGS if f in flags),
+            "target": target_for(platform.machine(), flags)}
 
 
 def target_for(machine: str, flags: frozenset[str] | set[str]) -> str:
@@ -71,3 +98,13 @@ def local_cpu(cpuinfo: Path = CPUINFO, machine: str | None = None) -> CpuKind:
     machine = machine or platform.machine()
     flags = cpu_flags(cpuinfo)
     return CpuKind(kind=target_for(machine, flags), isa=isa_of(machine, flags))
+
+
+def local_target() -> str:
+    """This machine's INT8 target (``vnni`` | ``x86`` | ``arm64``)."""
+    return target_for(platform.machine(), cpu_flags())
+
+
+def local_isa() -> str:
+    """This machine's ISA word (``ISA_WORDS``' keys, else the machine name)."""
+    return isa_of(platform.machine(), cpu_flags())
