@@ -43,12 +43,14 @@ def interrupt_at(args: list[str], phase: re.Pattern[str], timeout: float = 120) 
     process = subprocess.Popen(_imgcls(args), cwd=REPO_ROOT, env=cli_env(IMGCLS_PROGRESS_INTERVAL_S="0"),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     lines: list[str] = []
+    sent: list[str] = []
 
     def read() -> None:
         assert process.stderr is not None
         for line in process.stderr:
             lines.append(line)
-            if phase.search(line) and process.poll() is None:
+            if not sent and phase.search(line) and process.poll() is None:
+                sent.append(line)  # one Ctrl-C: a second one could land in the handler reporting the first
                 os.killpg(process.pid, signal.SIGINT)
 
     reader = threading.Thread(target=read, daemon=True)
