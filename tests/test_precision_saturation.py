@@ -94,3 +94,14 @@ def test_the_predictor_on_this_cpu_serves_a_u8s8_file_only_where_it_does_not_sat
         assert chosen == "fp32" and any("U8S8" in line and "saturate" in line for line in lines)
     else:
         assert chosen == "int8" and any("INT8 runs 1.50× fp32" in line for line in lines)
+
+
+def test_the_arm64_benchmark_records_the_kernel_format_not_qdq(int8_bundle):
+    from benchmarks.int8_arm64 import EDGE_FILE, gate_images
+
+    if not (int8_bundle / EDGE_FILE).is_file():
+        pytest.fail(f"the tiny INT8 bundle has no {EDGE_FILE}")
+    _, meta = gate_images(int8_bundle.parents[1] / "runs" / "tiny", int8_bundle, None)
+    card = ModelCard.load(int8_bundle)
+    assert meta["int8_format"] == card.export["int8"]["int8_format"] != card.export["int8"]["format"]
+    assert meta["int8_format"] in ("U8U8", "U8S8", "S8S8")
