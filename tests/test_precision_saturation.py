@@ -11,11 +11,13 @@ import logging
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
 from imgcls.models.core.card import ModelCard
 from imgcls.models.core.cpu import CpuKind, local_cpu
 from imgcls.service import precision as precision_module
+from imgcls.service.host.launcher import start_server
 from imgcls.service.predictor import Predictor
 from imgcls.service.runtime import RuntimeConfig
 from tests.factories import make_tiny_bundle
@@ -105,3 +107,19 @@ def test_the_arm64_benchmark_records_the_kernel_format_not_qdq(int8_bundle):
     card = ModelCard.load(int8_bundle)
     assert meta["int8_format"] == card.export["int8"]["int8_format"] != card.export["int8"]["format"]
     assert meta["int8_format"] in ("U8U8", "U8S8", "S8S8")
+
+
+def test_imgcls_serve_on_this_cpu_serves_a_u8s8_file_only_where_it_does_not_saturate(int8_bundle, tmp_path):
+    here = local_cpu()
+    bundle = with_format(int8_bundle, tmp_path / "u8s8", "U8S8", here.kind, ratio=1.5)
+    log = tmp_path / "serve.log"
+    server = start_server(bundle, log, args=("--workers", "1"))
+    try:
+        served = httpx.get(server.url + "/model", timeout=10).json()["precision"]
+    finally:
+        server.stop()
+    text = log.read_text()
+    if here.kind == "x86":
+        assert served == "fp32" and "u8s8: serving fp32: the INT8 file's kernels are U8S8" in text
+    else:
+        assert served == "int8" and "u8s8: serving int8: INT8 runs 1.50× fp32 on this CPU" in text
