@@ -38,7 +38,7 @@ bench: venv
 	$(PYTHON) -m pip install -q -e '.[$(EXTRAS),bench]'
 	$(PYTHON) -m benchmarks.run_all
 
-# Issue 17: imgcls vs Triton (PyTriton), LitServe and mosec. Builds each peer's own venv under
+# The peers benchmark: imgcls vs Triton (PyTriton), LitServe and mosec. Builds each peer's own venv under
 # .bench-out/peers on first use (PyPI, 1-3 min each), then about 10 minutes on 2 cores; renders RESULTS.md again.
 bench-peers: venv
 	$(PYTHON) -m benchmarks.peers --out benchmarks/results/peers.json
