@@ -24,10 +24,9 @@ from typing import Any
 import grpc
 
 from benchmarks.http_load import HOST, drive, start
-from benchmarks.loadgen import LoadResult, check_loopback, rounds_summary
-from benchmarks.oip_load import v2_binary
-from benchmarks.predictor_throughput import export_random_bundle, write_jpegs
-from benchmarks.report import markdown_table, summary_row, write_result
+from benchmarks.loadgen import LoadResult, check_loopback
+from benchmarks.oip_load import add_load_arguments, bundle_and_jpegs, interleaved, report, v2_binary
+from benchmarks.report import summary_row
 from benchmarks.summaries import bundle_arch
 from imgcls.service.protocols.oip_grpc import grpc_service_pb2 as pb
 
@@ -81,14 +80,7 @@ def measure(port: int, grpc_target: str, bodies: list[bytes], messages: list[byt
             seconds: float, rounds: int, max_requests: int) -> dict[str, dict[str, Any]]:
     runs = {"http_v2_binary": lambda c, s, m: drive(port, bodies, c, s, m),
             "grpc_model_infer": lambda c, s, m: drive_grpc(grpc_target, messages, c, s, m)}
-    parts: dict[str, list[LoadResult]] = {form: [] for form in FORMS}
-    for form in FORMS:  # connections, caches and both code paths warm
-        runs[form](4, 1.0, 100)
-    for round_index in range(rounds):
-        for form in FORMS:
-            parts[form].append(runs[form](concurrency, seconds / rounds, max_requests))
-            log.info("round %d %s: %.1f req/s", round_index + 1, form, parts[form][-1].summary()["throughput_rps"])
-    return {form: rounds_summary(results) for form, results in parts.items()}
+    return interleaved({form: runs[form] for form in FORMS}, concurrency, seconds, rounds, max_requests, log)
 
 
 def summary(arch: str, concurrency: int, levels: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -105,24 +97,15 @@ def summary(arch: str, concurrency: int, levels: dict[str, dict[str, Any]]) -> l
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="benchmarks.grpc_load", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", type=Path, help="bundle to serve (default: export a random-weights --arch)")
-    parser.add_argument("--arch", default="mobilenet_v2")
+    add_load_arguments(parser, "AB")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=20.0, help="per form, split over the rounds")
-    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (AB AB ...)")
-    parser.add_argument("--max-requests", type=int, default=3000, help="per round and form")
-    parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--size", type=int, nargs=2, default=[600, 400])
-    parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
     from imgcls.service.host.launcher import free_port
 
     with tempfile.TemporaryDirectory(prefix="imgcls-grpc-bench-") as scratch:
         work = Path(scratch)
-        bundle = args.bundle or export_random_bundle(args.arch, work)
-        jpegs = [p.read_bytes() for p in write_jpegs(work / "jpegs", tuple(args.size), args.images)]
+        bundle, jpegs = bundle_and_jpegs(args, work)
         grpc_port = free_port()
         server, port, ready_s = start(bundle, args.workers, work / "serve.log",
                                       ["--model-name", "bench", "--grpc-port", str(grpc_port)])
@@ -134,17 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             exit_code = server.stop()
         arch = bundle_arch(str(bundle))
-    base = levels["http_v2_binary"]["throughput_rps"]
-    rows = [[form, s["throughput_rps"], s["throughput_rps"] / base if base else 0.0, s["p50_ms"], s["p99_ms"],
-             s["statuses"]] for form, s in levels.items()]
-    print(markdown_table(["form", "req/s", "x HTTP /v2 binary", "p50 ms", "p99 ms", "statuses"], rows))
-    write_result(args.out, "grpc_load", {
-        "arch": arch, "workers": args.workers, "concurrency": args.concurrency, "seconds_per_form": args.seconds,
-        "rounds": args.rounds, "image_size": args.size, "images": args.images, "ready_s": ready_s,
-        "server_exit_code": exit_code, "levels": levels, "summary": summary(arch, args.concurrency, levels),
-    })
-    all_ok = all(set(s["statuses"]) == {200} for s in levels.values())
-    return 0 if exit_code == 0 and all_ok else 1
+    return report(args, "grpc_load", levels, "http_v2_binary", "x HTTP /v2 binary", {
+        "arch": arch, "workers": args.workers, "ready_s": ready_s, "server_exit_code": exit_code,
+        "summary": summary(arch, args.concurrency, levels)})
 
 
 if __name__ == "__main__":

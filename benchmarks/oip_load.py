@@ -17,8 +17,9 @@ import logging
 import struct
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from benchmarks.http_load import HOST, drive, start
 from benchmarks.loadgen import LoadResult, Request, multipart_request, rounds_summary
@@ -56,16 +57,24 @@ def payloads(jpegs: list[bytes], name: str, port: int) -> dict[str, list[bytes]]
     return {form: [r.encode(HOST, port) for r in items] for form, items in requests.items()}
 
 
+def interleaved(runs: dict[str, Callable[[int, float, int], LoadResult]], concurrency: int, seconds: float,
+                rounds: int, max_requests: int, logger: logging.Logger = log) -> dict[str, dict[str, Any]]:
+    """Every form warmed, then ``rounds`` rounds of every form in turn; ``runs[form](concurrency, seconds,
+    max_requests)`` drives one form once."""
+    parts: dict[str, list[LoadResult]] = {form: [] for form in runs}
+    for run in runs.values():  # connections, caches and every form's code path warm
+        run(4, 1.0, 100)
+    for round_index in range(rounds):
+        for form, run in runs.items():
+            parts[form].append(run(concurrency, seconds / rounds, max_requests))
+            logger.info("round %d %s: %.1f req/s", round_index + 1, form, parts[form][-1].summary()["throughput_rps"])
+    return {form: rounds_summary(results) for form, results in parts.items()}
+
+
 def measure(port: int, bodies: dict[str, list[bytes]], concurrency: int, seconds: float, rounds: int,
             max_requests: int) -> dict[str, dict[str, Any]]:
-    parts: dict[str, list[LoadResult]] = {form: [] for form in FORMS}
-    for form in FORMS:  # connections, caches and every form's code path warm
-        drive(port, bodies[form], 4, 1.0, 100)
-    for round_index in range(rounds):
-        for form in FORMS:
-            parts[form].append(drive(port, bodies[form], concurrency, seconds / rounds, max_requests))
-            log.info("round %d %s: %.1f req/s", round_index + 1, form, parts[form][-1].summary()["throughput_rps"])
-    return {form: rounds_summary(results) for form, results in parts.items()}
+    return interleaved({form: partial(drive, port, bodies[form]) for form in FORMS}, concurrency, seconds, rounds,
+                       max_requests)
 
 
 def summary(arch: str, concurrency: int, levels: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -84,24 +93,52 @@ def summary(arch: str, concurrency: int, levels: dict[str, dict[str, Any]]) -> l
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="benchmarks.oip_load", description=__doc__.split("\n\n")[0])
+def add_load_arguments(parser: argparse.ArgumentParser, forms: str) -> None:
+    """The flags of the load benchmarks that compare request forms round by round (``forms``: "AB", "ABC")."""
     parser.add_argument("--bundle", type=Path, help="bundle to serve (default: export a random-weights --arch)")
     parser.add_argument("--arch", default="mobilenet_v2")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=20.0, help="per request form, split over the rounds")
-    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (ABC ABC ...)")
+    parser.add_argument("--rounds", type=int, default=4, help=f"interleaved rounds ({forms} {forms} ...)")
     parser.add_argument("--max-requests", type=int, default=3000, help="per round and form")
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--size", type=int, nargs=2, default=[600, 400])
     parser.add_argument("--out", type=Path)
+
+
+def bundle_and_jpegs(args: argparse.Namespace, work: Path) -> tuple[Path, list[bytes]]:
+    """``--bundle`` (or a random-weights ``--arch`` exported into ``work``) and ``--images`` JPEGs of ``--size``."""
+    bundle = args.bundle or export_random_bundle(args.arch, work)
+    return bundle, [p.read_bytes() for p in write_jpegs(work / "jpegs", tuple(args.size), args.images)]
+
+
+def report(args: argparse.Namespace, name: str, levels: dict[str, dict[str, Any]], base_form: str, base_column: str,
+           record: dict[str, Any]) -> int:
+    """The forms' table against ``base_form``, the result file (``record`` with the run's flags and ``levels``);
+    0 when the server exited 0 and every request was answered 200."""
+    base = levels[base_form]["throughput_rps"]
+    rows = [[form, s["throughput_rps"], s["throughput_rps"] / base if base else 0.0, s["p50_ms"], s["p99_ms"],
+             s["statuses"]] for form, s in levels.items()]
+    print(markdown_table(["form", "req/s", base_column, "p50 ms", "p99 ms", "statuses"], rows))
+    exit_code = record["server_exit_code"]
+    write_result(args.out, name, {
+        "arch": record["arch"], "workers": record["workers"], "concurrency": args.concurrency,
+        "seconds_per_form": args.seconds, "rounds": args.rounds, "image_size": args.size, "images": args.images,
+        "ready_s": record["ready_s"], "server_exit_code": exit_code, "levels": levels, "summary": record["summary"],
+    })
+    all_ok = all(set(s["statuses"]) == {200} for s in levels.values())
+    return 0 if exit_code == 0 and all_ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="benchmarks.oip_load", description=__doc__.split("\n\n")[0])
+    add_load_arguments(parser, "ABC")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="imgcls-oip-bench-") as scratch:
         work = Path(scratch)
-        bundle = args.bundle or export_random_bundle(args.arch, work)
-        jpegs = [p.read_bytes() for p in write_jpegs(work / "jpegs", tuple(args.size), args.images)]
+        bundle, jpegs = bundle_and_jpegs(args, work)
         server, port, ready_s = start(bundle, 1, work / "serve.log", ["--model-name", "bench"])
         try:
             levels = measure(port, payloads(jpegs, "bench", port), args.concurrency, args.seconds, args.rounds,
@@ -109,16 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             exit_code = server.stop()
         arch = bundle_arch(str(bundle))
-    rows = [[form, s["throughput_rps"], s["throughput_rps"] / levels["classify_multipart"]["throughput_rps"],
-             s["p50_ms"], s["p99_ms"], s["statuses"]] for form, s in levels.items()]
-    print(markdown_table(["form", "req/s", "x /classify", "p50 ms", "p99 ms", "statuses"], rows))
-    write_result(args.out, "oip_load", {
-        "arch": arch, "workers": 1, "concurrency": args.concurrency, "seconds_per_form": args.seconds,
-        "rounds": args.rounds, "image_size": args.size, "images": args.images, "ready_s": ready_s,
-        "server_exit_code": exit_code, "levels": levels, "summary": summary(arch, args.concurrency, levels),
-    })
-    all_ok = all(set(s["statuses"]) == {200} for s in levels.values())
-    return 0 if exit_code == 0 and all_ok else 1
+    return report(args, "oip_load", levels, "classify_multipart", "x /classify", {
+        "arch": arch, "workers": 1, "ready_s": ready_s, "server_exit_code": exit_code,
+        "summary": summary(arch, args.concurrency, levels)})
 
 
 if __name__ == "__main__":
