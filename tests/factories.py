@@ -113,3 +113,24 @@ def make_tiny_bundle(tmp_path: str | Path, int8: bool = False, **kw) -> Path:
     config = ExportConfig(int8=int8, calibration_size=64, progress=False)
     export_bundle(run_dir, out, config)
     return out
+
+
+STOCK_ARCH = "efficientnet_lite0"
+# scikit-image photo -> the ImageNet classes the stock bundle's top-1 may be for it
+STOCK_FAMILIES = {
+    "chelsea": {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"},
+    "coffee": {"espresso", "cup", "coffee mug"},
+    "rocket": {"missile", "projectile", "space shuttle"},
+    "stereo_motorcycle": {"moped", "motor scooter"},
+}
+
+
+def make_stock_bundle(folder: str | Path) -> Path:
+    """``folder/<STOCK_ARCH>-imagenet``: the stock ImageNet bundle, exported by the real ``imgcls export
+    --pretrained`` (real weights; about a minute on two shared cores)."""
+    from imgcls.export import cli as export_cli
+
+    out = Path(folder) / f"{STOCK_ARCH}-imagenet"
+    argv = ["--pretrained", STOCK_ARCH, "--out", str(out), "--no-progress", "--parity-images", "8"]
+    assert export_cli.main(argv) == 0
+    return out

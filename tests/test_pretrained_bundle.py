@@ -23,24 +23,17 @@ from imgcls.models.zoo.registry import entry_for, pretrained
 from imgcls.service.host.launcher import start_server
 from imgcls.service.scoring import cli as score
 from imgcls.service.scoring.outputs import read_rows
+from tests.factories import STOCK_ARCH, STOCK_FAMILIES, make_stock_bundle
 
 pytestmark = pytest.mark.slow
 
-ARCH = "efficientnet_lite0"
-# photo -> the ImageNet class family its top-1 must fall in
-FAMILIES = {
-    "chelsea": {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"},
-    "coffee": {"espresso", "cup", "coffee mug"},
-    "rocket": {"missile", "projectile", "space shuttle"},
-    "stereo_motorcycle": {"moped", "motor scooter"},
-}
+ARCH = STOCK_ARCH
+FAMILIES = STOCK_FAMILIES  # photo -> the ImageNet class family its top-1 must fall in
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("stock") / f"{ARCH}-imagenet"
-    assert export_cli.main(["--pretrained", ARCH, "--out", str(out), "--no-progress", "--parity-images", "8"]) == 0
-    return out
+    return make_stock_bundle(tmp_path_factory.mktemp("stock"))
 
 
 @pytest.fixture(scope="module")

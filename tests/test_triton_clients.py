@@ -22,27 +22,21 @@ from PIL import Image
 from tritonclient.grpc import model_config_pb2, service_pb2
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
-from imgcls.export import cli as export_cli
 from imgcls.export.pretrained import reference_photo
 from imgcls.service.host.launcher import LOOPBACK, free_port, start_server
+from tests.factories import STOCK_FAMILIES, make_stock_bundle
 
 pytestmark = pytest.mark.slow  # the export of a 1000-class model and a server start
 
-ARCH = "efficientnet_lite0"
 NAME = "stock"
-FAMILIES = {  # photo -> the ImageNet classes its top-1 may be (as in tests/test_pretrained_bundle.py)
-    "chelsea": {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"},
-    "coffee": {"espresso", "cup", "coffee mug"},
-}
+FAMILIES = {photo: STOCK_FAMILIES[photo] for photo in ("chelsea", "coffee")}  # photo -> classes its top-1 may be
 MAX_BODY = 2_000_000
 SERVICE = "/inference.GRPCInferenceService/"
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("stock") / f"{ARCH}-imagenet"
-    assert export_cli.main(["--pretrained", ARCH, "--out", str(out), "--no-progress", "--parity-images", "8"]) == 0
-    return out
+    return make_stock_bundle(tmp_path_factory.mktemp("stock"))
 
 
 @pytest.fixture(scope="module")
