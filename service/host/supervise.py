@@ -9,10 +9,14 @@ the checks leave behind (measured, MobileNet-v2 bundle).
 It creates the server's state directory (readiness markers, the connection board, BentoML's home for
 its Prometheus files), starts the command in its own session, passes SIGTERM/SIGINT on, and after a
 stop signal waits ``--grace`` + ``KILL_MARGIN_S`` before killing the group. SIGTERM exits 0, SIGINT 130.
+On Linux the server also gets SIGTERM (and drains as usual) when the supervisor dies without passing a
+signal on (SIGKILL, the OOM killer): a parent-death signal set in the child before ``exec``. Elsewhere
+such a server keeps running until it is stopped by hand.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import shutil
@@ -22,14 +26,41 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 log = logging.getLogger("imgcls.serve")
 KILL_MARGIN_S = 1.5  # after the grace period, how long the workers get to exit before SIGKILL
 STATE_DIR_VARIABLE = "IMGCLS_STATE_DIR"
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_this_process() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when this process dies (Linux; else None).
+
+    The kernel sends it when the *thread* that forked the child exits: call ``Popen`` from the main
+    thread. The setting survives ``exec``. If this process died before the child set it, the child
+    has already been re-parented and will never get the signal, so it exits at once instead.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+    parent = os.getpid()
+
+    def set_parent_death_signal() -> None:
+        if prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            os._exit(1)
+        if os.getppid() != parent:
+            os._exit(0)
+
+    return set_parent_death_signal
+
+
 def run_server(command: list[str], env: dict[str, str], cwd: str, grace_s: float = 8.0) -> int:
-    child = subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True)
+    # the supervisor is single-threaded, so a preexec_fn is safe here
+    child = subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True,  # noqa: PLW1509
+                             preexec_fn=die_with_this_process())
     stopping: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
