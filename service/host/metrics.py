@@ -139,18 +139,12 @@ class HTTPMetricsMiddleware:
         return next((p + "*" for p in self.prefixes if path.startswith(p)), UNMATCHED)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or _CURRENT.get("metrics") is None or scope["path"] == "/metrics":
+        if not _counted(scope):
             await self.app(scope, receive, send)
             return
         started, status, unanswered = time.perf_counter(), [0], [False]
-
-        async def send_and_record(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
         try:
-            await self.app(scope, receive, send_and_record)
+            await self.app(scope, receive, _noting_status(send, status))
         except asyncio.CancelledError:  # BentoML's timeout before any answer: it answers 504, counted outside
             unanswered[0] = not status[0]
             raise
@@ -166,6 +160,22 @@ class HTTPMetricsMiddleware:
         metrics.http_seconds.labels(route=route).observe(time.perf_counter() - started)
 
 
+def _counted(scope: dict) -> bool:
+    """An HTTP request, in a process with metrics, to a route other than ``/metrics`` itself."""
+    return scope["type"] == "http" and _CURRENT.get("metrics") is not None and scope["path"] != "/metrics"
+
+
+def _noting_status(send: Any, status: list[int]) -> Any:
+    """``send`` that also notes the answer's status in ``status[0]``."""
+
+    async def send_and_note(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            status[0] = message["status"]
+        await send(message)
+
+    return send_and_note
+
+
 class OuterAnswers:
     """ASGI wrapper of the whole app: counts the answers the inner ``HTTPMetricsMiddleware`` did not see."""
 
@@ -174,18 +184,12 @@ class OuterAnswers:
         self.inner = inner
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or _CURRENT.get("metrics") is None or scope["path"] == "/metrics":
+        if not _counted(scope):
             await self.app(scope, receive, send)
             return
         started, status = time.perf_counter(), [0]
-
-        async def send_and_note(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
         try:
-            await self.app(scope, receive, send_and_note)
+            await self.app(scope, receive, _noting_status(send, status))
         finally:
             if status[0] and not scope.get(RECORDED):
                 self.inner.record(scope, status[0], started)
