@@ -134,3 +134,13 @@ def make_stock_bundle(folder: str | Path) -> Path:
     argv = ["--pretrained", STOCK_ARCH, "--out", str(out), "--no-progress", "--parity-images", "8"]
     assert export_cli.main(argv) == 0
     return out
+
+
+def start_keyed_server(bundle: Path, folder: Path, keys_text: str, args: Sequence[str] = (), **kw):
+    """A real ``imgcls serve`` of ``bundle`` with ``--api-keys-file folder/keys.txt`` (``keys_text``), its log in
+    ``folder/serve.log``; ``args`` are further serve flags, ``kw`` goes to ``start_server``."""
+    from imgcls.service.host.launcher import start_server
+
+    keys = Path(folder) / "keys.txt"
+    keys.write_text(keys_text)
+    return start_server(bundle, Path(folder) / "serve.log", args=["--api-keys-file", str(keys), *args], **kw)

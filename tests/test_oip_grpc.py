@@ -16,7 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from imgcls.service.host.launcher import LOOPBACK, child_environment, free_port, start_server
 from tests.conftest import encode, make_image
-from tests.factories import make_tiny_bundle
+from tests.factories import make_tiny_bundle, start_keyed_server
 
 pytestmark = pytest.mark.slow  # a bundle export and a server start
 
@@ -31,12 +31,9 @@ def bundle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(bundle, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("grpc")
-    keys = folder / "keys.txt"
-    keys.write_text(f"{KEY}\n")
     grpc_port = free_port()
-    handle = start_server(bundle, folder / "serve.log", args=["--api-keys-file", str(keys), "--grpc-port",
-                                                               str(grpc_port), "--model-name", "m"])
+    handle = start_keyed_server(bundle, tmp_path_factory.mktemp("grpc"), f"{KEY}\n",
+                                ["--grpc-port", str(grpc_port), "--model-name", "m"])
     handle.grpc_url = f"{LOOPBACK}:{grpc_port}"
     yield handle
     handle.stop()

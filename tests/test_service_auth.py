@@ -10,7 +10,7 @@ import pytest
 
 from imgcls.service.host.launcher import child_environment, free_port, start_server
 from tests.conftest import encode, make_image
-from tests.factories import make_tiny_bundle
+from tests.factories import make_tiny_bundle, start_keyed_server
 
 KEYS = ["k3y-alpha-4f9c2d", "second-key-77aa"]
 WRONG = "wrong-key-zz9"
@@ -24,11 +24,9 @@ def bundle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(bundle, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("auth")
-    keys = folder / "keys.txt"
-    keys.write_text(f"# serving keys\n{KEYS[0]}\n\n  {KEYS[1]}  \n")
-    handle = start_server(bundle, folder / "serve.log", args=["--api-keys-file", str(keys), "--access-log"],
-                          env={"IMGCLS_WORKERS": "1"})
+    keys_text = f"# serving keys\n{KEYS[0]}\n\n  {KEYS[1]}  \n"
+    handle = start_keyed_server(bundle, tmp_path_factory.mktemp("auth"), keys_text, ["--access-log"],
+                                env={"IMGCLS_WORKERS": "1"})
     yield handle
     handle.stop()
 
@@ -79,10 +77,8 @@ def test_no_key_ever_reaches_the_log(server):
 
 
 def test_public_routes_can_be_narrowed(bundle, tmp_path):
-    keys = tmp_path / "keys.txt"
-    keys.write_text(KEYS[0] + "\n")
-    handle = start_server(bundle, tmp_path / "serve.log", args=["--api-keys-file", str(keys), "--public-routes", "health"],
-                          env={"IMGCLS_WORKERS": "1"})
+    handle = start_keyed_server(bundle, tmp_path, KEYS[0] + "\n", ["--public-routes", "health"],
+                                env={"IMGCLS_WORKERS": "1"})
     try:
         assert httpx.get(handle.url + "/readyz", trust_env=False).status_code == 200
         assert_unauthorized(httpx.get(handle.url + "/metrics", trust_env=False))
