@@ -23,9 +23,9 @@ from typing import Any
 
 import grpc
 
-from benchmarks.http_load import HOST, drive, start
+from benchmarks.http_load import HOST, bundle_and_jpegs, drive, start
 from benchmarks.loadgen import LoadResult, check_loopback
-from benchmarks.oip_load import add_load_arguments, bundle_and_jpegs, interleaved, report, v2_binary
+from benchmarks.oip_load import add_load_arguments, interleaved, report, v2_binary
 from benchmarks.report import summary_row
 from benchmarks.summaries import bundle_arch
 from imgcls.service.protocols.oip_grpc import grpc_service_pb2 as pb

@@ -57,6 +57,12 @@ def drive(port: int, payloads: list[bytes], concurrency: int, seconds: float, ma
     return result
 
 
+def bundle_and_jpegs(args: argparse.Namespace, work: Path) -> tuple[Path, list[bytes]]:
+    """``--bundle`` (or a random-weights ``--arch`` exported into ``work``) and ``--images`` JPEGs of ``--size``."""
+    bundle = args.bundle or export_random_bundle(args.arch, work)
+    return bundle, [p.read_bytes() for p in write_jpegs(work / "jpegs", tuple(args.size), args.images)]
+
+
 def start(bundle: Path, workers: int, log_path: Path, extra: list[str]) -> tuple[Any, int, float]:
     from imgcls.service.host.launcher import start_server
 
@@ -86,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="imgcls-http-bench-") as scratch:
         work = Path(scratch)
-        bundle = args.bundle or export_random_bundle(args.arch, work)
-        jpegs = [p.read_bytes() for p in write_jpegs(work / "jpegs", tuple(args.size), args.images)]
+        bundle, jpegs = bundle_and_jpegs(args, work)
         baseline = in_process_rate(bundle, jpegs, rounds=4, batch=16, workers=args.workers)
         log.info("in-process predictor: %.1f img/s", baseline)
         payloads = [multipart_request("/classify", "images", [(f"{i}.jpg", data, "image/jpeg")]).encode(HOST, 0)

@@ -21,9 +21,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks.http_load import HOST, drive, start
+from benchmarks.http_load import HOST, bundle_and_jpegs, drive, start
 from benchmarks.loadgen import LoadResult, Request, multipart_request, rounds_summary
-from benchmarks.predictor_throughput import export_random_bundle, write_jpegs
 from benchmarks.report import markdown_table, summary_row, write_result
 from benchmarks.summaries import bundle_arch
 
@@ -104,12 +103,6 @@ def add_load_arguments(parser: argparse.ArgumentParser, forms: str) -> None:
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--size", type=int, nargs=2, default=[600, 400])
     parser.add_argument("--out", type=Path)
-
-
-def bundle_and_jpegs(args: argparse.Namespace, work: Path) -> tuple[Path, list[bytes]]:
-    """``--bundle`` (or a random-weights ``--arch`` exported into ``work``) and ``--images`` JPEGs of ``--size``."""
-    bundle = args.bundle or export_random_bundle(args.arch, work)
-    return bundle, [p.read_bytes() for p in write_jpegs(work / "jpegs", tuple(args.size), args.images)]
 
 
 def report(args: argparse.Namespace, name: str, levels: dict[str, dict[str, Any]], base_form: str, base_column: str,
