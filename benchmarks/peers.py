@@ -109,7 +109,7 @@ def interleaved(contenders: list[Contender], levels: list[int], seconds: float, 
             log.info("%s c=%d: %.1f req/s, p50 %.0f ms, p99 %.0f ms, statuses %s", c.name, clients,
                      summary["throughput_rps"], summary["p50_ms"], summary["p99_ms"], summary["statuses"])
     for c in contenders:  # which processes did the work: a worker left idle shows here
-        c.record[f"{c.field}_cpu_s_by_process"] = sorted((round(v, 1) for v in busy[c.name].values()), reverse=True)
+        c.record[f"{c.field}_cpu_s_by_process"] = sorted((round(v, 2) for v in busy[c.name].values()), reverse=True)
 
 
 def top1(body: bytes) -> str | None:
