@@ -134,3 +134,21 @@ def test_sigterm_drains_grpc_calls(bundle, tmp_path):
     assert len(outcomes) == 6 and all(done > 0 for done, _ in outcomes), outcomes
     ended = set().union(*(codes for _, codes in outcomes))
     assert ended <= {str(grpc.StatusCode.UNAVAILABLE), str(grpc.StatusCode.CANCELLED)}, outcomes
+
+
+def test_the_readiness_probe_reads_a_grpc_listener_as_no_http_server():
+    """The launcher's probe answers None, not an exception, when a port speaks HTTP/2 frames (a gRPC
+    server) instead of HTTP/1.1: start_server keeps polling and reports the log if never ready."""
+    from concurrent import futures
+
+    import grpc
+
+    from imgcls.service.host.launcher import http_status
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port(f"{LOOPBACK}:0")
+    server.start()
+    try:
+        assert http_status(f"http://{LOOPBACK}:{port}/readyz") is None
+    finally:
+        server.stop(0)

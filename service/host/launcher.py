@@ -5,6 +5,7 @@ send. Standard library only, so it works wherever the serving side is installed.
 """
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -41,13 +42,14 @@ def encode_multipart(files: Sequence[tuple[str, bytes, str]], field_name: str = 
 
 
 def http_status(url: str, timeout: float = 1.0) -> int | None:
-    """The status code of a GET, or None when nothing answers."""
+    """The status code of a GET, or None when no HTTP server answers (nothing listens, or what listens
+    speaks another protocol, such as a gRPC server's HTTP/2 frames)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError):
         return None
 
 
