@@ -91,6 +91,15 @@ def run_case(key: str, case: Case, workdir: Path) -> dict[str, Any]:
     }
 
 
+def prepared(key: str, workdir: Path = DEFAULT_WORKDIR) -> tuple[Path, Path]:
+    """Case ``key``'s run and bundle folders: the ones an earlier run left in ``workdir`` when their
+    export finished, else trained and exported now as ``run_case`` does (minutes on 2 cores)."""
+    folder = workdir / key
+    if not (folder / "bundle" / "card.json").is_file():
+        run_case(key, CASES[key], workdir)
+    return folder / "run", folder / "bundle"
+
+
 def summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """RESULTS.md rows: the kept INT8 variant's drop against its own fp32, per case."""
     rows = []
