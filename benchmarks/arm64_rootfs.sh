@@ -7,9 +7,9 @@
 #
 #   benchmarks/arm64_rootfs.sh ORT_VERSION NUMPY_VERSION [PYTHON]   -> prints the root folder
 #
-# PYTHON (default python3) runs `pip download`. apt runs with a private state folder (its own package
-# lists for arm64), so neither root nor `dpkg --add-architecture` is needed, only Debian's and PyPI's
-# package indexes. Exit 3 when this machine cannot build it (no apt-get, an index unreachable), with
+# PYTHON (default python3) runs `pip download`, first, so a missing wheel fails fast. apt runs with a
+# private state folder (its own package lists for arm64), so neither root nor `dpkg --add-architecture`
+# is needed, only Debian's and PyPI's package indexes. Exit 3 when this machine cannot build it (no apt-get, an index unreachable), with
 # the reason on stderr; 1 on anything else.
 #
 # ROOT/views/<qemu cpu>/ (neoverse-n1: dot product; cortex-a72: none) is the folder to pass to -L:
@@ -36,6 +36,14 @@ WORK=$(mktemp -d "$CACHE/arm64-rootfs/.build.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/lists/partial" "$WORK/cache/archives/partial" "$WORK/debs" "$WORK/wheels" "$WORK/root/site"
 
+say "PyPI aarch64 wheels: onnxruntime==$ORT numpy==$NUMPY"
+"$PYTHON" -m pip download -q --disable-pip-version-check -d "$WORK/wheels" --only-binary=:all: \
+    --implementation cp --python-version 3.11 --platform manylinux_2_28_aarch64 \
+    --platform manylinux_2_27_aarch64 --platform manylinux2014_aarch64 \
+    "onnxruntime==$ORT" "numpy==$NUMPY" >"$WORK/pip.log" 2>&1 ||
+  cannot "pip download of the aarch64 wheels failed: $(grep -v '^WARNING' "$WORK/pip.log" | tail -2 | tr '\n' ' ')"
+for wheel in "$WORK"/wheels/*.whl; do "$PYTHON" -m zipfile -e "$wheel" "$WORK/root/site"; done
+
 APT=(apt-get -o APT::Architecture=arm64 -o "APT::Architectures::=arm64" -o "Dir::State::Lists=$WORK/lists"
      -o "Dir::Cache=$WORK/cache" -o Dir::State::status=/dev/null -o Debug::NoLocking=1
      -o "APT::Sandbox::User=$(id -un)")
@@ -45,14 +53,6 @@ say "Debian arm64 package lists (private apt state in $WORK)"
 (cd "$WORK/debs" && "${APT[@]}" -qq download $(printf '%s:arm64 ' $PACKAGES)) >>"$WORK/apt.log" 2>&1 ||
   cannot "apt-get download of the arm64 packages failed: $(tail -2 "$WORK/apt.log" | tr '\n' ' ')"
 for deb in "$WORK"/debs/*.deb; do dpkg-deb -x "$deb" "$WORK/root"; done
-
-say "PyPI aarch64 wheels: onnxruntime==$ORT numpy==$NUMPY"
-"$PYTHON" -m pip download -q --disable-pip-version-check -d "$WORK/wheels" --only-binary=:all: \
-    --implementation cp --python-version 3.11 --platform manylinux_2_28_aarch64 \
-    --platform manylinux_2_27_aarch64 --platform manylinux2014_aarch64 \
-    "onnxruntime==$ORT" "numpy==$NUMPY" >"$WORK/pip.log" 2>&1 ||
-  cannot "pip download of the aarch64 wheels failed: $(grep -v '^WARNING' "$WORK/pip.log" | tail -2 | tr '\n' ' ')"
-for wheel in "$WORK"/wheels/*.whl; do "$PYTHON" -m zipfile -e "$wheel" "$WORK/root/site"; done
 
 # One view per emulated CPU model (the -L folder): its own proc/cpuinfo, the rest linked to the root.
 cpu_view() {  # NAME PART VARIANT FEATURES

@@ -59,11 +59,11 @@ def emulator() -> str:
     return found
 
 
-def rootfs() -> Path:
-    """The arm64 root folder for this environment's onnxruntime and numpy versions (built once)."""
+def rootfs(ort_version: str | None = None) -> Path:
+    """The arm64 root folder for this environment's onnxruntime (or ``ort_version``) and numpy (built once)."""
     import onnxruntime
 
-    command = ["bash", str(ROOTFS_SCRIPT), onnxruntime.__version__, np.__version__, sys.executable]
+    command = ["bash", str(ROOTFS_SCRIPT), ort_version or onnxruntime.__version__, np.__version__, sys.executable]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800, stdin=subprocess.DEVNULL)
     said = " ".join(done.stderr.strip().splitlines()[-2:])
     if done.returncode == 3:

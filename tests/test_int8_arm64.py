@@ -118,3 +118,11 @@ def test_a_machine_that_cannot_build_the_root_filesystem_says_why(tmp_path, monk
     monkeypatch.setenv("IMGCLS_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(Unavailable, match="no apt-get on this machine"):
         rootfs()
+
+
+def test_an_onnxruntime_without_an_aarch64_wheel_says_which(tmp_path, monkeypatch):
+    """No such wheel on PyPI (or PyPI unreachable): Unavailable naming the wheels, before any Debian download."""
+    monkeypatch.setenv("IMGCLS_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(Unavailable, match=r"pip download of the aarch64 wheels failed: .*onnxruntime==0\.0\.0"):
+        rootfs("0.0.0")
+    assert not any((tmp_path / "cache" / "arm64-rootfs").iterdir()), "a failed build leaves nothing behind"
