@@ -6,14 +6,19 @@ metrics as ``/v2`` does. The workers listen on one port: gRPC sets ``SO_REUSEPOR
 kernel spreads new connections over them (a connection stays on its worker). A message larger than
 ``--max-body-bytes`` is refused by gRPC itself (RESOURCE_EXHAUSTED). With API keys, every method but
 the health ones (per ``--public-routes``) needs the metadata ``authorization: Bearer <key>``.
-On SIGTERM, when the HTTP drain starts, the server stops taking calls (new ones get UNAVAILABLE,
-which clients retry) and gives the running ones ``--grace`` seconds, before the models close.
+On SIGTERM, when the HTTP drain starts, the server stops admitting calls: a call that arrives from then
+on answers UNAVAILABLE at once (the protocol's retryable status; no work done), the running ones
+answer, and once none is left (at most ``--grace`` seconds) the gRPC server stops (GOAWAY, the port
+closes). The worker's shutdown waits for that (``stopped``) before the models close and the event loop
+ends. Stopping the gRPC server at once instead cancels calls: gRPC's server answers CANCELLED to
+every call that reaches it after its stop began, and a loop ending under a running call cancels it.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import time
 from types import FrameType
 from typing import Any, Callable, Sequence
 
@@ -46,14 +51,34 @@ def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def serve(config: ServiceConfig, current: Callable[[], Any]) -> grpc.aio.Server:
+class CallGate:
+    """The calls this worker's gRPC server admits: all until ``close()``, none afterwards; ``running`` counts
+    the admitted calls that have not ended (the servicer's ``Gate``)."""
+
+    def __init__(self) -> None:
+        self.open, self.running, self.last_call = True, 0, 0.0
+
+    def enter(self) -> bool:
+        self.last_call = time.monotonic()
+        if self.open:
+            self.running += 1
+        return self.open
+
+    def leave(self) -> None:
+        self.running -= 1
+
+    def close(self) -> None:
+        self.open = False
+
+
+async def serve(config: ServiceConfig, current: Callable[[], Any], gate: CallGate) -> grpc.aio.Server:
     """Start this worker's gRPC server on ``config.grpc_host:config.grpc_port`` (shared with the other workers)."""
     server = grpc.aio.server(options=[
         ("grpc.so_reuseport", 1),
         ("grpc.max_receive_message_length", config.max_body_bytes),
         ("grpc.max_send_message_length", -1),
     ])
-    server.add_generic_rpc_handlers((handlers(current, authorizer(config)),))
+    server.add_generic_rpc_handlers((handlers(current, authorizer(config), gate),))
     where = address(config.grpc_host, config.grpc_port)
     server.add_insecure_port(where)  # raises RuntimeError when the address cannot be bound
     await server.start()
@@ -63,11 +88,11 @@ async def serve(config: ServiceConfig, current: Callable[[], Any]) -> grpc.aio.S
 
 def start_in_background(config: ServiceConfig, current: Callable[[], Any], keep: set) -> dict[str, Any]:
     """Start the server on the running loop; returns a holder whose "server" is set once it listens."""
-    holder: dict[str, Any] = {}
+    holder: dict[str, Any] = {"gate": CallGate()}
 
     async def run() -> None:
         try:
-            holder["server"] = await serve(config, current)
+            holder["server"] = await serve(config, current, holder["gate"])
         except Exception:
             log.exception("the gRPC server could not start on %s", address(config.grpc_host, config.grpc_port))
 
@@ -80,8 +105,8 @@ def start_in_background(config: ServiceConfig, current: Callable[[], Any], keep:
 
 
 def _stop_on_sigterm(holder: dict[str, Any], grace: float, loop: asyncio.AbstractEventLoop) -> None:
-    """On SIGTERM (the HTTP drain starts: ``imgcls.service.host.drain``), stop taking gRPC calls too and give
-    the running ones ``grace`` seconds, before the models close; then the previous handler runs."""
+    """On SIGTERM (the HTTP drain starts: ``imgcls.service.host.drain``), stop admitting gRPC calls and stop
+    the server once the running ones answered (``grace`` seconds at most); then the previous handler runs."""
     previous = signal.getsignal(signal.SIGTERM)
     if not callable(previous):
         return
@@ -93,14 +118,44 @@ def _stop_on_sigterm(holder: dict[str, Any], grace: float, loop: asyncio.Abstrac
     signal.signal(signal.SIGTERM, on_term)
 
 
+DRAIN_POLL_S = 0.01  # how often the drain looks whether the admitted calls have all answered
+QUIET_S = 0.05  # ... and no call came for this long: a client's next call would meet the stop (CANCELLED)
+QUIET_WAIT_MAX_S = 1.0  # clients that keep calling: stop anyway this long after the drain began
+
+
 def stop(holder: dict[str, Any], grace: float) -> None:
-    """Stop taking calls; running ones get ``grace`` seconds (scheduled on the loop when it still runs)."""
-    server = holder.get("server")
-    if server is None or "stopping" in holder:
+    """Admit no more calls; stop the server once the running ones answered, or after ``grace`` seconds
+    (scheduled on the loop when it still runs; ``holder["stopping"]`` is the task)."""
+    holder["gate"].close()
+    if "stopping" in holder:
         return
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return
-    task = loop.create_task(server.stop(grace))
-    holder["stopping"] = task
+    holder["stopping"] = loop.create_task(_drain(holder, grace))
+
+
+async def _drain(holder: dict[str, Any], grace: float) -> None:
+    """Wait until the admitted calls answered and the clients stopped calling (each got UNAVAILABLE),
+    then stop the server: gRPC answers CANCELLED to a call that reaches it while it stops."""
+    loop, gate = asyncio.get_running_loop(), holder["gate"]
+    began = loop.time()
+    deadline = began + grace
+    while loop.time() < deadline:
+        quiet = time.monotonic() - gate.last_call >= QUIET_S or loop.time() - began >= QUIET_WAIT_MAX_S
+        if gate.running == 0 and quiet:
+            break
+        await asyncio.sleep(DRAIN_POLL_S)
+    server = holder.get("server")
+    if server is not None:  # None: it never started listening
+        await server.stop(max(0.0, deadline - loop.time()))
+    log.info("gRPC server stopped")
+
+
+async def stopped(holder: dict[str, Any], grace: float) -> None:
+    """Stop (if not yet) and wait until the running calls answered and the server stopped (``grace`` at most)."""
+    stop(holder, grace)
+    task = holder.get("stopping")
+    if task is not None:
+        await task

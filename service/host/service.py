@@ -218,13 +218,13 @@ class ImageClassifier:
         return len(readiness.live_markers(self._marker.parent)) >= CONFIG.workers
 
     @bentoml.on_shutdown
-    def shutdown(self) -> None:
+    async def shutdown(self) -> None:
         if self._marker is not None:
             self._marker.unlink(missing_ok=True)
-        if self._grpc:
+        if self._grpc:  # the running gRPC calls answer before the models close and the loop ends
             from imgcls.service.host import grpc_server
 
-            grpc_server.stop(self._grpc, CONFIG.grace)
+            await grpc_server.stopped(self._grpc, CONFIG.grace)
         self.models.close()
 
     @bentoml.api(route="/classify", input_spec=ClassifyInput, output_spec=ClassifyResponse)

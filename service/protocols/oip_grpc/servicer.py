@@ -1,6 +1,6 @@
 """The Open Inference Protocol over gRPC: the protocol's ``inference.GRPCInferenceService`` on the same engine.
 
-``handlers(current, authorize)`` returns a gRPC generic handler (``grpc.aio`` server) for ServerLive,
+``handlers(current, authorize, gate)`` returns a gRPC generic handler (``grpc.aio`` server) for ServerLive,
 ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelInfer and RepositoryIndex;
 the other methods of the service answer UNIMPLEMENTED. ``current()`` gives this worker's service,
 as for the REST routes (``imgcls.service.protocols.oip.routes``), whose pieces are reused: model and
@@ -11,14 +11,16 @@ the micro-batcher, the answer's outputs, reason codes and ``imgcls_oip_requests`
 length-prefixed, as tritonclient sends them) or in the typed ``contents``, and answers in
 ``raw_output_contents``. Errors carry the status mapped from the REST one (``STATUS_CODES``) and the
 same message; a message that is not the method's protobuf is INVALID_ARGUMENT. ``authorize(method,
-metadata)`` is the host's API key check (``authorization: Bearer <key>`` metadata).
+metadata)`` is the host's API key check (``authorization: Bearer <key>`` metadata). ``gate`` (the host's
+drain) admits each call (``enter()`` False: the server is shutting down, the call answers UNAVAILABLE)
+and is told when an admitted call ends (``leave()``).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import struct
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Protocol, Sequence
 
 import grpc
 import numpy as np
@@ -41,6 +43,17 @@ STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAU
                 413: grpc.StatusCode.RESOURCE_EXHAUSTED, 415: grpc.StatusCode.INVALID_ARGUMENT,
                 503: grpc.StatusCode.UNAVAILABLE}
 Authorize = Callable[[str, Sequence[tuple[str, Any]]], bool]
+SHUTTING_DOWN = "the server is shutting down: retry on another instance"
+
+
+class Gate(Protocol):
+    """Admits calls while the server serves; counts the admitted ones until they end."""
+
+    def enter(self) -> bool: ...
+
+    def leave(self) -> None: ...
+
+
 Handler = Callable[[Any, Any], Awaitable[Any]]
 
 
@@ -191,22 +204,19 @@ def _model_name(request: Any) -> str:
     return getattr(request, "model_name", "") or getattr(request, "name", "")
 
 
-def _method(method: str, handler: Handler, current: Callable[[], Any], authorize: Authorize) -> Handler:
+def _method(method: str, handler: Handler, current: Callable[[], Any], authorize: Authorize, gate: Gate) -> Handler:
     async def call(request: Any, context: Any) -> Any:
         service = current()
         outcome, reason, status, message = "ok", "none", 0, ""
-        try:
-            if isinstance(request, Malformed):
-                raise OIPError(400, f"the request is not a valid {method}Request message ({request.error})",
-                               "bad_protobuf")
-            if not authorize(method, context.invocation_metadata() or ()):
-                raise OIPError(401, "an API key is required: send the metadata authorization: Bearer <key>",
-                               "unauthorized")
-            if service is None:
-                raise OIPError(503, "the model is not loaded yet", "not_ready")
-            response = await handler(request, service)
-        except OIPError as exc:
-            outcome, reason, status, message = "rejected", exc.reason, exc.status, exc.message
+        if not gate.enter():
+            outcome, reason, status, message = "rejected", "not_ready", 503, SHUTTING_DOWN
+        else:
+            try:
+                response = await _answer(method, handler, request, context, service, authorize)
+            except OIPError as exc:
+                outcome, reason, status, message = "rejected", exc.reason, exc.status, exc.message
+            finally:
+                gate.leave()
         if service is not None:
             name = "" if isinstance(request, Malformed) else _model_name(request)
             model = metric_model(service, name) if name else ""
@@ -219,10 +229,21 @@ def _method(method: str, handler: Handler, current: Callable[[], Any], authorize
     return call
 
 
-def handlers(current: Callable[[], Any], authorize: Authorize) -> grpc.GenericRpcHandler:
+async def _answer(method: str, handler: Handler, request: Any, context: Any, service: Any, authorize: Authorize) -> Any:
+    """The method's answer; OIPError for a malformed or unauthorised request or one the engine refuses."""
+    if isinstance(request, Malformed):
+        raise OIPError(400, f"the request is not a valid {method}Request message ({request.error})", "bad_protobuf")
+    if not authorize(method, context.invocation_metadata() or ()):
+        raise OIPError(401, "an API key is required: send the metadata authorization: Bearer <key>", "unauthorized")
+    if service is None:
+        raise OIPError(503, "the model is not loaded yet", "not_ready")
+    return await handler(request, service)
+
+
+def handlers(current: Callable[[], Any], authorize: Authorize, gate: Gate) -> grpc.GenericRpcHandler:
     """The service's methods for ``grpc.aio.server().add_generic_rpc_handlers``."""
     methods = {name: grpc.unary_unary_rpc_method_handler(
-        _method(name, handler, current, authorize), request_deserializer=_parser(request_type),
+        _method(name, handler, current, authorize, gate), request_deserializer=_parser(request_type),
         response_serializer=response_type.SerializeToString)
         for name, (handler, request_type, response_type) in METHODS.items()}
     return grpc.method_handlers_generic_handler(SERVICE, methods)
