@@ -6,10 +6,12 @@ schemas and status codes. Every failure is an ``EngineError`` whose ``reason`` i
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from imgcls.service.prediction import Prediction
+
+if TYPE_CHECKING:  # numpy only in the workers that decode (the BentoML arbiter imports this module too)
+    import numpy as np
 
 
 class EngineError(Exception):

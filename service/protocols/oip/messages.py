@@ -26,11 +26,12 @@ import math
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from imgcls.service.protocols.encoding import decode_base64
+
+if TYPE_CHECKING:  # NumPy loads where arrays are made: BentoML's arbiter imports this module without it
+    import numpy as np
 
 IMAGE, PIXELS, PROBABILITIES = "image", "pixels", "probabilities"
 VIEWS = {"": (IMAGE, PIXELS), IMAGE: (IMAGE,), PIXELS: (PIXELS,)}  # view -> the inputs it declares and takes
@@ -261,6 +262,8 @@ def _declared(model: ModelSpec) -> str:
 
 
 def _binary_pixels(raw: bytes, shape: list[int], datatype: str = "UINT8") -> np.ndarray:
+    import numpy as np
+
     dtype = np.dtype("<f4") if datatype == "FP32" else np.dtype(np.uint8)
     if len(raw) != math.prod(shape) * dtype.itemsize:
         raise bad(f"input {PIXELS!r}: {len(raw)} bytes of binary data, the shape {shape} of {datatype} needs "
@@ -271,12 +274,16 @@ def _binary_pixels(raw: bytes, shape: list[int], datatype: str = "UINT8") -> np.
 
 def _float_pixels(array: np.ndarray) -> np.ndarray:
     """FP32 pixels (0..255, unnormalised) as the graph's uint8 input, rounded; anything else refused."""
+    import numpy as np
+
     if array.size and not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 255):
         raise bad(f"input {PIXELS!r}: FP32 values must be within 0..255 (unnormalised pixels)", "bad_data")
     return np.rint(array).astype(np.uint8)
 
 
 def _json_pixels(data: Any, shape: list[int], datatype: str = "UINT8") -> np.ndarray:
+    import numpy as np
+
     try:
         array = np.asarray(data)
     except (ValueError, TypeError, OverflowError):

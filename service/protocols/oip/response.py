@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from imgcls.service.protocols.oip.messages import HEADER_LENGTH, InferRequest, ModelSpec, RequestedOutput
 from imgcls.service.prediction import top_k_indices
+
+if TYPE_CHECKING:  # NumPy loads where arrays are made: BentoML's arbiter imports this module without it
+    import numpy as np
 
 
 def classification_strings(probabilities: np.ndarray, k: int, class_names: tuple[str, ...]) -> list[list[str]]:
@@ -36,6 +37,8 @@ def encode_output(request: RequestedOutput, probabilities: np.ndarray,
         raw = serialize_bytes(flat) if request.binary else None
         data: list[Any] = flat
     else:
+        import numpy as np
+
         values = np.ascontiguousarray(probabilities, dtype="<f4")
         tensor = {"name": request.name, "datatype": "FP32", "shape": list(values.shape)}
         raw = values.tobytes() if request.binary else None

@@ -26,7 +26,6 @@ import functools
 import logging
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -41,7 +40,9 @@ from imgcls.service.protocols.oip.views import ViewName, model_config, model_spe
 from imgcls.service.protocols.classify.schemas import REASON_STATUS
 from imgcls.service.protocols.classify.uploads import RequestRejected, read_body
 
-if TYPE_CHECKING:  # ONNX Runtime: imported by the workers' engine, not by the arbiter that reads this module
+if TYPE_CHECKING:  # ONNX Runtime and NumPy: imported by the workers' engine, not by the arbiter that reads this module
+    import numpy as np
+
     from imgcls.service.engine.classifier import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,8 @@ async def _pixels(engine: LoadedModel, parsed: InferRequest) -> np.ndarray:
     decoded = await engine.decode_all([Upload(i, None, data) for i, data in enumerate(parsed.images)])
     failures = [(item.upload.position, item.error) for item in decoded if item.error is not None]
     if not failures:
+        import numpy as np  # here, not at import (see TYPE_CHECKING above)
+
         return np.stack([item.pixels for item in decoded])
     for _, error in failures:
         engine.metrics.images.labels(model=engine.name, outcome="failed", reason=error.reason).inc()
