@@ -86,13 +86,16 @@ async def serve(config: ServiceConfig, current: Callable[[], Any], gate: CallGat
     return server
 
 
-def start_in_background(config: ServiceConfig, current: Callable[[], Any], keep: set) -> dict[str, Any]:
-    """Start the server on the running loop; returns a holder whose "server" is set once it listens."""
+def start_in_background(config: ServiceConfig, current: Callable[[], Any], keep: set,
+                        listening: Callable[[], None]) -> dict[str, Any]:
+    """Start the server on the running loop; returns a holder whose "server" is set once it listens, when
+    ``listening()`` is called (the worker's readiness waits for it; a server that cannot start stays not ready)."""
     holder: dict[str, Any] = {"gate": CallGate()}
 
     async def run() -> None:
         try:
             holder["server"] = await serve(config, current, holder["gate"])
+            listening()
         except Exception:
             log.exception("the gRPC server could not start on %s", address(config.grpc_host, config.grpc_port))
 

@@ -138,9 +138,10 @@ class ImageClassifier:
         self.models = ServedModels(CONFIG, self.metrics, worker_index())
         self.models.open_initial()
         self._warm = threading.Event()
-        # the readiness marker waits for every part of this worker's start: the warm-up and, when
-        # balancing, the wrapped accept (a server ready before it would let one worker take a burst)
-        self._pending = {"warm-up"} | ({"accept"} if self._balancing() else set())
+        # the readiness marker waits for every part of this worker's start: the warm-up, when
+        # balancing the wrapped accept (a server ready before it would let one worker take a burst),
+        # and with --grpc-port the listening gRPC server (gRPC clients of a ready server were refused)
+        self._pending = {"warm-up"} | ({"accept"} if self._balancing() else set()) | ({"grpc"} if CONFIG.grpc_port else set())
         self._pending_lock = threading.Lock()
         self._marker = self._marker_path()
         if self._marker is not None:
@@ -162,7 +163,8 @@ class ImageClassifier:
         if CONFIG.grpc_port:  # the Open Inference Protocol over gRPC on this worker's loop (imgcls.service.host.grpc_server)
             from imgcls.service.host import grpc_server
 
-            self._grpc = grpc_server.start_in_background(CONFIG, lambda: _CURRENT.get("service"), _BACKGROUND)
+            self._grpc = grpc_server.start_in_background(CONFIG, lambda: _CURRENT.get("service"), _BACKGROUND,
+                                                         lambda: self._started("grpc"))
 
     @staticmethod
     def _balancing() -> bool:
