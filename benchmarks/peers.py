@@ -13,7 +13,10 @@ configuration are started one after another (each ready before the next starts) 
 falls on all of them alike; the idle ones wait meanwhile. The same bounded load generator cycles
 through the same JPEG set (several sizes up to camera resolution). Start-to-ready is process start
 to the first answered classification; memory the summed peak RSS of the server's process tree.
-Goal: imgcls >= 1.0x the best peer's req/s at 16 clients with p99 no worse.
+Goal: imgcls >= 1.0x the best peer's req/s at 16 clients with p99 no worse. Over gRPC too
+(``benchmarks.peers_grpc``): imgcls ``--grpc-port`` against Triton's best configuration's gRPC
+endpoint, 16 clients, interleaved rounds; ``--grpc-only`` measures that point alone (Triton's best
+configuration from the ``--out`` file's grid) and writes it into that file.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import bentoml_floor, fixtures, peer_env, peers_start, peers_verdict
+from benchmarks import bentoml_floor, fixtures, peer_env, peers_grpc, peers_start, peers_verdict
 from benchmarks.http_load import drive
 from benchmarks.loadgen import LoadResult, Request, rounds_summary
 from benchmarks.peer_apps.settings import PeerSettings
@@ -287,11 +290,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", default="mobilenet_v2")
     parser.add_argument("--workdir", type=Path, default=fixtures.DEFAULT_WORKDIR)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--grpc-only", action="store_true",
+                        help="measure only the gRPC point (imgcls vs Triton's best configuration recorded in --out) "
+                             "and write it into --out, keeping the rest of that result")
     args = parser.parse_args(argv)
     setup_logging()
     # The servers run in their own sessions: a SIGTERM (run_all's timeout, Ctrl-C's cousin) must unwind
     # through the ``finally`` blocks that stop them, not leave them running.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.grpc_only:
+        return grpc_only(args)
     started, load_at_start = time.perf_counter(), os.getloadavg()[0]
     prepared = fixtures.speed_bundle(args.arch, args.workdir)
     with tempfile.TemporaryDirectory(prefix="imgcls-peers-") as folder:
@@ -303,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.peers:
             results["peers"][name] = run_grid(name, prepared.bundle_dir, jpegs, args, scratch)
         run_final(results, prepared.bundle_dir, jpegs, args, scratch)
+        if "triton" in args.peers and "best_settings" in results["peers"]["triton"]:
+            results["grpc"] = peers_grpc.run(results["peers"]["triton"]["best_settings"], prepared.bundle_dir, jpegs,
+                                             args, scratch)
         results["bentoml_floor"] = bentoml_floor.measure(default_workers())  # what the framework costs alone
         if args.start_repeats:
             peers_start.apply(results, peers_start.measure(start_contenders(results, prepared.bundle_dir, jpegs[0]),
@@ -315,6 +326,26 @@ def main(argv: list[str] | None = None) -> int:
     results["load_average"] = {"start": load_at_start, "end": os.getloadavg()[0]}
     write_result(args.out, "peers", results)
     log.info("peers benchmark: %.0f s", results["seconds"])
+    return 0
+
+
+def grpc_only(args: argparse.Namespace) -> int:
+    """The gRPC point alone, with Triton's best configuration from the ``--out`` result, written back into it."""
+    if args.out is None or not args.out.is_file():
+        log.error("--grpc-only needs --out: an existing peers result (its Triton grid picks the configuration)")
+        return 2
+    results = json.loads(args.out.read_text())
+    settings = results.get("peers", {}).get("triton", {}).get("best_settings")
+    if settings is None:
+        log.error("%s has no best Triton configuration: run the whole benchmark first", args.out)
+        return 2
+    prepared = fixtures.speed_bundle(args.arch, args.workdir)
+    with tempfile.TemporaryDirectory(prefix="imgcls-peers-grpc-") as folder:
+        jpegs = [data for _, data in jpeg_set(Path(folder))]
+        results["grpc"] = peers_grpc.run(settings, prepared.bundle_dir, jpegs, args, Path(folder))
+    results["summary"] = peers_verdict.summary(results)
+    write_result(args.out, "peers", {k: v for k, v in results.items() if k != "benchmark"})
+    log.info("peers gRPC point: %.0f s measured", results["grpc"]["measured_s"])
     return 0
 
 

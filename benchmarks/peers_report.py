@@ -1,5 +1,6 @@
 """The RESULTS.md section of item 17 (``benchmarks.peers``): every server at every client count,
-each peer's tuning grid, start-to-ready and memory, from ``results/peers.json``."""
+each peer's tuning grid, start-to-ready and memory, and imgcls against Triton over gRPC, from
+``results/peers.json``."""
 from __future__ import annotations
 
 from typing import Any
@@ -118,6 +119,34 @@ def split_line(result: dict[str, Any]) -> list[str]:
             f"{split.get('inference_ms', 0):.1f}); the rest is HTTP, framework and response work.", ""]
 
 
+def grpc_lines(result: dict[str, Any]) -> list[str]:
+    """The gRPC point (``benchmarks.peers_grpc``): imgcls ``--grpc-port`` against Triton's gRPC endpoint."""
+    grpc = result.get("grpc")
+    if not grpc:
+        return ["Over gRPC: not measured in this run (`python -m benchmarks.peers --grpc-only --out ...` adds it).", ""]
+    rows = []
+    for name, server in grpc["servers"].items():
+        level = server["level"]
+        cpu = sum(server.get("cpu_s_by_process", []))
+        rows.append([name, server["config"], _level(level), f"{server['peak_rss_mb']:.0f} ({server['processes']})",
+                     f"{level['ok'] / cpu:.1f}" if cpu else "-",
+                     ", ".join(f"{v:g}" for v in server.get("cpu_s_by_process", []))])
+    machine = grpc.get("machine", {})
+    return [
+        f"Over gRPC (`inference.GRPCInferenceService/ModelInfer`), measured on {machine.get('date', '?')} "
+        f"({machine.get('cpu', '?')}){_load(grpc)}: imgcls with its defaults plus `--grpc-port` and Triton's best "
+        "configuration above (its own gRPC endpoint) side by side, "
+        f"{grpc['clients']} clients each on its own channel (one TCP connection, as each tritonclient.grpc client "
+        "opens), the same JPEGs as one BYTES element in `raw_input_contents` (as tritonclient sends them), each "
+        f"server's default outputs, {grpc['rounds']} interleaved rounds, {grpc['seconds']:g} s per server; every "
+        "answer must be OK:",
+        "",
+        markdown_table([f"server", "configuration", f"c={grpc['clients']} req/s (p50/p99 ms)",
+                        "peak RSS MiB (processes)", "req per CPU s", "CPU s per process under load"], rows),
+        "",
+    ]
+
+
 def _load(result: dict[str, Any]) -> str:
     load = result.get("load_average")
     return f", 1-minute load average {load['start']:.1f} at the start and {load['end']:.1f} at the end" if load else ""
@@ -158,6 +187,7 @@ def section(result: dict[str, Any] | None) -> list[str]:
         "",
         *split_line(result),
         *memory_line(result),
+        *grpc_lines(result),
         f"Tuning grid at {result['settings']['grid_clients']} clients (best = highest req/s):",
         "",
         grid_table(result),

@@ -1,5 +1,6 @@
 """Item 17's verdict from ``results/peers.json``: imgcls against the strongest peer at 16 clients
-(req/s ratio, p99 no worse), start-to-ready against the fastest peer, memory against the smallest."""
+(req/s ratio, p99 no worse), start-to-ready against the fastest peer, memory against the smallest; over
+gRPC, imgcls against Triton (a figure, no goal)."""
 from __future__ import annotations
 
 from typing import Any
@@ -87,6 +88,7 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
                                 f"({peers[smallest]['processes']} processes, smallest peer)",
                                 peers[smallest]["peak_rss_mb"] / ours["peak_rss_mb"], "<= smallest peer",
                                 ours["peak_rss_mb"] <= peers[smallest]["peak_rss_mb"]))
+    rows += grpc_rows(results)
     floor = results.get("bentoml_floor")
     if floor:  # the card's framework alone: imgcls cannot start faster or hold less than this
         rows.append(summary_row("17 peers", results["arch"], "BentoML no-op service: start-to-ready s",
@@ -96,3 +98,19 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
                                 floor["peak_rss_mb"], f"imgcls {ours['peak_rss_mb']:.0f} MiB",
                                 floor["peak_rss_mb"] / ours["peak_rss_mb"]))
     return rows
+
+
+def grpc_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """imgcls against Triton over gRPC (``benchmarks.peers_grpc``), when that point was measured."""
+    grpc = results.get("grpc")
+    if not grpc or not {"imgcls", "triton"} <= set(grpc["servers"]):
+        return []
+    ours, theirs = grpc["servers"]["imgcls"]["level"], grpc["servers"]["triton"]["level"]
+    ratio = ours["throughput_rps"] / theirs["throughput_rps"] if theirs["throughput_rps"] else 0.0
+    pairs = round_ratios(ours, theirs)
+    spread = f", per round {min(pairs):.2f}-{max(pairs):.2f}x" if pairs else ""
+    return [summary_row(
+        "17 peers", results["arch"], f"imgcls gRPC ModelInfer req/s, JPEG as BYTES, c={grpc['clients']} "
+        f"(p99 {ours['p99_ms']:.0f} ms)", ours["throughput_rps"],
+        f"triton gRPC, {grpc['servers']['triton']['config']}: {theirs['throughput_rps']:.3g} req/s "
+        f"(p99 {theirs['p99_ms']:.0f} ms{spread})", ratio)]

@@ -226,3 +226,50 @@ def test_imgcls_cold_start_is_timed_to_its_first_classification(tiny, tmp_path: 
     assert "serving" in (tmp_path / "imgcls-start.log").read_text()
     with pytest.raises(RuntimeError, match="exited with status 2"):  # refused at load: an error, not a time
         peers_start.imgcls_start(tmp_path / "missing", jpegs[0])(tmp_path)
+
+
+def test_the_grpc_point_measures_a_real_imgcls_grpc_port(tiny, tmp_path: Path) -> None:
+    """peers_grpc's request is one BYTES element as tritonclient sends it; its interleaved measurement drives a
+    real `imgcls serve --grpc-port` (Triton's side is the same code on another port), every answer OK."""
+    from benchmarks import peers_grpc
+    from benchmarks.peer_servers import OIP_MODEL
+    from imgcls.service.host.launcher import free_port, start_server
+    from imgcls.service.protocols.oip_grpc import grpc_service_pb2 as pb
+
+    bundle, jpegs, _ = tiny
+    message = pb.ModelInferRequest.FromString(peers_grpc.model_infer(jpegs[0], (1, 1)))
+    (tensor,) = message.inputs
+    assert message.model_name == OIP_MODEL and tensor.datatype == "BYTES" and list(tensor.shape) == [1, 1]
+    assert message.raw_input_contents[0] == struct.pack("<I", len(jpegs[0])) + jpegs[0]
+    port = free_port()
+    with start_server(bundle, tmp_path / "serve.log", args=["--model-name", OIP_MODEL, "--grpc-port", str(port)]) as server:
+        contender = peers_grpc.GrpcContender("imgcls", "defaults", f"127.0.0.1:{port}",
+                                             [peers_grpc.model_infer(j, (1,)) for j in jpegs], server.process.pid)
+        measured = peers_grpc.measure([contender], 2, 0.6, 2, 40)["imgcls"]
+        bad = peers_grpc.GrpcContender("wrong", "", f"127.0.0.1:{port}", [b"not a ModelInferRequest"], server.process.pid)
+        with pytest.raises(RuntimeError, match="wrong over gRPC answered"):
+            peers_grpc.check(bad)
+    level = measured["level"]
+    assert set(level["statuses"]) == {200} and level["ok"] > 0 and len(level["rounds_rps"]) == 2
+    assert sum(measured["cpu_s_by_process"]) > 0  # the server's processes did the work
+
+
+def test_the_grpc_point_is_reported_against_triton() -> None:
+    result = _result(31, 390)
+    result["comparison"] = peers_verdict.compare(result)
+    assert not peers_verdict.grpc_rows(result)
+    assert "Over gRPC: not measured" in "\n".join(peers_report.section(result))
+    level = {**_level(16, 60, 200), "rounds_rps": [50.0, 70.0]}
+    result["grpc"] = {"clients": 16, "rounds": 2, "seconds": 8, "machine": {"date": "2026-12-07", "cpu": "test cpu"},
+                      "load_average": {"start": 3.0, "end": 4.0}, "servers": {
+                          "imgcls": {"config": "imgcls serve --grpc-port", "level": level, "cpu_s_by_process": [4, 1],
+                                     "peak_rss_mb": 400.0, "processes": 4},
+                          "triton": {"config": "instances=2", "level": {**_level(16, 40, 300), "rounds_rps": [50.0, 35.0]},
+                                     "cpu_s_by_process": [], "peak_rss_mb": 300.0, "processes": 3}}}
+    (row,) = peers_verdict.grpc_rows(result)
+    assert row["ratio"] == 1.5 and "triton gRPC, instances=2: 40 req/s (p99 300 ms, per round 1.00-2.00x)" in row["baseline"]
+    assert row in peers_verdict.summary(result)
+    text = "\n".join(peers_report.section(result))
+    assert "| imgcls | imgcls serve --grpc-port | 60 (100/200) | 400 (4) | 2.0 | 4, 1 |" in text
+    assert "| triton | instances=2 | 40 (150/300) | 300 (3) | - |  |" in text
+    assert "load average 3.0 at the start and 4.0 at the end" in text
