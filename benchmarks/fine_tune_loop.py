@@ -36,9 +36,12 @@ def _caching_rate(extractor: Any, dataset: Any, directory: Path) -> float:
 
     from imgcls.models.training.feature_cache import FeatureStore, features_in_pieces
 
+    from imgcls.models.training.ort_features import OrtBackbone
+
     started = time.perf_counter()
     rows, _, reused = features_in_pieces(extractor, dataset, FeatureStore(directory), "train", "0" * 16,
-                                         batch_size=BATCH, workers=1, device=torch.device("cpu"))
+                                         batch_size=BATCH, workers=1, device=torch.device("cpu"),
+                                         batches=extractor.batches if isinstance(extractor, OrtBackbone) else None)
     assert reused == 0 and rows.shape[0] == len(dataset)
     return len(dataset) / (time.perf_counter() - started)
 

@@ -26,7 +26,7 @@ from imgcls.models.core.card import ModelCard
 from imgcls.models.core.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError
 from imgcls.models.core import bundle as bundle_checks
 from imgcls.models.core.bundle import BundleError
-from imgcls.service.prefetch import decoded_batches, stack_decoded
+from imgcls.models.core.prefetch import decoded_batches, stack_decoded
 from imgcls.service.prediction import Prediction, top_k_indices
 from imgcls.service.precision import AUTO, choose
 from imgcls.service.runtime import CUDA, DeviceError, RuntimeConfig, available_cpus, create_session, wants_cuda

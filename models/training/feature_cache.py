@@ -152,22 +152,31 @@ def features_in_pieces(
     device: torch.device,
     rank: int = 0,
     world_size: int = 1,
-    progress: Callable[[DataLoader, int], Iterable] = lambda loader, total: loader,
+    progress: Callable[[Iterable, int], Iterable] = lambda loader, total: loader,
+    batches: Callable[[Dataset, int], Iterable[tuple[torch.Tensor, Any]]] | None = None,
 ) -> tuple[torch.Tensor, list[int], int]:
     """(features of this rank's pieces, their dataset indices, images reused from disk).
 
     Pieces already on disk are read; the rest are computed in one pass and each is written as soon
-    as its last batch is done."""
+    as its last batch is done. ``batches(subset, batch_size)``, when given, yields the ``(inputs,
+    labels)`` batches that go to ``extractor`` as they are (``OrtBackbone.batches``: decoded in
+    threads, as the Predictor does); otherwise a ``DataLoader`` with ``workers`` processes feeds
+    ``extractor`` on ``device``."""
     mine = piece_ranges(len(dataset), batch_size * PIECE_BATCHES)[rank::world_size]
     pieces: list[torch.Tensor | None] = [store.load(part, key, a, b) for a, b in mine]
     missing = [i for i, rows in enumerate(pieces) if rows is None]
     reused = sum(b - a for (a, b), rows in zip(mine, pieces) if rows is not None)
     indices = [i for n in missing for i in range(*mine[n])]
     if indices:
-        loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=workers)
+        subset = Subset(dataset, indices)
+        if batches is None:
+            loader: Iterable = ((to_device(images, device), labels) for images, labels in
+                                DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers))
+        else:
+            loader = batches(subset, batch_size)
         pending, waiting = list(missing), []
         for images, _ in progress(loader, len(indices)):
-            waiting.append(torch.flatten(extractor(to_device(images, device)), 1).float().cpu())
+            waiting.append(torch.flatten(extractor(images), 1).float().cpu())
             buffered = torch.cat(waiting)
             waiting = [buffered]
             while pending and buffered.shape[0] >= mine[pending[0]][1] - mine[pending[0]][0]:

@@ -166,7 +166,8 @@ class CachedFeatureMode:
         local, indices, reused = features_in_pieces(
             extractor, dataset, self.store, part, key, batch_size=self.config.batch_size,
             workers=self.config.workers, device=self.dist.device, rank=self.dist.rank,
-            world_size=self.dist.world_size, progress=lambda loader, total: _bar(loader, self.dist, desc, total))
+            world_size=self.dist.world_size, progress=lambda loader, total: _bar(loader, self.dist, desc, total),
+            batches=extractor.batches if isinstance(extractor, OrtBackbone) else None)
         if reused and self.dist.is_main:
             log.info("%s: %d of %d images' features reused from %s", desc, reused, len(indices),
                      self.store.directory)

@@ -7,6 +7,11 @@ thread per core of the machine. The head is therefore trained on the features th
 computes, and caching runs at the predictor's speed instead of PyTorch eager's (measured on
 efficientnet_lite0, 2 cores: ONNX Runtime several times faster than eager).
 
+Images are decoded as the Predictor decodes them (``imgcls.models.core.prefetch``: a pool of one
+decode thread per core filling the next batches while ONNX Runtime runs the current one, uint8
+NCHW batches handed to the session as they are) instead of through a ``DataLoader`` worker
+process, whose batches went channels-last for eager PyTorch and back for ONNX Runtime.
+
 Used on CPU in a single process; on a GPU or under DDP the eager module runs instead. The engine is
 part of the feature cache's key (``engine_name``), so pieces computed by one are never reused by the other.
 """
@@ -15,11 +20,15 @@ from __future__ import annotations
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-from imgcls.models.core.preprocess import Preprocess
+from imgcls.models.core.prefetch import decoded_batches, stack_decoded
+from imgcls.models.core.preprocess import ImageDecodeError, Preprocess
 from imgcls.models.training.onnx_graph import BUNDLE_OPSET, pixels_graph
 
 log = logging.getLogger(__name__)
@@ -77,3 +86,18 @@ class OrtBackbone:
             raise TypeError(f"OrtBackbone takes uint8 pixels, got {pixels.dtype}")
         features = self.session().run([OUTPUT_NAME], {INPUT_NAME: pixels.cpu().numpy()})[0]
         return torch.from_numpy(features.reshape(len(features), -1))
+
+    def batches(self, dataset: Sequence[tuple[torch.Tensor, int]], batch_size: int,
+                ) -> Iterator[tuple[torch.Tensor, list[int]]]:
+        """``(uint8 [n,3,H,W], labels)`` batches of ``dataset`` (uint8 pixel items) in order, decoded
+        ahead by one thread per core; a file that cannot be read raises its ``ImageDecodeError``."""
+
+        def decode(index: int) -> np.ndarray:
+            return dataset[index][0].numpy()
+
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="imgcls-feature-decode") as pool:
+            for batch in decoded_batches(range(len(dataset)), decode, batch_size, pool):
+                pixels, positions = stack_decoded(batch)
+                if len(positions) < len(batch):
+                    raise next(item for _, item in batch if isinstance(item, ImageDecodeError))
+                yield torch.from_numpy(pixels), [index for index, _ in batch]

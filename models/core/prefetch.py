@@ -3,7 +3,8 @@
 Pillow's decoders and resizes and ONNX Runtime's ``run()`` all release the GIL, so a pool of
 decode threads filling the next batches while the main thread runs the current one keeps the
 CPUs (or the GPU) busy. Order is preserved; a bad image never stops the stream, it becomes an
-``ImageDecodeError`` in its slot.
+``ImageDecodeError`` in its slot. The Predictor (serving, scoring) and ``imgcls train``'s feature
+caching through ONNX Runtime both decode this way.
 """
 from __future__ import annotations
 
