@@ -32,10 +32,11 @@ def measure(workers: int, timeout_s: float = 60.0) -> dict[str, Any]:
     from imgcls.service.host.launcher import free_port
 
     port = free_port()
+    env = {**os.environ, "FLOOR_WORKERS": str(workers)}
+    env.setdefault("BENTOML_DO_NOT_TRACK", "true")  # as imgcls serve runs BentoML: no usage reports on the way up
     started = time.monotonic()
     process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "bentoml_floor:Floor", "--host", "127.0.0.1",
-                                "--port", str(port), "--working-dir", str(APP_DIR)], cwd=APP_DIR,
-                               env={**os.environ, "FLOOR_WORKERS": str(workers)},
+                                "--port", str(port), "--working-dir", str(APP_DIR)], cwd=APP_DIR, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         try:
