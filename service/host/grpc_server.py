@@ -3,7 +3,8 @@
 Every BentoML worker runs a ``grpc.aio`` server on its own event loop (the loop uvicorn serves HTTP
 on), so a gRPC request reaches the same registry of models, decode pool, micro-batcher, limits and
 metrics as ``/v2`` does. The workers listen on one port: gRPC sets ``SO_REUSEPORT`` on Linux and the
-kernel spreads new connections over them (a connection stays on its worker). A message larger than
+kernel spreads new connections over them (a connection stays on its worker); with two workers or more
+each ModelInfer call runs on the least busy worker (``imgcls.service.host.grpc_spread``). A message larger than
 ``--max-body-bytes`` is refused by gRPC itself (RESOURCE_EXHAUSTED). With API keys, every method but
 the health ones (per ``--public-routes``) needs the metadata ``authorization: Bearer <key>``.
 On SIGTERM, when the HTTP drain starts, the server stops admitting calls: a call that arrives from then
@@ -24,8 +25,10 @@ from typing import Any, Callable, Sequence
 
 import grpc
 
+from imgcls.service.host import grpc_spread
 from imgcls.service.host.auth import is_public, key_matches, public_groups, read_keys
 from imgcls.service.host.config import ServiceConfig
+from imgcls.service.host.private import worker_index
 from imgcls.service.protocols.oip_grpc.servicer import handlers, route_path
 
 log = logging.getLogger(__name__)
@@ -58,11 +61,12 @@ class CallGate:
     def __init__(self) -> None:
         self.open, self.running, self.last_call = True, 0, 0.0
 
-    def enter(self) -> bool:
+    def enter(self, context: Any) -> bool:
         self.last_call = time.monotonic()
-        if self.open:
+        admitted = self.open or grpc_spread.Spread.handed(context)  # handed: admitted by the worker it came to
+        if admitted:
             self.running += 1
-        return self.open
+        return admitted
 
     def leave(self) -> None:
         self.running -= 1
@@ -71,18 +75,30 @@ class CallGate:
         self.open = False
 
 
-async def serve(config: ServiceConfig, current: Callable[[], Any], gate: CallGate) -> grpc.aio.Server:
-    """Start this worker's gRPC server on ``config.grpc_host:config.grpc_port`` (shared with the other workers)."""
+def spread_for(config: ServiceConfig) -> grpc_spread.Spread | None:
+    """With two workers or more (balancing on, a state directory): ModelInfer calls go to the least busy
+    worker (``imgcls.service.host.grpc_spread``)."""
+    if not (config.balance_connections and config.workers >= 2 and config.state_dir):
+        return None
+    return grpc_spread.Spread(config.state_dir, worker_index(), config.workers, config.max_body_bytes)
+
+
+async def serve(config: ServiceConfig, current: Callable[[], Any], gate: CallGate,
+                spread: grpc_spread.Spread | None) -> grpc.aio.Server:
+    """Start this worker's gRPC server on ``config.grpc_host:config.grpc_port`` (shared with the other workers),
+    and with ``spread`` on this worker's Unix socket too (calls handed by the other workers)."""
     server = grpc.aio.server(options=[
         ("grpc.so_reuseport", 1),
         ("grpc.max_receive_message_length", config.max_body_bytes),
         ("grpc.max_send_message_length", -1),
     ])
-    server.add_generic_rpc_handlers((handlers(current, authorizer(config), gate),))
+    server.add_generic_rpc_handlers((handlers(current, authorizer(config), gate, spread),))
     where = address(config.grpc_host, config.grpc_port)
     server.add_insecure_port(where)  # raises RuntimeError when the address cannot be bound
+    if spread is not None:
+        server.add_insecure_port(spread.listen_address)
     await server.start()
-    log.info("Open Inference Protocol over gRPC on %s", where)
+    log.info("Open Inference Protocol over gRPC on %s%s", where, " (calls go to the least busy worker)" if spread else "")
     return server
 
 
@@ -94,7 +110,8 @@ def start_in_background(config: ServiceConfig, current: Callable[[], Any], keep:
 
     async def run() -> None:
         try:
-            holder["server"] = await serve(config, current, holder["gate"])
+            holder["spread"] = spread_for(config)
+            holder["server"] = await serve(config, current, holder["gate"], holder["spread"])
             listening()
         except Exception:
             log.exception("the gRPC server could not start on %s", address(config.grpc_host, config.grpc_port))
@@ -153,6 +170,8 @@ async def _drain(holder: dict[str, Any], grace: float) -> None:
     server = holder.get("server")
     if server is not None:  # None: it never started listening
         await server.stop(max(0.0, deadline - loop.time()))
+    if holder.get("spread") is not None:
+        await holder["spread"].close()
     log.info("gRPC server stopped")
 
 

@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--balance-connections", dest="balance_connections", action=argparse.BooleanOptionalAction,
                         default=None,
                         help="spread keep-alive connections over the workers (least-connections accept: without "
-                             "it, clients that connect together often all land on one worker); "
+                             "it, clients that connect together often all land on one worker) and, with --grpc-port, "
+                             "gRPC inference calls (each runs on the least busy worker); "
                              "$IMGCLS_BALANCE_CONNECTIONS (default on)")
     return parser
 

@@ -13,7 +13,9 @@ length-prefixed, as tritonclient sends them) or in the typed ``contents``, and a
 same message; a message that is not the method's protobuf is INVALID_ARGUMENT. ``authorize(method,
 metadata)`` is the host's API key check (``authorization: Bearer <key>`` metadata). ``gate`` (the host's
 drain) admits each call (``enter()`` False: the server is shutting down, the call answers UNAVAILABLE)
-and is told when an admitted call ends (``leave()``).
+and is told when an admitted call ends (``leave()``). ``spread`` (the host's, with several workers)
+runs a ModelInfer call here or hands it to a less busy worker, whose answer (``Forwarded``) is
+returned as is and counted in the metrics by that worker.
 """
 from __future__ import annotations
 
@@ -47,11 +49,27 @@ SHUTTING_DOWN = "the server is shutting down: retry on another instance"
 
 
 class Gate(Protocol):
-    """Admits calls while the server serves; counts the admitted ones until they end."""
+    """Admits calls while the server serves (``context``: the call's, for its metadata); counts the
+    admitted ones until they end."""
 
-    def enter(self) -> bool: ...
+    def enter(self, context: Any) -> bool: ...
 
     def leave(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Forwarded:
+    """The answer of another worker that ran the call: its serialised response, or its error status."""
+
+    raw: bytes | None
+    code: grpc.StatusCode | None = None
+    details: str = ""
+
+
+class Spread(Protocol):
+    """Runs a ModelInfer call here (``here()``) or hands it to another worker (a ``Forwarded`` answer)."""
+
+    async def call(self, request: Any, context: Any, here: Callable[[], Awaitable[Any]]) -> Any: ...
 
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
@@ -204,19 +222,24 @@ def _model_name(request: Any) -> str:
     return getattr(request, "model_name", "") or getattr(request, "name", "")
 
 
-def _method(method: str, handler: Handler, current: Callable[[], Any], authorize: Authorize, gate: Gate) -> Handler:
+def _method(method: str, handler: Handler, current: Callable[[], Any], authorize: Authorize, gate: Gate,
+            spread: Spread | None) -> Handler:
     async def call(request: Any, context: Any) -> Any:
         service = current()
         outcome, reason, status, message = "ok", "none", 0, ""
-        if not gate.enter():
+        if not gate.enter(context):
             outcome, reason, status, message = "rejected", "not_ready", 503, SHUTTING_DOWN
         else:
             try:
-                response = await _answer(method, handler, request, context, service, authorize)
+                response = await _answer(method, handler, request, context, service, authorize, spread)
             except OIPError as exc:
                 outcome, reason, status, message = "rejected", exc.reason, exc.status, exc.message
             finally:
                 gate.leave()
+        if not status and isinstance(response, Forwarded):  # counted by the worker that ran it
+            if response.code is not None:
+                await context.abort(response.code, response.details)
+            return response
         if service is not None:
             name = "" if isinstance(request, Malformed) else _model_name(request)
             model = metric_model(service, name) if name else ""
@@ -229,7 +252,8 @@ def _method(method: str, handler: Handler, current: Callable[[], Any], authorize
     return call
 
 
-async def _answer(method: str, handler: Handler, request: Any, context: Any, service: Any, authorize: Authorize) -> Any:
+async def _answer(method: str, handler: Handler, request: Any, context: Any, service: Any, authorize: Authorize,
+                  spread: Spread | None) -> Any:
     """The method's answer; OIPError for a malformed or unauthorised request or one the engine refuses."""
     if isinstance(request, Malformed):
         raise OIPError(400, f"the request is not a valid {method}Request message ({request.error})", "bad_protobuf")
@@ -237,14 +261,24 @@ async def _answer(method: str, handler: Handler, request: Any, context: Any, ser
         raise OIPError(401, "an API key is required: send the metadata authorization: Bearer <key>", "unauthorized")
     if service is None:
         raise OIPError(503, "the model is not loaded yet", "not_ready")
+    if spread is not None and method == "ModelInfer":
+        return await spread.call(request, context, lambda: handler(request, service))
     return await handler(request, service)
 
 
-def handlers(current: Callable[[], Any], authorize: Authorize, gate: Gate) -> grpc.GenericRpcHandler:
+def _serializer(response_type: Any) -> Callable[[Any], bytes]:
+    def serialize(response: Any) -> bytes:
+        return response.raw if isinstance(response, Forwarded) else response_type.SerializeToString(response)
+
+    return serialize
+
+
+def handlers(current: Callable[[], Any], authorize: Authorize, gate: Gate,
+             spread: Spread | None = None) -> grpc.GenericRpcHandler:
     """The service's methods for ``grpc.aio.server().add_generic_rpc_handlers``."""
     methods = {name: grpc.unary_unary_rpc_method_handler(
-        _method(name, handler, current, authorize, gate), request_deserializer=_parser(request_type),
-        response_serializer=response_type.SerializeToString)
+        _method(name, handler, current, authorize, gate, spread), request_deserializer=_parser(request_type),
+        response_serializer=_serializer(response_type))
         for name, (handler, request_type, response_type) in METHODS.items()}
     return grpc.method_handlers_generic_handler(SERVICE, methods)
 

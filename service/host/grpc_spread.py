@@ -1,0 +1,130 @@
+"""Least-loaded ModelInfer across the workers: a worker hands a call to a less busy worker's gRPC server.
+
+Every worker's gRPC server listens on the public port (``SO_REUSEPORT``) and a gRPC connection stays on
+the worker that accepted it. Clients make few connections: 16 ``tritonclient.grpc`` clients in one
+process share ONE (gRPC channels with the same arguments share their connection), which left the other
+workers idle; and 16 separate connections are spread by a hash of their addresses, as unevenly as 4/12,
+so the crowded worker's clients waited twice as long as the others. HTTP connections are balanced at
+accept (``imgcls.service.host.accept``); a gRPC connection cannot be, so the calls are.
+
+Each worker's server also listens on a Unix socket of the server's state directory
+(``grpc-<worker>.sock``) and publishes how many ModelInfer calls it is running (its slot in the shared,
+memory-mapped ``grpc-calls.board``). A ModelInfer call arriving from a client runs where it arrived
+unless another live worker runs fewer calls: then it goes to that worker's socket (the request as
+received, marked ``imgcls-forwarded`` so it is not passed on again; its deadline and metadata with it)
+and its answer, or its error status, comes back as is. gRPC's own threads move the bytes. A handed call
+that fails without an answer of the other worker (that worker restarting or stopping: UNAVAILABLE,
+CANCELLED) runs here instead: inference has no side effects. Metrics count each call once, where it ran.
+"""
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import struct
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import grpc
+
+from imgcls.service.host.readiness import alive
+from imgcls.service.protocols.oip_grpc.servicer import Forwarded
+
+log = logging.getLogger(__name__)
+SLOT = struct.Struct("<qq")  # (pid, ModelInfer calls running)
+MAX_WORKERS = 256
+BOARD_NAME = "grpc-calls.board"
+FORWARDED = "imgcls-forwarded"
+METHOD = "/inference.GRPCInferenceService/ModelInfer"
+RUN_HERE_INSTEAD = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
+                    grpc.StatusCode.INTERNAL}
+PASSED_METADATA = ("authorization",)
+
+
+def socket_path(state_dir: str, index: int) -> str:
+    return str(Path(state_dir) / f"grpc-{index}.sock")
+
+
+class CallBoard:
+    """Per-worker (pid, calls running) slots in a shared, memory-mapped file."""
+
+    def __init__(self, path: Path, index: int) -> None:
+        if not 0 <= index < MAX_WORKERS:
+            raise ValueError(f"worker index {index} outside 0..{MAX_WORKERS - 1}")
+        with open(path, "a+b") as handle:  # created once by whichever worker comes first
+            if os.fstat(handle.fileno()).st_size < SLOT.size * MAX_WORKERS:
+                handle.truncate(SLOT.size * MAX_WORKERS)
+            self.map = mmap.mmap(handle.fileno(), SLOT.size * MAX_WORKERS)
+        self.index, self.pid = index, os.getpid()
+        self.publish(0)
+
+    def publish(self, running: int) -> None:
+        SLOT.pack_into(self.map, self.index * SLOT.size, self.pid, running)
+
+    def least_elsewhere(self, workers: int) -> tuple[int, int] | None:
+        """(worker index, calls running) of the least busy other live worker; None when there is none."""
+        best = None
+        for index in range(min(workers + 1, MAX_WORKERS)):
+            pid, running = SLOT.unpack_from(self.map, index * SLOT.size)
+            if index == self.index or pid <= 0 or not alive(pid):
+                continue
+            if best is None or running < best[1]:
+                best = (index, running)
+        return best
+
+
+class Spread:
+    """This worker's side: counts the calls it runs, hands calls to a less busy worker."""
+
+    def __init__(self, state_dir: str, index: int, workers: int, max_message_bytes: int) -> None:
+        self.state_dir, self.workers, self.max_message_bytes = state_dir, workers, max_message_bytes
+        self.board = CallBoard(Path(state_dir) / BOARD_NAME, index)
+        self.running = 0
+        self.channels: dict[int, Any] = {}
+
+    @property
+    def listen_address(self) -> str:
+        return "unix:" + socket_path(self.state_dir, self.board.index)
+
+    async def call(self, request: Any, context: Any, here: Callable[[], Awaitable[Any]]) -> Any:
+        """The call's answer: run ``here()``, or the other worker's ``Forwarded`` answer."""
+        metadata = tuple(context.invocation_metadata() or ())
+        target = None if self.handed(context) else self.board.least_elsewhere(self.workers)
+        if target is not None and target[1] + 1 < self.running:  # one call fewer there would only swap the roles
+            answer = await self._forward(target[0], request, context, metadata)
+            if answer is not None:
+                return answer
+        self.running += 1
+        self.board.publish(self.running)
+        try:
+            return await here()
+        finally:
+            self.running -= 1
+            self.board.publish(self.running)
+
+    async def _forward(self, index: int, request: Any, context: Any, metadata: tuple) -> Forwarded | None:
+        call = self._channel(index).unary_unary(METHOD, request_serializer=lambda m: m.SerializeToString())
+        passed = [(key, value) for key, value in metadata if key in PASSED_METADATA] + [(FORWARDED, "1")]
+        try:
+            return Forwarded(await call(request, timeout=context.time_remaining(), metadata=passed))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in RUN_HERE_INSTEAD:
+                log.debug("worker %d did not answer a handed call (%s): running it here", index, exc.code())
+                return None
+            return Forwarded(None, exc.code(), exc.details() or "")
+
+    def _channel(self, index: int) -> Any:
+        if index not in self.channels:
+            self.channels[index] = grpc.aio.insecure_channel("unix:" + socket_path(self.state_dir, index), options=[
+                ("grpc.max_send_message_length", self.max_message_bytes), ("grpc.max_receive_message_length", -1)])
+        return self.channels[index]
+
+    @staticmethod
+    def handed(context: Any) -> bool:
+        """A call another worker handed here (admitted there: it runs here even while this worker drains)."""
+        return any(key == FORWARDED for key, _ in context.invocation_metadata() or ())
+
+    async def close(self) -> None:
+        for channel in self.channels.values():
+            await channel.close()
+        self.channels.clear()

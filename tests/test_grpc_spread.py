@@ -1,0 +1,79 @@
+"""ModelInfer calls run on the least busy worker, whatever connection they came on (a real `imgcls serve
+--grpc-port` with two workers, real tritonclient.grpc clients).
+
+16 tritonclient.grpc clients in one process share one TCP connection (gRPC channels with the same
+arguments share it), which one worker accepted: without handing calls over, the other worker idles."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+
+from benchmarks.peer_servers import cpu_seconds
+from imgcls.service.host.launcher import LOOPBACK, free_port, start_server
+from tests.conftest import encode, make_image
+from tests.factories import make_tiny_bundle
+
+pytestmark = pytest.mark.slow  # a bundle export and a server start
+
+IMAGES = [encode(make_image(320, 240, seed=seed)) for seed in range(4)]
+
+
+def infer_input(image: bytes, datatype: str = "BYTES") -> triton.InferInput:
+    tensor = triton.InferInput("image", [1], datatype)
+    tensor.set_data_from_numpy(np.array([image], dtype=object) if datatype == "BYTES" else np.zeros(1, np.uint8))
+    return tensor
+
+
+def worker_cpu(server) -> dict[int, float]:
+    """CPU seconds of each worker process (the tree's processes but the supervisor and the arbiter)."""
+    spent = cpu_seconds(server.process.pid)
+    workers = {pid: used for pid, used in spent.items()
+               if "_bentoml_impl.worker" in open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")}
+    return workers
+
+
+def test_calls_on_one_connection_run_on_both_workers(tmp_path):
+    bundle = make_tiny_bundle(tmp_path / "bundle")
+    port = free_port()
+    server = start_server(bundle, tmp_path / "serve.log", args=["--grpc-port", str(port), "--workers", "2"])
+    try:
+        clients = [triton.InferenceServerClient(f"{LOOPBACK}:{port}") for _ in range(16)]  # one connection
+        expected = [clients[0].infer(bundle.name, [infer_input(image)]).as_numpy("probabilities") for image in IMAGES]
+        answers: list[tuple[int, np.ndarray]] = []
+        errors: list[str] = []
+        before = worker_cpu(server)
+        assert len(before) == 2, before
+
+        def loop(index: int) -> None:
+            deadline = time.monotonic() + 4.0
+            while time.monotonic() < deadline:
+                try:
+                    if index % 8 == 7:  # a bad request among the good ones: refused the same wherever it runs
+                        clients[index].infer(bundle.name, [infer_input(b"", "UINT8")])
+                        errors.append("answered")
+                    else:
+                        image = index % len(IMAGES)
+                        answers.append((image, clients[index].infer(bundle.name, [infer_input(IMAGES[image])])
+                                        .as_numpy("probabilities")))
+                except InferenceServerException as exc:
+                    errors.append(f"{exc.status()} {exc.message()[:60]}")
+
+        threads = [threading.Thread(target=loop, args=(i,)) for i in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        after = worker_cpu(server)
+    finally:
+        assert server.stop() == 0
+    used = sorted(after[pid] - before.get(pid, 0.0) for pid in after)
+    assert used[0] >= 0.1 * sum(used), used  # the worker without the connection ran calls (without: 0.01 of 4.8 CPU s)
+    assert len(answers) > 50 and all(np.allclose(probabilities, expected[image], atol=1e-6)
+                                     for image, probabilities in answers)
+    assert errors and {error.split(" ", 1)[0] for error in errors} == {"StatusCode.INVALID_ARGUMENT"}, errors[:5]
+    assert len({error for error in errors}) == 1, set(errors)  # one message, handed over or not
