@@ -21,14 +21,14 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from imgcls.export.config import OUTPUT_NAME
-from imgcls.export.images import load_pixels
+from imgcls.export.images import pixel_chunks
 from imgcls.export.validate import run_batches, session
 from imgcls.models.core.card import ModelCard
 from imgcls.models.core.progress import track
@@ -104,11 +104,6 @@ def head_weights(model: onnx.ModelProto, head: HeadNode) -> tuple[np.ndarray, np
     return (weight if head.trans_b else weight.T), bias
 
 
-def _chunks(samples: Sequence[Sample], size: int) -> Iterator[Sequence[Sample]]:
-    for start in range(0, len(samples), size):
-        yield samples[start:start + size]
-
-
 # Two ways to compute the INT8 backbone's features: ORT's integer kernels (what serving runs), or the
 # same QDQ graph with its quantize/dequantize pairs kept as float ops (``session.disable_quant_qdq``:
 # float convolutions on the quantized weights and activations; the rounding of the integer kernels'
@@ -120,15 +115,22 @@ FAITHFUL_RELATIVE_DIFF = 0.02
 
 
 def _timed(sess: Any, pixels: np.ndarray, output: str) -> tuple[np.ndarray, float]:
-    run_batches(sess, pixels[:FEATURE_BATCH], FEATURE_BATCH, output)  # warm-up: allocations, first-run costs
+    """(features of ``pixels``, images/s): the first batch warms the session up (allocations, first-run
+    costs) and its features are kept; the batches after it are timed (all of them again when there
+    is only one)."""
+    warm = run_batches(sess, pixels[:FEATURE_BATCH], FEATURE_BATCH, output)
+    timed = pixels[FEATURE_BATCH:] if len(pixels) > FEATURE_BATCH else pixels
     started = time.perf_counter()
-    features = run_batches(sess, pixels, FEATURE_BATCH, output)
-    return features.reshape(len(pixels), -1), len(pixels) / max(time.perf_counter() - started, 1e-9)
+    rest = run_batches(sess, timed, FEATURE_BATCH, output)
+    speed = len(timed) / max(time.perf_counter() - started, 1e-9)
+    features = np.concatenate([warm, rest]) if len(pixels) > FEATURE_BATCH else warm
+    return features.reshape(len(pixels), -1), speed
 
 
-def choose_engine(model: bytes, output: str, probe: np.ndarray) -> tuple[Any, dict[str, Any]]:
-    """(the session to compute features with, what was measured): both engines timed on ``probe``,
-    the faster kept if its features are within ``FAITHFUL_RELATIVE_DIFF`` of the integer kernels'."""
+def choose_engine(model: bytes, output: str, probe: np.ndarray) -> tuple[Any, dict[str, Any], np.ndarray]:
+    """(the session to compute features with, what was measured, its features of ``probe``): both
+    engines timed on ``probe``, the faster kept if its features are within ``FAITHFUL_RELATIVE_DIFF``
+    of the integer kernels'."""
     sessions = {name: session(model, config_entries=entries) for name, entries in ENGINES.items()}
     measured = {name: _timed(sess, probe, output) for name, sess in sessions.items()}
     exact, simulated = measured["integer kernels"][0], measured["QDQ in float"][0]
@@ -143,7 +145,7 @@ def choose_engine(model: bytes, output: str, probe: np.ndarray) -> tuple[Any, di
     log.info("int8 head features: %s (%s images/s; QDQ in float differs from the integer kernels by %.2f%% "
              "relative L2 on %d probe images)", chosen,
              ", ".join(f"{name} {speed:.0f}" for name, speed in speeds.items()), 100 * relative, len(probe))
-    return sessions[chosen], report
+    return sessions[chosen], report, measured[chosen][0]
 
 
 def int8_features(model_path: Path, head: HeadNode, split: SplitListing, samples: Sequence[Sample],
@@ -155,21 +157,43 @@ def int8_features(model_path: Path, head: HeadNode, split: SplitListing, samples
     serialized = model.SerializeToString()
     int8, engine = None, {}
     features, labels = [], []
-    for chunk in track(_chunks(samples, LOAD_CHUNK), "int8: head features", len(samples), enabled=progress, count=len):
-        loaded = load_pixels(split, chunk, card.preprocess)
+    chunks = pixel_chunks(split, samples, card.preprocess, LOAD_CHUNK)  # decoded while the previous chunk runs
+    for loaded in track(chunks, "int8: head features", len(samples), enabled=progress,
+                        count=lambda chunk: len(chunk.labels)):
         if not len(loaded.labels):
             continue
-        if int8 is None:
-            int8, engine = choose_engine(serialized, head.features, loaded.pixels[:PROBE_IMAGES])
-        chunk_features = run_batches(int8, loaded.pixels, FEATURE_BATCH, head.features)
-        features.append(chunk_features.reshape(len(loaded.labels), -1))
+        probed = np.zeros((0, 0), np.float32)
+        if int8 is None:  # the probe's features are the chosen engine's, batch for batch: kept
+            int8, engine, probed = choose_engine(serialized, head.features, loaded.pixels[:PROBE_IMAGES])
+        rest = loaded.pixels[len(probed):]
+        if len(probed):
+            features.append(probed)
+        if len(rest):
+            features.append(run_batches(int8, rest, FEATURE_BATCH, head.features).reshape(len(rest), -1))
         labels.append(loaded.labels)
     return np.concatenate(features).astype(np.float32), np.concatenate(labels), engine
 
 
 def refit(weight: np.ndarray, bias: np.ndarray, features: np.ndarray, labels: np.ndarray,
           recipe: HeadRecipe) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """Retrain ``features @ weight.T + bias`` from the given weights; deterministic for the seed."""
+    """Retrain ``features @ weight.T + bias`` from the given weights; deterministic for the seed.
+
+    On one torch thread, as ``imgcls train`` trains a head on cached features: each step is a few
+    tiny ops, which more threads only synchronise (1438 x 1280 features, 15 epochs, 2-core EPYC:
+    0.3-1.5 s on one thread, 44-52 s on two while other processes shared the cores). The figures
+    then also no longer depend on the machine's core count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _refit(weight, bias, features, labels, recipe)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _refit(weight: np.ndarray, bias: np.ndarray, features: np.ndarray, labels: np.ndarray,
+           recipe: HeadRecipe) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     import torch
     from torch.nn import functional as F
 

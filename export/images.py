@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from imgcls.export.errors import ExportError, UsageError
 from imgcls.models.core.dataset import SPLIT_FILENAME, DatasetError, Sample, SplitListing, make_split
+from imgcls.models.core.prefetch import decoded_batches
 from imgcls.models.core.preprocess import ImageDecodeError, Preprocess
 
 log = logging.getLogger(__name__)
+LOAD_CHUNK = 64  # images decoded per step (load_pixels: the most decoded past a limit)
 
 
 @dataclass(frozen=True)
@@ -93,26 +96,52 @@ def check_classes(split: SplitListing, class_names: Sequence[str]) -> None:
         )
 
 
+def _labelled(decoded: Sequence[tuple[Sample, np.ndarray]], preprocess: Preprocess) -> LabelledPixels:
+    size = preprocess.crop_size
+    stacked = np.stack([pixels for _, pixels in decoded]) if decoded else np.zeros((0, 3, size, size), np.uint8)
+    return LabelledPixels(stacked, np.asarray([s.label for s, _ in decoded], dtype=np.int64),
+                          tuple(s.path for s, _ in decoded))
+
+
+def pixel_chunks(split: SplitListing, samples: Iterable[Sample], preprocess: Preprocess, chunk: int,
+                 prefetch: int = 1) -> Iterator[LabelledPixels]:
+    """The readable ``samples`` in order, ``chunk`` at a time (fewer where files could not be read:
+    each is skipped with a warning), decoded by one thread per core ``prefetch`` chunks ahead of the
+    caller (``imgcls.models.core.prefetch``, the Predictor's way), so decoding overlaps inference."""
+    from imgcls.models.training.ort_features import machine_cores
+
+    def decode(sample: Sample) -> np.ndarray:
+        return preprocess.pixels(preprocess.load(split.absolute(sample)))
+
+    with ThreadPoolExecutor(machine_cores(), thread_name_prefix="imgcls-export-decode") as pool:
+        for batch in decoded_batches(samples, decode, chunk, pool, prefetch):
+            decoded = []
+            for sample, item in batch:
+                if isinstance(item, ImageDecodeError):
+                    log.warning("skipping %s: %s", sample.path, item)
+                else:
+                    decoded.append((sample, item))
+            yield _labelled(decoded, preprocess)
+
+
 def load_pixels(
     split: SplitListing, samples: Iterable[Sample], preprocess: Preprocess, limit: int | None = None
 ) -> LabelledPixels:
-    """Decode and preprocess up to ``limit`` samples; unreadable files are skipped with a warning."""
-    arrays: list[np.ndarray] = []
-    labels: list[int] = []
-    paths: list[str] = []
-    for sample in samples:
-        if limit is not None and len(arrays) >= limit:
+    """Decode and preprocess up to ``limit`` samples (in threads); unreadable files are skipped with a warning."""
+    chunk = LOAD_CHUNK if limit is None else max(1, min(limit, LOAD_CHUNK))
+    parts: list[LabelledPixels] = []
+    count = 0
+    for part in pixel_chunks(split, samples, preprocess, chunk, prefetch=0 if limit is not None else 1):
+        parts.append(part)
+        count += len(part.labels)
+        if limit is not None and count >= limit:
             break
-        try:
-            arrays.append(preprocess.pixels(preprocess.load(split.absolute(sample))))
-        except ImageDecodeError as exc:
-            log.warning("skipping %s: %s", sample.path, exc)
-            continue
-        labels.append(sample.label)
-        paths.append(sample.path)
-    size = preprocess.crop_size
-    stacked = np.stack(arrays) if arrays else np.zeros((0, 3, size, size), np.uint8)
-    return LabelledPixels(stacked, np.asarray(labels, dtype=np.int64), tuple(paths))
+    if not parts:
+        return _labelled([], preprocess)
+    end = count if limit is None else min(count, limit)
+    return LabelledPixels(np.concatenate([p.pixels for p in parts])[:end],
+                          np.concatenate([p.labels for p in parts])[:end],
+                          tuple(path for p in parts for path in p.paths)[:end])
 
 
 def parity_pixels(split: SplitListing, preprocess: Preprocess, count: int) -> LabelledPixels:
