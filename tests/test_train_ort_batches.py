@@ -52,3 +52,12 @@ def test_an_unreadable_file_stops_caching_with_its_reason(tmp_path):
     with pytest.raises(ImageDecodeError) as raised:
         list(backbone.batches(dataset, 4))
     assert raised.value.reason == "not_an_image"
+
+
+def test_the_backbone_is_converted_before_the_first_batch_so_progress_counts_caching_only(tmp_path):
+    dataset, backbone = _setup(tmp_path)
+    assert backbone.export_seconds == 0.0
+    batches = backbone.batches(dataset, 4)
+    assert backbone.export_seconds > 0.0, "converted when the batches are asked for, not inside the first one"
+    images, _ = next(iter(batches))
+    assert images.shape[0] == 4

@@ -90,8 +90,15 @@ class OrtBackbone:
     def batches(self, dataset: Sequence[tuple[torch.Tensor, int]], batch_size: int,
                 ) -> Iterator[tuple[torch.Tensor, list[int]]]:
         """``(uint8 [n,3,H,W], labels)`` batches of ``dataset`` (uint8 pixel items) in order, decoded
-        ahead by one thread per core; a file that cannot be read raises its ``ImageDecodeError``."""
+        ahead by one thread per core; a file that cannot be read raises its ``ImageDecodeError``.
 
+        The backbone is converted here, before the first batch is asked for, so the caller's progress
+        (images/s, ETA) counts caching only."""
+        self.session()
+        return self._batches(dataset, batch_size)
+
+    def _batches(self, dataset: Sequence[tuple[torch.Tensor, int]], batch_size: int,
+                 ) -> Iterator[tuple[torch.Tensor, list[int]]]:
         def decode(index: int) -> np.ndarray:
             return dataset[index][0].numpy()
 
