@@ -22,8 +22,6 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 log = logging.getLogger("imgcls.service.tracing")
 EVERY_URL = [".*"]  # OpenTelemetry's ExcludeList searches each request URL with these regexes
 READERS = ("tracing", "access")  # BentoML configuration keys whose presence means spans are read
@@ -38,6 +36,8 @@ def bentoml_config_reads_spans(environ: Mapping[str, str]) -> bool:
     path = environ.get("BENTOML_CONFIG", "")
     if not path:
         return False
+    import yaml  # only with a configuration file: imgcls serve's start does not pay for it otherwise
+
     try:
         document = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as error:
