@@ -106,9 +106,9 @@ def add_load_arguments(parser: argparse.ArgumentParser, forms: str) -> None:
 
 
 def report(args: argparse.Namespace, name: str, levels: dict[str, dict[str, Any]], base_form: str, base_column: str,
-           record: dict[str, Any]) -> int:
-    """The forms' table against ``base_form``, the result file (``record`` with the run's flags and ``levels``);
-    0 when the server exited 0 and every request was answered 200."""
+           record: dict[str, Any], extra: dict[str, Any] | None = None) -> int:
+    """The forms' table against ``base_form``, the result file (``record`` with the run's flags and ``levels``,
+    plus ``extra``); 0 when the server exited 0 and every request was answered 200."""
     base = levels[base_form]["throughput_rps"]
     rows = [[form, s["throughput_rps"], s["throughput_rps"] / base if base else 0.0, s["p50_ms"], s["p99_ms"],
              s["statuses"]] for form, s in levels.items()]
@@ -118,6 +118,7 @@ def report(args: argparse.Namespace, name: str, levels: dict[str, dict[str, Any]
         "arch": record["arch"], "workers": record["workers"], "concurrency": args.concurrency,
         "seconds_per_form": args.seconds, "rounds": args.rounds, "image_size": args.size, "images": args.images,
         "ready_s": record["ready_s"], "server_exit_code": exit_code, "levels": levels, "summary": record["summary"],
+        **(extra or {}),
     })
     all_ok = all(set(s["statuses"]) == {200} for s in levels.values())
     return 0 if exit_code == 0 and all_ok else 1

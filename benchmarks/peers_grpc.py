@@ -2,14 +2,15 @@
 
 Triton (PyTriton's ``tritonserver``, the best configuration of its HTTP grid) listens for gRPC beside
 HTTP; imgcls serves the same ``model.onnx`` with its defaults plus ``--grpc-port``. Both run side by
-side (each ready before the next starts) and ``clients`` clients, each on its own channel (one TCP
-connection, as each ``tritonclient.grpc.InferenceServerClient`` opens), call
+side (each ready before the next starts) and ``clients`` clients, each on its own channel and TCP
+connection (``tritonclient.grpc`` clients in one process would share one: gRPC channels with the same
+arguments share their connection), call
 ``inference.GRPCInferenceService/ModelInfer`` with one JPEG of the peers' set as a BYTES element in
 ``raw_input_contents`` (what tritonclient sends), the outputs left to each server's defaults, in
 interleaved rounds (A B, A B, ...). Every answer must be OK; CPU seconds per process under load are
 recorded as for HTTP.
 
-    .venv/bin/python -m benchmarks.peers --grpc-only   (this point alone, merged into results/peers.json)
+    .venv/bin/python -m benchmarks.peers --grpc-only --out benchmarks/results/peers.json   (this point alone)
 """
 from __future__ import annotations
 

@@ -136,8 +136,8 @@ def grpc_lines(result: dict[str, Any]) -> list[str]:
         f"Over gRPC (`inference.GRPCInferenceService/ModelInfer`), measured on {machine.get('date', '?')} "
         f"({machine.get('cpu', '?')}){_load(grpc)}: imgcls with its defaults plus `--grpc-port` and Triton's best "
         "configuration above (its own gRPC endpoint) side by side, "
-        f"{grpc['clients']} clients each on its own channel (one TCP connection, as each tritonclient.grpc client "
-        "opens), the same JPEGs as one BYTES element in `raw_input_contents` (as tritonclient sends them), each "
+        f"{grpc['clients']} clients each on its own channel and TCP connection (`tritonclient.grpc` clients in one "
+        "process would share one), the same JPEGs as one BYTES element in `raw_input_contents` (as tritonclient sends them), each "
         f"server's default outputs, {grpc['rounds']} interleaved rounds, {grpc['seconds']:g} s per server; every "
         "answer must be OK:",
         "",
