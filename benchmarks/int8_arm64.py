@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -144,8 +145,9 @@ def measure(label: str, run: Path, bundle: Path, limit: int | None, cpus: Sequen
     edge = bundle / EDGE_FILE
     x86_ort, x86_onnx = run_logits([edge, bundle / "model.int8.onnx"], val.pixels)
     rows = [{"kernels": "x86 (this machine), model.int8.onnx", "cpu": None, **agreement(x86_onnx, x86_ort, val.labels)}]
-    for cpu in cpus:
-        arm, = run_logits([edge], val.pixels, cpu, root)
+    with ThreadPoolExecutor(len(cpus)) as pool:  # each emulated CPU is one single-threaded qemu process
+        arms = list(pool.map(lambda cpu: run_logits([edge], val.pixels, cpu, root)[0], cpus))
+    for cpu, arm in zip(cpus, arms):
         rows.append({"kernels": f"ARM64 qemu -cpu {cpu}, {EDGE_FILE}", "cpu": cpu, **agreement(arm, x86_ort, val.labels)})
     gate_top1 = about["gate_int8_top1_x86"]
     for row in rows:
