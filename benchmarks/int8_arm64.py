@@ -167,7 +167,7 @@ def summary(models: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "28 ARM64 kernels", model["arch"],
                 f"INT8 top-1 % on ARM64 kernels (qemu -cpu {row['cpu']}), {model['model']}", 100 * row["top1"],
                 f"x86 gate {100 * gate:.2f} % ({model['int8_format']}, {row['images']} images); answers agree with "
-                f"x86 on {100 * row['top1_agreement']:.1f} %, max |logit diff| {row['max_abs_logit_diff']:.3g} "
+                f"x86 on {100 * row['top1_agreement']:.1f} %, largest logit difference {row['max_abs_logit_diff']:.3g} "
                 f"of {row['logit_scale']:.3g}", None, f"within {GOAL_POINTS} points of the gate's figure",
                 None if points is None else abs(points) <= GOAL_POINTS))
     return rows
