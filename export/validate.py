@@ -61,10 +61,14 @@ def check_graph(path: Path, card: ModelCard, opset: int) -> dict[str, Any]:
 def session(model: Path | bytes, threads: int | None = None,
             config_entries: dict[str, str] | None = None):  # -> onnxruntime.InferenceSession
     """A CPU session of a model file, or of a serialized model (``ModelProto.SerializeToString()``);
-    ``config_entries``: ORT session configuration keys (e.g. ``session.disable_quant_qdq``)."""
+    ``config_entries``: ORT session configuration keys (e.g. ``session.disable_quant_qdq``).
+
+    Its threads do not busy-wait between runs, as serving's (``imgcls serve``, ``imgcls score``) and
+    feature caching's do: the gate times what serving runs, and decoding threads keep their cores."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     for key, value in (config_entries or {}).items():
         options.add_session_config_entry(key, value)
     if threads:

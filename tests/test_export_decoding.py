@@ -56,3 +56,21 @@ def test_refit_does_not_depend_on_the_callers_torch_threads():
         torch.set_num_threads(before)
     (w1, b1, f1), (w2, b2, f2) = results
     assert np.array_equal(w1, w2) and np.array_equal(b1, b2) and f1 == f2
+
+
+def test_export_sessions_do_not_busy_wait_as_serving_does(tmp_path):
+    """The gate times sessions configured as serving's (no spinning threads stealing decode cores)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from imgcls.export.validate import session
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    onnx.checker.check_model(model)
+    options = session(model.SerializeToString()).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    overridden = session(model.SerializeToString(), config_entries={"session.intra_op.allow_spinning": "1"})
+    assert overridden.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
