@@ -4,8 +4,8 @@ Every BentoML worker runs a ``grpc.aio`` server on its own event loop (the loop 
 on), so a gRPC request reaches the same registry of models, decode pool, micro-batcher, limits and
 metrics as ``/v2`` does. The workers listen on one port: gRPC sets ``SO_REUSEPORT`` on Linux and the
 kernel spreads new connections over them (a connection stays on its worker); with two workers or more
-each ModelInfer call runs on the least busy worker (``imgcls.service.host.grpc_spread``). A message larger than
-``--max-body-bytes`` is refused by gRPC itself (RESOURCE_EXHAUSTED). With API keys, every method but
+each ModelInfer call runs on the least busy worker (``imgcls.service.host.grpc_spread``). A message
+larger than ``--max-body-bytes`` is refused by gRPC itself (RESOURCE_EXHAUSTED). With API keys, every method but
 the health ones (per ``--public-routes``) needs the metadata ``authorization: Bearer <key>``.
 On SIGTERM, when the HTTP drain starts, the server stops admitting calls: a call that arrives from then
 on answers UNAVAILABLE at once (the protocol's retryable status; no work done), the running ones
@@ -98,7 +98,8 @@ async def serve(config: ServiceConfig, current: Callable[[], Any], gate: CallGat
     if spread is not None:
         server.add_insecure_port(spread.listen_address)
     await server.start()
-    log.info("Open Inference Protocol over gRPC on %s%s", where, " (calls go to the least busy worker)" if spread else "")
+    log.info("Open Inference Protocol over gRPC on %s%s", where,
+             " (calls go to the least busy worker)" if spread else "")
     return server
 
 
