@@ -2,10 +2,10 @@
 ORT session and PyTorch eager (same model, same images, same run), then the whole ``imgcls demo``
 with each stage's wall time.
 
-    python -m benchmarks.fine_tune_loop --out results/fine_tune_loop.json [--per-class 40] [--no-demo]
+    python -m benchmarks.fine_tune_loop --out results/fine_tune_loop.json [--per-class 40] [--no-demo] [--demo-runs 2]
 
-Feature caching is the real code path (``features_in_pieces`` over ``ImageListDataset``: decoding
-included, one data-loading worker as on two cores). It is compared, in alternating rounds, with
+Feature caching is the real code path (``features_in_pieces`` over ``ImageListDataset``, decoding
+included, in ``OrtBackbone.batches``' decode threads as ``imgcls train`` runs it). It is compared, in alternating rounds, with
 ``Predictor.predict`` on the same image files (the demo's fp32 bundle, same architecture; decoding
 included) and with the predictor's ORT session on already decoded uint8 batches (inference alone).
 Goals (issue: the fine-tune loop): caching >= 0.9x the predictor; ``make demo`` <= 120 s on 2 cores
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from benchmarks.report import machine, summary_row, write_result
 
 log = logging.getLogger("bench.fine_tune_loop")
 BATCH = 32
-ROUNDS = 3
+ROUNDS = 5  # alternating; best of each (the machine is shared), and the per-round ratios
 
 
 def _caching_rate(extractor: Any, dataset: Any, directory: Path) -> float:
@@ -111,6 +112,7 @@ def caching(data: Path, work: Path, arch: str, bundle: Path | None = None) -> di
             "caching_vs_predictor": round(ort_rate / predictor_rate, 3), "caching_vs_eager": round(ort_rate / eager_rate, 2),
             "predictor_files_images_per_s": round(max(file_rates), 1) if file_rates else None,
             "caching_vs_predictor_files": round(ort_rate / max(file_rates), 3) if file_rates else None,
+            "paired_vs_predictor_files": [round(c / f, 3) for c, f in zip(ort_rates, file_rates)],
             "rounds": {"ort_caching": [round(r, 1) for r in ort_rates],
                        "predictor_ort": [round(r, 1) for r in predictor_rates],
                        "predictor_files": [round(r, 1) for r in file_rates]}}
@@ -129,12 +131,25 @@ def demo(work: Path) -> dict[str, Any]:
             "int8_top1": (int8.get("gate") or {}).get("int8_top1"), "fp32_top1": (int8.get("gate") or {}).get("fp32_top1")}
 
 
+def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first run's card figures with each stage's best time over ``runs`` (the machine is shared:
+    as the caching rounds, best of each), and every run's own times and export/train ratio."""
+    best = dict(runs[0])
+    best["stages_s"] = {stage: min(r["stages_s"][stage] for r in runs) for stage in runs[0]["stages_s"]}
+    best["total_s"] = min(r["total_s"] for r in runs)
+    best["runs"] = [{"stages_s": r["stages_s"], "total_s": r["total_s"],
+                     "export_vs_train": round(r["stages_s"]["export"] / r["stages_s"]["train"], 3)} for r in runs]
+    return best
+
+
 def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
     c = result["caching"]
+    load = result.get("load_average_1min") or {}
+    loaded = f"; 1-min load {load['start']:.1f} -> {load['end']:.1f}" if "end" in load else ""
     rows = []
     if c.get("caching_vs_predictor_files") is not None:
         rows.append(summary_row("15 fine-tune loop", c["arch"], f"head feature caching img/s (ORT, {c['threads']} threads, "
-                                "image files)", c["ort_caching_images_per_s"],
+                                f"image files{loaded})", c["ort_caching_images_per_s"],
                                 f"Predictor.predict on the same files {c['predictor_files_images_per_s']:.3g} img/s",
                                 c["caching_vs_predictor_files"], ">= 0.9x", c["caching_vs_predictor_files"] >= 0.9))
     rows += [summary_row("15 fine-tune loop", c["arch"], "head feature caching img/s vs inference alone",
@@ -147,11 +162,14 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
     if d:
         s = d["stages_s"]
         rows.append(summary_row("15 fine-tune loop", "efficientnet_lite0", "make demo pipeline s ("
-                                + ", ".join(f"{k} {v:.0f}" for k, v in s.items()) + ")", d["total_s"], "233 s before (AVX2)",
+                                + ", ".join(f"{k} {v:.0f}" for k, v in s.items()) + f"{loaded})", d["total_s"], "233 s before (AVX2)",
                                 None, "<= 120 s (stretch 90)", d["total_s"] <= 120))
         if "export" in s and "train" in s:
+            runs = d.get("runs") or []
+            ratios = ", ".join(f"{r['export_vs_train']:.2f}x" for r in runs)
+            each = f" (best of {len(runs)} runs; per run {ratios})" if len(runs) > 1 else ""
             rows.append(summary_row("15 fine-tune loop", "efficientnet_lite0", "imgcls export --int8 s", s["export"],
-                                    f"imgcls train {s['train']:.0f} s", round(s["export"] / s["train"], 2),
+                                    f"imgcls train {s['train']:.0f} s{each}", round(s["export"] / s["train"], 2),
                                     "<= 1x train", s["export"] <= s["train"]))
         if d.get("int8_speed"):
             rows.append(summary_row("15 fine-tune loop", "efficientnet_lite0", d["int8_speed"]["line"],
@@ -167,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", default="efficientnet_lite0")
     parser.add_argument("--per-class", type=int, default=40)
     parser.add_argument("--no-demo", dest="demo", action="store_false")
+    parser.add_argument("--demo-runs", type=int, default=2, help="whole demos one after another; each stage's best time")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for chatty in ("onnx_ir", "onnxscript", "torch"):  # the exporter's pass-by-pass notes
@@ -176,11 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="imgcls-bench-loop-") as temp:
         work = Path(temp)
         write_digits(work / "digits", limit_per_class=args.per_class)
-        result: dict[str, Any] = {"machine": machine()}
+        result: dict[str, Any] = {"machine": machine(), "load_average_1min": {"start": round(os.getloadavg()[0], 2)}}
         if args.demo:  # first: its bundle is the predictor the caching is compared with
-            result["demo"] = demo(work / "demo")
+            result["demo"] = best_of([demo(work / ("demo" if index == 0 else f"demo{index}"))
+                                      for index in range(max(1, args.demo_runs))])
         bundle = work / "demo" / "bundles" / "demo" if args.demo and args.arch == "efficientnet_lite0" else None
         result["caching"] = caching(work / "digits", work, args.arch, bundle)
+    result["load_average_1min"]["end"] = round(os.getloadavg()[0], 2)
     result["summary"] = summary(result)
     write_result(args.out, "fine_tune_loop", result)
     return 0

@@ -72,7 +72,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("ray_scoring", "14", timeout_s=600),
     Benchmark("ray_scoring_short", "14", ("--images", "480"), module="ray_scoring"),
     # feature caching (ORT vs the predictor vs eager), then the whole demo with each stage's time
-    Benchmark("fine_tune_loop", "15", timeout_s=900, workdir=False),
+    Benchmark("fine_tune_loop", "15", timeout_s=1500, workdir=False),  # two whole demos + caching rounds
 )
 
 
