@@ -115,6 +115,7 @@ def gate_images(run: Path, bundle: Path, limit: int | None) -> tuple[Any, dict[s
     """The validation images the INT8 gate used (checked by SHA-256), or an even subset of ``limit``."""
     from imgcls.export.images import images_sha256, load_pixels, load_split
     from imgcls.models.core.card import ModelCard
+    from imgcls.models.training.session import METRICS_FILENAME, read_metrics
     from imgcls.service.precision import kernel_format
 
     card = ModelCard.load(bundle)
@@ -131,7 +132,9 @@ def gate_images(run: Path, bundle: Path, limit: int | None) -> tuple[Any, dict[s
         keep = np.linspace(0, len(val.labels) - 1, limit).round().astype(int)
         val = type(val)(pixels=val.pixels[keep], labels=val.labels[keep], paths=tuple(val.paths[i] for i in keep))
         same = False
-    return val, {"arch": card.arch, "gate_images": gate.get("images"), "same_images_as_gate": same,
+    epochs_run = len(read_metrics(run)) if (run / METRICS_FILENAME).is_file() else None
+    return val, {"arch": card.arch, "epochs_run": epochs_run, "epochs": card.train.get("epochs"),
+                 "gate_images": gate.get("images"), "same_images_as_gate": same,
                  "gate_fp32_top1": gate.get("fp32_top1"), "gate_int8_top1_x86": gate.get("int8_top1"),
                  "int8_method": card.export["int8"].get("method"),
                  "int8_format": kernel_format(card), "int8_target": card.export["int8"].get("target"),
@@ -165,12 +168,18 @@ def summary(models: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             points = row["points_vs_gate_x86"]
             rows.append(summary_row(
                 "28 ARM64 kernels", model["arch"],
-                f"INT8 top-1 % on ARM64 kernels (qemu -cpu {row['cpu']}), {model['model']}", 100 * row["top1"],
+                f"INT8 top-1 % on ARM64 kernels (qemu -cpu {row['cpu']}), {model['model']}{trained(model)}", 100 * row["top1"],
                 f"x86 gate {100 * gate:.2f} % ({model['int8_format']}, {row['images']} images); answers agree with "
                 f"x86 on {100 * row['top1_agreement']:.1f} %, largest logit difference {row['max_abs_logit_diff']:.3g} "
                 f"of {row['logit_scale']:.3g}", None, f"within {GOAL_POINTS} points of the gate's figure",
                 None if points is None else abs(points) <= GOAL_POINTS))
     return rows
+
+
+def trained(model: dict[str, Any]) -> str:
+    """", stopped after epoch 4 of 6" where the run ended before its planned epochs."""
+    run, planned = model.get("epochs_run"), model.get("epochs")
+    return f", stopped after epoch {run} of {planned}" if run and planned and run < planned else ""
 
 
 def kept_models(out: Path | None, measured: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
