@@ -16,8 +16,8 @@ from imgcls.models.core.card import ModelCard
 from imgcls.models.core.dataset import SplitListing
 
 # Per model, alternating rounds (at least 3 each), after one warm-up run. The demo's U8S8 file vs fp32
-# at batch 8 (2-core EPYC with VNNI, load 12, 6 repeats): 1.0 s gave 2.26x (sd 0.38), 0.5 s 2.00x (sd
-# 0.31), 0.25 s 2.19x (sd 0.15): the spread is the machine's, not the budget's.
+# at batch 8, 2-core EPYC with VNNI, 6 repeats each: at load 1.5, 1.0 s gave 2.19x (sd 0.026), 0.5 s
+# 2.15x (sd 0.029), 0.25 s 2.16x (sd 0.077); at load 12 the spread was the machine's (sd 0.15-0.38).
 BENCH_SECONDS = 0.5
 
 
