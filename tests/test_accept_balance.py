@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from imgcls.service.host import accept
-from imgcls.service.host.accept import ConnectionBoard
+from imgcls.service.host.worker_board import WorkerBoard
 from imgcls.service.host.launcher import LOOPBACK, start_server
 from tests.conftest import encode, make_image
 from tests.factories import make_tiny_bundle
@@ -20,11 +20,11 @@ CLIENTS = 16
 
 
 def test_the_board_sees_only_live_other_workers(tmp_path):
-    mine, other = ConnectionBoard(tmp_path / "board", 1), ConnectionBoard(tmp_path / "board", 2)
-    assert mine.least_elsewhere(2) == 0 and other.least_elsewhere(2) == 0
+    mine, other = WorkerBoard(tmp_path / "board", 1), WorkerBoard(tmp_path / "board", 2)
+    assert mine.least_elsewhere(2) == (2, 0) and other.least_elsewhere(2) == (1, 0)
     other.publish(5)
     mine.publish(2)
-    assert mine.least_elsewhere(2) == 5 and other.least_elsewhere(2) == 2
+    assert mine.least_elsewhere(2) == (2, 5) and other.least_elsewhere(2) == (1, 2)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     other.pid = int(dead.stdout)  # a worker that died (its slot keeps a stale count)
     other.publish(0)
@@ -33,7 +33,7 @@ def test_the_board_sees_only_live_other_workers(tmp_path):
 
 def test_the_count_is_republished_fast_while_it_moves_and_rarely_while_it_holds(tmp_path):
     """Closed connections have no hook, so the count is republished; idle, that cost 100 wake-ups a second."""
-    board, count, writes = ConnectionBoard(tmp_path / "board", 0), [3], []
+    board, count, writes = WorkerBoard(tmp_path / "board", 0), [3], []
     publish = board.publish
     board.publish = lambda n: (writes.append((time.monotonic(), n)), publish(n))[1]  # record, then write
 

@@ -9,7 +9,7 @@ queued everything while the other's idled: p50 145 ms, p99 about 250 ms. With th
 split is 7/9 and p50 107-112 ms, p99 156-171 ms, 30 % more requests per second.
 
 Each worker publishes its open connection count (and pid) in a slot of a small shared file in the
-server's state directory. When the listening socket becomes readable, a worker holding more
+server's state directory (``imgcls.service.host.worker_board``). When the listening socket becomes readable, a worker holding more
 connections than the least-loaded live worker waits ``DEFER_MS_PER_CONNECTION`` per connection of
 difference (at most ``MAX_DEFER_S``) before accepting, so the less loaded worker takes the
 connection first; if nobody did by then, it accepts anyway (a new connection is never left waiting
@@ -34,18 +34,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import mmap
-import os
-import struct
 from pathlib import Path
 from typing import Any, Callable
 
-from imgcls.service.host.readiness import alive
+from imgcls.service.host.worker_board import WorkerBoard
 
 log = logging.getLogger(__name__)
 
-SLOT = struct.Struct("<qq")  # (pid, open connections)
-MAX_WORKERS = 256
 BOARD_NAME = "connections.board"
 DEFER_MS_PER_CONNECTION = 1.0
 MAX_DEFER_S = 0.005
@@ -54,42 +49,11 @@ PUBLISH_STEADY_MAX_S = 0.25  # the interval doubles up to this while the count s
 BACKLOG_ARG = 4  # _accept_connection(protocol_factory, sock, sslcontext, server, backlog, ...)
 
 
-class ConnectionBoard:
-    """Per-worker (pid, connections) slots in a shared, memory-mapped file."""
-
-    def __init__(self, path: Path, index: int) -> None:
-        if not 0 <= index < MAX_WORKERS:
-            raise ValueError(f"worker index {index} outside 0..{MAX_WORKERS - 1}")
-        with open(path, "a+b") as handle:  # created once by whichever worker comes first
-            if os.fstat(handle.fileno()).st_size < SLOT.size * MAX_WORKERS:
-                handle.truncate(SLOT.size * MAX_WORKERS)
-            self.map = mmap.mmap(handle.fileno(), SLOT.size * MAX_WORKERS)
-        self.index, self.pid = index, os.getpid()
-        self.publish(0)
-
-    def publish(self, connections: int) -> None:
-        SLOT.pack_into(self.map, self.index * SLOT.size, self.pid, connections)
-
-    def published(self) -> int:
-        """This worker's own count as last published."""
-        return SLOT.unpack_from(self.map, self.index * SLOT.size)[1]
-
-    def least_elsewhere(self, workers: int) -> int | None:
-        """The fewest connections held by another live worker (None: no other live worker)."""
-        least = None
-        for index in range(min(workers + 1, MAX_WORKERS)):
-            pid, connections = SLOT.unpack_from(self.map, index * SLOT.size)
-            if index == self.index or pid <= 0 or not alive(pid):
-                continue
-            least = connections if least is None else min(least, connections)
-        return least
-
-
 class LeastConnectionsAccept:
     """Wraps one listening socket's accept callback on this worker's event loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, accept: Callable[..., None], args: tuple,
-                 board: ConnectionBoard, workers: int, open_connections: Callable[[], int]) -> None:
+                 board: WorkerBoard, workers: int, open_connections: Callable[[], int]) -> None:
         self.loop, self.fd, self.accept, self.original_args = loop, fd, accept, args
         self.args = (*args[:BACKLOG_ARG], 1, *args[BACKLOG_ARG + 1:])  # one connection per wake-up
         self.board, self.workers, self.open_connections = board, workers, open_connections
@@ -102,7 +66,8 @@ class LeastConnectionsAccept:
 
     def on_readable(self) -> None:
         mine = self.held()
-        least = self.board.least_elsewhere(self.workers)
+        elsewhere = self.board.least_elsewhere(self.workers)
+        least = None if elsewhere is None else elsewhere[1]
         if least is not None and mine > least:  # a less loaded worker should take it: let it
             self.loop.remove_reader(self.fd)
             delay = min(MAX_DEFER_S, (mine - least) * DEFER_MS_PER_CONNECTION / 1000.0)
@@ -168,7 +133,7 @@ def install(uvicorn_server: Any, state_dir: str, index: int, workers: int) -> in
     state = getattr(uvicorn_server, "server_state", None)
     if workers < 2 or not state_dir or accept is None or state is None:
         return 0
-    board = ConnectionBoard(Path(state_dir) / BOARD_NAME, index)
+    board = WorkerBoard(Path(state_dir) / BOARD_NAME, index)
     open_connections = lambda: len(state.connections)  # noqa: E731 - uvicorn's registered connections
     wrapped = 0
     for fd in listening_fds(uvicorn_server):
@@ -185,7 +150,7 @@ def install(uvicorn_server: Any, state_dir: str, index: int, workers: int) -> in
     return wrapped
 
 
-def _keep_publishing(loop: asyncio.AbstractEventLoop, board: ConnectionBoard, count: Callable[[], int]) -> None:
+def _keep_publishing(loop: asyncio.AbstractEventLoop, board: WorkerBoard, count: Callable[[], int]) -> None:
     """Republish the registered count (closed connections have no hook): every 10 ms while it moves,
     backing off to 250 ms while it holds. An accept publishes at once, so a count is never low; a stale
     high one only lets the other workers take the next connection first. Idle, a worker spent 1.4 % of

@@ -9,7 +9,7 @@ accept (``imgcls.service.host.accept``); a gRPC connection cannot be, so the cal
 
 Each worker's server also listens on a Unix socket of the server's state directory
 (``grpc-<worker>.sock``) and publishes how many ModelInfer calls it is running (its slot in the shared,
-memory-mapped ``grpc-calls.board``). A ModelInfer call arriving from a client runs where it arrived
+memory-mapped ``grpc-calls.board``: ``imgcls.service.host.worker_board``). A ModelInfer call arriving from a client runs where it arrived
 unless another live worker runs fewer calls: then it goes to that worker's socket (the request as
 received, marked ``imgcls-forwarded`` so it is not passed on again; its deadline and metadata with it)
 and its answer, or its error status, comes back as is. gRPC's own threads move the bytes. A handed call
@@ -19,20 +19,15 @@ CANCELLED) runs here instead: inference has no side effects. Metrics count each 
 from __future__ import annotations
 
 import logging
-import mmap
-import os
-import struct
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import grpc
 
-from imgcls.service.host.readiness import alive
+from imgcls.service.host.worker_board import WorkerBoard
 from imgcls.service.protocols.oip_grpc.servicer import Forwarded
 
 log = logging.getLogger(__name__)
-SLOT = struct.Struct("<qq")  # (pid, ModelInfer calls running)
-MAX_WORKERS = 256
 BOARD_NAME = "grpc-calls.board"
 FORWARDED = "imgcls-forwarded"
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
@@ -45,40 +40,12 @@ def socket_path(state_dir: str, index: int) -> str:
     return str(Path(state_dir) / f"grpc-{index}.sock")
 
 
-class CallBoard:
-    """Per-worker (pid, calls running) slots in a shared, memory-mapped file."""
-
-    def __init__(self, path: Path, index: int) -> None:
-        if not 0 <= index < MAX_WORKERS:
-            raise ValueError(f"worker index {index} outside 0..{MAX_WORKERS - 1}")
-        with open(path, "a+b") as handle:  # created once by whichever worker comes first
-            if os.fstat(handle.fileno()).st_size < SLOT.size * MAX_WORKERS:
-                handle.truncate(SLOT.size * MAX_WORKERS)
-            self.map = mmap.mmap(handle.fileno(), SLOT.size * MAX_WORKERS)
-        self.index, self.pid = index, os.getpid()
-        self.publish(0)
-
-    def publish(self, running: int) -> None:
-        SLOT.pack_into(self.map, self.index * SLOT.size, self.pid, running)
-
-    def least_elsewhere(self, workers: int) -> tuple[int, int] | None:
-        """(worker index, calls running) of the least busy other live worker; None when there is none."""
-        best = None
-        for index in range(min(workers + 1, MAX_WORKERS)):
-            pid, running = SLOT.unpack_from(self.map, index * SLOT.size)
-            if index == self.index or pid <= 0 or not alive(pid):
-                continue
-            if best is None or running < best[1]:
-                best = (index, running)
-        return best
-
-
 class Spread:
     """This worker's side: counts the calls it runs, hands calls to a less busy worker."""
 
     def __init__(self, state_dir: str, index: int, workers: int, max_message_bytes: int) -> None:
         self.state_dir, self.workers, self.max_message_bytes = state_dir, workers, max_message_bytes
-        self.board = CallBoard(Path(state_dir) / BOARD_NAME, index)
+        self.board = WorkerBoard(Path(state_dir) / BOARD_NAME, index)
         self.running = 0
         self.channels: dict[int, Any] = {}
 
