@@ -53,10 +53,11 @@ def caching(data: Path, work: Path, arch: str, bundle: Path | None = None) -> di
     import torch
 
     from imgcls.export.convert import to_onnx
+    from imgcls.models.core.cpu import machine_cores
     from imgcls.models.core.dataset import make_split
     from imgcls.models.training.data import ImageListDataset
     from imgcls.models.training.feature_cache import feature_extractor
-    from imgcls.models.training.ort_features import OrtBackbone, machine_cores
+    from imgcls.models.training.ort_features import OrtBackbone
     from imgcls.models.zoo.registry import create, default_preprocess
     from imgcls.service.runtime import RuntimeConfig, create_session
 

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from imgcls.export.errors import ExportError, UsageError
+from imgcls.models.core.cpu import machine_cores
 from imgcls.models.core.dataset import SPLIT_FILENAME, DatasetError, Sample, SplitListing, make_split
 from imgcls.models.core.prefetch import decoded_batches
 from imgcls.models.core.preprocess import ImageDecodeError, Preprocess
@@ -108,8 +109,6 @@ def pixel_chunks(split: SplitListing, samples: Iterable[Sample], preprocess: Pre
     """The readable ``samples`` in order, ``chunk`` at a time (fewer where files could not be read:
     each is skipped with a warning), decoded by one thread per core ``prefetch`` chunks ahead of the
     caller (``imgcls.models.core.prefetch``, the Predictor's way), so decoding overlaps inference."""
-    from imgcls.models.training.ort_features import machine_cores
-
     def decode(sample: Sample) -> np.ndarray:
         return preprocess.pixels(preprocess.load(split.absolute(sample)))
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+from imgcls.models.core.cpu import machine_cores
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +112,7 @@ def cgroup_cpu_limit(
 
 def available_cpus() -> float:
     """min(CPUs in our affinity mask, cgroup quota): what this process may actually use."""
-    try:
-        cpus: float = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
+    cpus: float = machine_cores()
     quota = cgroup_cpu_limit()
     if quota is not None:
         cpus = min(cpus, quota)

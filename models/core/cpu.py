@@ -12,6 +12,7 @@ records ``cpu_features`` of the machine whose kernels ran the gate.
 """
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,15 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
         if key.strip().lower() in ("flags", "features"):
             return frozenset(value.split())
     return frozenset()
+
+
+def machine_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1; ``imgcls.service.runtime.available_cpus``
+    further bounds it by the cgroup's CPU quota."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def cpu_model(cpuinfo: Path = CPUINFO) -> str:

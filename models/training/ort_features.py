@@ -18,7 +18,6 @@ part of the feature cache's key (``engine_name``), so pieces computed by one are
 from __future__ import annotations
 
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from imgcls.models.core.cpu import machine_cores
 from imgcls.models.core.prefetch import decoded_batches, stack_decoded
 from imgcls.models.core.preprocess import ImageDecodeError, Preprocess
 from imgcls.models.training.onnx_graph import BUNDLE_OPSET, pixels_graph
@@ -41,14 +41,6 @@ def engine_name() -> str:
     import onnxruntime
 
     return f"onnxruntime {onnxruntime.__version__} (dynamo graph, opset {BUNDLE_OPSET})"
-
-
-def machine_cores() -> int:
-    """Cores this process may run on (its CPU affinity), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class OrtBackbone:
@@ -89,7 +81,7 @@ class OrtBackbone:
 
     def batches(self, dataset: Sequence[tuple[torch.Tensor, int]], batch_size: int,
                 ) -> Iterator[tuple[torch.Tensor, list[int]]]:
-        """``(uint8 [n,3,H,W], labels)`` batches of ``dataset`` (uint8 pixel items) in order, decoded
+        """``(uint8 [n,3,H,W], dataset indices)`` batches of ``dataset`` (uint8 pixel items) in order, decoded
         ahead by one thread per core; a file that cannot be read raises its ``ImageDecodeError``.
 
         The backbone is converted here, before the first batch is asked for, so the caller's progress
