@@ -12,8 +12,10 @@ from typing import Any
 import onnx
 
 from imgcls.export.config import FP32_FILENAME, INPUT_NAME, OUTPUT_NAME, REPORT_FILENAME, ExportConfig
-from imgcls.export.convert import embed_card, save_onnx, to_onnx
+from imgcls.export.convert import embed_card, save_onnx
+from imgcls.export.errors import GraphContractError, ParityError
 from imgcls.export.images import check_classes, check_gate_split, load_split, parity_pixels
+from imgcls.export.splice import REUSED, convert
 from imgcls.export.validate import check_graph, check_parity
 from imgcls.models.core.atomic import sha256_file, staged_directory, write_atomically
 from imgcls.models.core.card import ModelCard
@@ -101,7 +103,7 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig
                               "versions": _versions()}
 
     def step(name: str) -> None:  # one log line per finished step (no bar: a log file gets no \r fragments)
-        timings[name] = round(time.perf_counter() - started - sum(timings.values()), 3)
+        timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - started - sum(timings.values()), 3)
         if config.progress:
             following = steps[len(timings)] if len(timings) < len(steps) else "done"
             progress_log.info("export: %s done in %.1f s (step %d/%d; next: %s)", name, timings[name],
@@ -122,15 +124,7 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig
         owner = staging / OWNER_FILENAME
         owner.write_text(str(os.getpid()))
         write_marker(staging, "bundle")
-        fp32_path = staging / FP32_FILENAME
-        proto = to_onnx(model, card.preprocess, opset=config.opset, exporter=config.exporter)
-        save_onnx(embed_card(proto, card), fp32_path)
-        del proto
-        step("convert")
-        report["graph"] = check_graph(fp32_path, card, config.opset)
-        step("check")
-        parity = check_parity(fp32_path, model, card.preprocess, pixels.pixels,
-                              atol=config.parity_atol, batch=config.parity_batch)
+        parity = _fp32(staging / FP32_FILENAME, run_dir, model, card, config, pixels.pixels, report, step)
         report["parity"] = parity
         card = card.updated(export={"parity": parity})
         step("parity")
@@ -149,6 +143,28 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path, config: ExportConfig
         owner.unlink()
     log.info("exported %s -> %s in %.1f s", run_dir, out_dir, time.perf_counter() - started)
     return card
+
+
+def _fp32(path: Path, run_dir: Path, model, card: ModelCard, config: ExportConfig, pixels, report: dict[str, Any],
+          step) -> dict[str, Any]:
+    """Convert (``splice.convert``), check the graph, check parity; returns the parity figures. A graph built
+    from the run's backbone graph that fails a check is replaced by the whole model converted, checked again."""
+    reason = None
+    while True:
+        proto, report["convert"] = convert(run_dir, model, card, config, reuse_failed=reason)
+        save_onnx(embed_card(proto, card), path)
+        del proto
+        step("convert")
+        try:
+            report["graph"] = check_graph(path, card, config.opset)
+            step("check")
+            return check_parity(path, model, card.preprocess, pixels, atol=config.parity_atol,
+                                batch=config.parity_batch)
+        except (GraphContractError, ParityError) as exc:
+            if report["convert"]["source"] != REUSED:
+                raise
+            reason = f"the graph built from the run's backbone graph failed its check: {exc}"
+            log.warning("%s; converting the whole model", reason)
 
 
 def _variants(staging, model, card, split, files, config, report, step):

@@ -2,6 +2,7 @@
 backbone features. Both expose the same small interface to the training session."""
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,10 @@ from imgcls.models.training.strategies import Freezer, backbone_trainable
 from imgcls.models.training.config import TrainConfig
 from imgcls.models.training.data import ImageListDataset
 from imgcls.models.training.loop import predict_logits
-from imgcls.models.training.ort_features import EAGER_ENGINE, OrtBackbone, engine_name
+from imgcls.models.training import backbone_graph
+from imgcls.models.training.onnx_graph import BUNDLE_OPSET
+from imgcls.models.training.ort_features import EAGER_ENGINE, INPUT_NAME as ORT_INPUT, OUTPUT_NAME as ORT_OUTPUT
+from imgcls.models.training.ort_features import OrtBackbone, engine_name
 from imgcls.models.core.progress import track
 
 log = logging.getLogger(__name__)
@@ -149,15 +153,23 @@ class CachedFeatureMode:
     def steps_per_epoch(self) -> int:
         return -(-len(self.sampler) // self.config.batch_size)
 
-    def _engine(self, extractor: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+    def _engine(self, extractor: nn.Module, digest: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
         """(what computes features from a batch, its name): ONNX Runtime on the exported backbone on
-        CPU in one process (uint8 pixels in, as the bundle), else the eager module."""
+        CPU in one process (uint8 pixels in, as the bundle), else the eager module. The converted
+        backbone is kept in the feature cache for ``imgcls export`` (``backbone_graph``)."""
         if self.dist.world_size == 1 and self.dist.device.type == "cpu":
             self.train_set.pixels_only = self.val_set.pixels_only = True
             # ORT's threads take the cores; torch's own pool (a few tiny ops per batch here) would spin
             # beside them (measured: ~10 % more images/s with one torch thread on 2 cores)
             torch.set_num_threads(1)
-            return OrtBackbone(extractor, self.train_set.preprocess), engine_name()
+            preprocess = self.train_set.preprocess
+            # the layout the checkpoint loads in: channels-last weights add a strided copy of the features
+            # to the graph, which the export's conversion of the loaded model does not have
+            extractor = extractor.to(memory_format=torch.contiguous_format)
+            ident = backbone_graph.identity(digest, self.arch, preprocess, opset=BUNDLE_OPSET, exporter="dynamo",
+                                            names=(ORT_INPUT, ORT_OUTPUT))
+            keep = functools.partial(backbone_graph.save, self.store.directory / backbone_graph.FILENAME, ident=ident)
+            return OrtBackbone(extractor, preprocess, on_converted=keep), engine_name()
         return extractor, EAGER_ENGINE
 
     def _features(self, dataset: ImageListDataset, extractor: Callable[[torch.Tensor], torch.Tensor], part: str, key: str,
@@ -173,10 +185,10 @@ class CachedFeatureMode:
                      self.store.directory)
         return gather_rows(local, indices, len(dataset), self.dist.world_size), reused
 
-    def _keys(self, extractor: nn.Module, engine: str) -> dict[str, str]:
+    def _keys(self, digest: str, engine: str) -> dict[str, str]:
         """The cache key of each part: what its features depend on (the engine that computes them included)."""
         c, train = self.config, self.train_set
-        common = {"backbone": state_digest(extractor), "listing": train.listing.sha256(),
+        common = {"backbone": digest, "listing": train.listing.sha256(),
                   "preprocess": train.preprocess.to_dict(), "batch_size": c.batch_size, "engine": engine}
         keys = {"train": cache_key(part="train", **common), "val": cache_key(part="val", **common)}
         for index in range(c.augmented_passes):
@@ -187,8 +199,9 @@ class CachedFeatureMode:
     def prepare(self) -> None:
         started = time.perf_counter()
         module = feature_extractor(self.model, self.arch)
-        extractor, engine = self._engine(module)
-        keys = self._keys(module, engine)
+        digest = state_digest(module)
+        extractor, engine = self._engine(module, digest)
+        keys = self._keys(digest, engine)
         if self.dist.is_main and self.store.forget_other_keys(keys.values()):
             log.info("feature cache: dropped pieces computed under other settings")
         passes, reused = self.config.augmented_passes, 0

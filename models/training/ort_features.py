@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
@@ -46,11 +47,14 @@ def engine_name() -> str:
 class OrtBackbone:
     """``uint8 [N,3,H,W]`` tensor -> ``float32 [N,F]`` features, by ONNX Runtime on the exported backbone.
 
-    The backbone is converted on the first call, so a run whose features are all cached exports nothing."""
+    The backbone is converted on the first call, so a run whose features are all cached exports nothing;
+    ``on_converted`` then receives the converted graph (training keeps it for the export: ``backbone_graph``)."""
 
-    def __init__(self, extractor: nn.Module, preprocess: Preprocess, threads: int | None = None) -> None:
+    def __init__(self, extractor: nn.Module, preprocess: Preprocess, threads: int | None = None,
+                 on_converted: Callable[[onnx.ModelProto], None] | None = None) -> None:
         self.extractor, self.preprocess = extractor, preprocess
         self.threads = threads or machine_cores()
+        self.on_converted = on_converted
         self.export_seconds = 0.0
         self._session = None
 
@@ -71,6 +75,8 @@ class OrtBackbone:
             self.export_seconds = time.perf_counter() - started
             log.info("backbone converted to ONNX for feature caching in %.1f s (ONNX Runtime, %d threads)",
                      self.export_seconds, self.threads)
+            if self.on_converted is not None:
+                self.on_converted(proto)
         return self._session
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
