@@ -126,8 +126,10 @@ def demo(work: Path) -> dict[str, Any]:
     stages = run_demo(DemoConfig(work, "efficientnet_lite0", 15, True, 6, 60.0))
     total = time.perf_counter() - started
     card = json.loads((work / "bundles" / "demo" / "card.json").read_text())
+    report = json.loads((work / "bundles" / "demo" / "export_report.json").read_text())
     int8 = card["export"].get("int8") or {}
-    return {"stages_s": stages, "total_s": round(total, 1), "int8_status": int8.get("status"),
+    return {"stages_s": stages, "total_s": round(total, 1), "export_steps_s": report.get("seconds"),
+            "export_convert": report.get("convert"), "int8_status": int8.get("status"),
             "int8_method": int8.get("method"), "int8_speed": int8.get("speed"),
             "int8_top1": (int8.get("gate") or {}).get("int8_top1"), "fp32_top1": (int8.get("gate") or {}).get("fp32_top1")}
 
