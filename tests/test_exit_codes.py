@@ -72,6 +72,21 @@ def test_score_and_serve_of_a_training_run_say_export_it_first(fake_run, tmp_pat
     assert_one_line_exit_2(imgcls("serve", fake_run, "--port", free_port()), hint)
 
 
+def test_serve_of_a_damaged_bundle_is_one_line_before_the_server_says_anything(tmp_path):
+    # the models are verified while BentoML's CLI loads: a refusal must still come before any of its output
+    from tests.factories import make_tiny_bundle
+
+    bundle = make_tiny_bundle(tmp_path / "bundle")
+    model = bundle / "model.onnx"
+    model.write_bytes(model.read_bytes()[:-16] + bytes(16))
+    result = imgcls("serve", bundle, "--port", free_port())
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1 and "model.onnx" in errors[0] and "does not match" in errors[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "BentoServer" not in result.stderr + result.stdout, result.stderr[-3000:]
+    assert all(line.startswith(("INFO imgcls", "ERROR imgcls")) for line in result.stderr.splitlines() if line.strip())
+
+
 def test_serve_bad_port_variable_bad_flag_and_port_in_use(fake_run):
     assert_one_line_exit_2(imgcls("serve", fake_run, env={"IMGCLS_PORT": "abc"}), "IMGCLS_PORT", "'abc'")
     assert_one_line_exit_2(imgcls("serve", fake_run, "--workers", "-1"), "--workers", "must be >= 0")

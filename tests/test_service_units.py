@@ -10,7 +10,8 @@ import pytest
 from imgcls.service.engine.batcher import BatchPlan, MicroBatcher, Overloaded
 from imgcls.models.core.errors import ConfigError
 from imgcls.service.host.config import ServiceConfig
-from imgcls.service.host.serve import build_parser, check_sources, config_from
+from imgcls.service.host.arbiter import check_sources
+from imgcls.service.host.serve import build_parser, config_from
 from imgcls.service.engine.settings import check_model_name, resolve_top_k
 from imgcls.service.engine.types import BadParameter
 from imgcls.service.protocols.classify.uploads import RequestRejected, parse_top_k

@@ -1,19 +1,21 @@
 """Checks that a bundle's ONNX file is the one its card describes (no torch, no onnx package).
 
+NumPy and ONNX Runtime are imported where a graph is checked, not with this module: ``imgcls serve``
+reads bundle layouts and cards before its server starts, and imports neither.
+
 Every check raises ``BundleError`` with a message naming the file and the disagreement, so a
 server refuses to start rather than answer with the wrong labels.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
-
-import numpy as np
-import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+from typing import TYPE_CHECKING, Any, Mapping
 
 from imgcls.models.core.verified import cached_sha256
 from imgcls.models.core.card import CardError, ModelCard
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 PRECISIONS = ("fp32", "int8", "fp16")
 DEFAULT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
@@ -21,10 +23,12 @@ DEFAULT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model
 BINDING_FIELDS = ("format_version", "arch", "base_weights", "class_names", "preprocess")
 
 
-_ORT_LOAD_ERRORS = (  # what the pinned ONNX Runtime raises for a file it cannot load
-    ort_state.InvalidProtobuf, ort_state.InvalidGraph, ort_state.Fail, ort_state.NoSuchFile, ort_state.NoModel,
-    ort_state.InvalidArgument, ort_state.NotImplemented,
-)
+def _ort_load_errors() -> tuple[type[Exception], ...]:
+    """What the pinned ONNX Runtime raises for a file it cannot load."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+    return (ort_state.InvalidProtobuf, ort_state.InvalidGraph, ort_state.Fail, ort_state.NoSuchFile,
+            ort_state.NoModel, ort_state.InvalidArgument, ort_state.NotImplemented)
 
 
 class BundleError(ValueError):
@@ -94,7 +98,7 @@ def open_session(path: Path, create) -> tuple[ort.InferenceSession, str]:
     """``create(path)`` -> (session, provider), with ONNX Runtime load errors named."""
     try:
         return create(path)
-    except _ORT_LOAD_ERRORS as exc:
+    except _ort_load_errors() as exc:
         raise BundleError(f"{path}: onnxruntime cannot load it as an ONNX model ({str(exc)[:300]})") from exc
 
 
@@ -158,6 +162,8 @@ def _check_class_count(session, card: ModelCard, path: Path, input_name: str, ou
         raise BundleError(
             f"{path}: graph outputs {declared[-1]} classes, card.json class_names has {card.num_classes}"
         )
+    import numpy as np
+
     crop = card.preprocess.crop_size
     probe = np.zeros((1, 3, crop, crop), dtype=np.uint8)  # also the warm-up run
     try:

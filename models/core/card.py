@@ -1,4 +1,5 @@
-"""The model card: the one contract between fine-tuning, export and serving (stdlib + numpy/Pillow).
+"""The model card: the one contract between fine-tuning, export and serving (the standard library; its
+``preprocess`` section is a ``Preprocess``, which brings NumPy and Pillow once a card is read).
 
 ``card.json`` is written by fine-tuning, extended by export and read by everything after. The same
 JSON is embedded in each ONNX file's ``metadata_props`` under ``METADATA_KEY``.
@@ -8,10 +9,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from imgcls.models.core.atomic import write_atomically
-from imgcls.models.core.preprocess import Preprocess
+
+if TYPE_CHECKING:
+    from imgcls.models.core.preprocess import Preprocess
 
 FORMAT_VERSION = 1
 KNOWN_FORMAT_VERSIONS = frozenset({1})
@@ -106,6 +109,8 @@ class ModelCard:
             raise CardError("card.class_names: every entry must be a string")
         _require(data, "preprocess", Mapping)
         try:
+            from imgcls.models.core.preprocess import Preprocess
+
             preprocess = Preprocess.from_dict(data["preprocess"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CardError(f"card.preprocess: {exc}") from exc

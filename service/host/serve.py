@@ -5,9 +5,12 @@ A thin wrapper: the flags become ``IMGCLS_*`` environment variables (``imgcls.se
 passed on to it, so ``docker stop`` / Ctrl+C drain requests: the workers stop listening at once (new
 connections are refused), answer every request they had accepted, and get ``--grace`` seconds for it
 (uvicorn's ``--timeout-graceful-shutdown``) before they cancel what is left; a server still running
-``supervise.KILL_MARGIN_S`` after that is killed. Once the checks pass, this process ``exec``s into
-``imgcls.service.host.supervise`` (same pid), which runs and supervises ``bentoml serve``. SIGTERM
-exits 0, Ctrl+C (SIGINT) 130 like every other stage.
+``supervise.KILL_MARGIN_S`` after that is killed. Once flags, variables, API key file and ports check
+out, this process ``exec``s into ``imgcls.service.host.supervise`` (same pid; state directory, signals, exit
+status), which runs the arbiter (``imgcls.service.host.arbiter``): it verifies every bundle while BentoML's
+CLI loads and then is ``bentoml serve``. SIGTERM exits 0, Ctrl+C (SIGINT) 130 like every other stage.
+Nothing here imports NumPy or ONNX Runtime (a model is loaded only in the arbiter's verifier and in the
+workers), so the server starts as early as it can.
 Every flag --some-flag defaults to its environment variable IMGCLS_SOME_FLAG, then to the built-in
 default. Exit status 2 (one line, no traceback) for a bad bundle, flag, variable or a port already in use.
 """
@@ -22,15 +25,10 @@ import sys
 from pathlib import Path
 
 import imgcls
-from imgcls.models.core.bundle import training_run_message
-from imgcls.models.core.card import CardError
 from imgcls.models.core.errors import ConfigError
-from imgcls.service.engine.sources import ModelSource, resolve_sources
-from imgcls.service.engine.types import EngineError
-from imgcls.service.host import tracing
+from imgcls.service.host.arbiter import check_sources
 from imgcls.service.host.auth import is_loopback, read_keys
 from imgcls.service.host.config import ServiceConfig, env_name
-from imgcls.service.runtime import CUDA
 from imgcls.stage_parser import StageParser
 
 log = logging.getLogger("imgcls.serve")
@@ -147,48 +145,6 @@ def config_from(args: argparse.Namespace, environ: dict[str, str]) -> ServiceCon
     return dataclasses.replace(base, bundle=",".join(resolved), **flags)
 
 
-def check_sources(config: ServiceConfig) -> tuple[str | None, list[ModelSource]]:
-    """A quick look before starting workers: every source names bundles (workers verify them again)."""
-    for source in config.bundles:
-        path = Path(source)
-        if not source.startswith("bentoml:") and path.is_dir() and training_run_message(path):
-            return training_run_message(path), []
-    try:
-        found, _ = resolve_sources(config.bundles, config.model_name)
-    except EngineError as exc:
-        return exc.message, []
-    for model in found:
-        if not model.in_repository and not any(model.path.glob("*.onnx")):
-            return f"bundle {model.path}: no ONNX file (run `imgcls export` first)", []
-    return None, found
-
-
-def verify_bundles(config: ServiceConfig, found: list[ModelSource]) -> tuple[str | None, str]:
-    """Load each bundle once as a worker would (hashes, embedded card, graph, device) before starting.
-
-    A worker that fails in ``__init__`` is restarted by BentoML forever, so ``imgcls serve`` would
-    never exit; refusing here ends it with exit status 2 and the message naming the problem. A model
-    of a repository that fails is left out with a warning instead (the workers list it UNAVAILABLE),
-    unless no model is left. Returns (problem or None, the execution provider obtained).
-    """
-    from imgcls.service.predictor import BundleError, DeviceError, Predictor
-
-    provider, served = "", 0
-    for model in found:
-        try:
-            with Predictor.load(model.path, precision=config.precision, device=config.device, threads=1) as loaded:
-                provider, served = loaded.provider, served + 1
-        except DeviceError as exc:
-            return str(exc), ""
-        except (BundleError, CardError) as exc:
-            if not model.in_repository:
-                return str(exc), ""
-            log.warning("model repository: leaving out %s: %s", model.name, exc)
-    if not served:
-        return "no model of the repository could be loaded (see the warnings above)", ""
-    return None, provider
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -208,34 +164,25 @@ def main(argv: list[str] | None = None) -> int:
     if not keys and not is_loopback(args.host):
         log.warning("serving on %s without API keys: anyone who can reach this address can classify and load "
                     "models (--api-keys-file FILE)", args.host)
-    problem, found = port_problem(args.host, args.port), []
+    problem = port_problem(args.host, args.port)
     if not problem and config.grpc_port:
         problem = ("--grpc-port must differ from --port" if config.grpc_port == args.port
                    else port_problem(args.host, config.grpc_port))
-    if not problem:
-        problem, found = check_sources(config)
-    provider = ""
-    if not problem:
-        problem, provider = verify_bundles(config, found)
+    problem = problem or check_sources(config)[0]  # the models are loaded by the arbiter, as BentoML starts
     if problem:
         log.error("%s", problem)
         return 2
-    config = dataclasses.replace(config.with_workers_resolved(on_gpu=provider == CUDA), grpc_host=args.host)
+    config = dataclasses.replace(config, grpc_host=args.host)  # workers: resolved by the arbiter (on GPU: one)
     env = {**os.environ, **config.to_env()}  # supervise adds the state directory
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")  # else BentoML posts usage data before it starts the workers
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APP_ROOT), env.get("PYTHONPATH")]))
-    command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", args.host, "--port", str(args.port),
+    bentoml = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", args.host, "--port", str(args.port),
                "--working-dir", str(APP_ROOT), "--timeout-graceful-shutdown", str(max(1, round(config.grace)))]
-    spans = "on" if tracing.spans_wanted(config.access_log, env) else "off (no tracing configured, no access log)"
-    names = ", ".join(model.name for model in found)
-    log.info("serving %s on http://%s:%d%s (%d worker(s), %s, %s; OpenTelemetry spans %s)", names, args.host,
-             args.port, f" and gRPC {args.host}:{config.grpc_port}" if config.grpc_port else "", config.workers,
-             config.device, config.precision, spans)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    # the checks above loaded ONNX Runtime and NumPy: a lean process supervises the server instead
+    # a lean process supervises the server; the arbiter verifies the bundles while BentoML loads
     supervisor = [sys.executable, "-m", "imgcls.service.host.supervise", "--grace", str(config.grace),
-                  "--cwd", str(APP_ROOT), "--", *command]
+                  "--cwd", str(APP_ROOT), "--", sys.executable, "-m", "imgcls.service.host.arbiter", "--", *bentoml]
     os.execve(sys.executable, supervisor, env)
     return 1  # not reached: execve replaces this process or raises
 

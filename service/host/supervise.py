@@ -1,10 +1,11 @@
-"""The process ``imgcls serve`` becomes once the bundle is verified: it runs ``bentoml serve``.
+"""The process ``imgcls serve`` becomes once flags, ports and sources check out: it runs the server.
 
-``imgcls serve`` checks flags, port and bundle (loading the model once, which brings in ONNX Runtime
-and NumPy), then ``exec``s ``python -m imgcls.service.host.supervise`` in the same process (same pid,
-so ``docker stop``, a process manager or Ctrl+C still signal it): the whole life of the server is
-then supervised by a process that imported only the standard library, 14 MiB instead of the 95 MiB
-the checks leave behind (measured, MobileNet-v2 bundle).
+``imgcls serve`` checks flags, variables, ports and sources (no model loaded), then ``exec``s
+``python -m imgcls.service.host.supervise`` in the same process (same pid, so ``docker stop``, a process
+manager or Ctrl+C still signal it): the whole life of the server is supervised by a process that
+imported only the standard library (14 MiB). The command it runs is the arbiter
+(``imgcls.service.host.arbiter``: verifies the bundles while BentoML's CLI loads, then is ``bentoml
+serve``); its exit status, 2 for a bundle refused there, is this process's.
 
 It creates the server's state directory (readiness markers, the connection board, BentoML's home for
 its Prometheus files), starts the command in its own session, passes SIGTERM/SIGINT on, and after a
