@@ -11,12 +11,14 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import time
 from pathlib import Path
 
 from imgcls.service.host.readiness import alive
 
 SLOT = struct.Struct("<qq")  # (pid, count)
 MAX_WORKERS = 256
+ALIVE_RECHECK_S = 1.0  # a worker seen alive is looked at again this long afterwards (a look costs ~40 us)
 
 
 class WorkerBoard:
@@ -30,6 +32,7 @@ class WorkerBoard:
                 handle.truncate(SLOT.size * MAX_WORKERS)
             self.map = mmap.mmap(handle.fileno(), SLOT.size * MAX_WORKERS)
         self.index, self.pid = index, os.getpid()
+        self.alive_until: dict[int, float] = {}  # pid -> until when it counts as alive without a look
         self.publish(0)
 
     def publish(self, count: int) -> None:
@@ -44,8 +47,19 @@ class WorkerBoard:
         best = None
         for index in range(min(workers + 1, MAX_WORKERS)):
             pid, count = SLOT.unpack_from(self.map, index * SLOT.size)
-            if index == self.index or pid <= 0 or not alive(pid):
+            if index == self.index or pid <= 0 or not self._alive(pid):
                 continue
             if best is None or count < best[1]:
                 best = (index, count)
         return best
+
+    def _alive(self, pid: int) -> bool:
+        """Whether ``pid`` runs, as seen at most ``ALIVE_RECHECK_S`` ago (a dead one is looked at every time)."""
+        now = time.monotonic()
+        if self.alive_until.get(pid, 0.0) > now:
+            return True
+        if not alive(pid):
+            self.alive_until.pop(pid, None)
+            return False
+        self.alive_until[pid] = now + ALIVE_RECHECK_S
+        return True
