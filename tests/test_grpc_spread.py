@@ -5,6 +5,7 @@
 arguments share it), which one worker accepted: without handing calls over, the other worker idles."""
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -14,7 +15,10 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from benchmarks.peer_servers import cpu_seconds
+from imgcls.service.host import grpc_spread
 from imgcls.service.host.launcher import LOOPBACK, free_port, start_server
+from imgcls.service.host.worker_board import WorkerBoard
+from imgcls.service.protocols.oip_grpc.servicer import Forwarded
 from tests.conftest import encode, make_image
 from tests.factories import make_tiny_bundle
 
@@ -77,3 +81,38 @@ def test_calls_on_one_connection_run_on_both_workers(tmp_path):
                                      for image, probabilities in answers)
     assert errors and {error.split(" ", 1)[0] for error in errors} == {"StatusCode.INVALID_ARGUMENT"}, errors[:5]
     assert len({error for error in errors}) == 1, set(errors)  # one message, handed over or not
+
+
+class Context:
+    def __init__(self, *metadata: tuple[str, str]) -> None:
+        self.metadata = metadata
+
+    def invocation_metadata(self) -> tuple:
+        return self.metadata
+
+    def time_remaining(self) -> float:
+        return 5.0
+
+
+def test_a_call_is_handed_only_to_a_worker_two_calls_less_busy_and_never_back(tmp_path):
+    """Two workers as busy as each other would trade calls back and forth, each trade costing both a transport."""
+    spread = grpc_spread.Spread(str(tmp_path), 0, 2, 1 << 20)
+    other = WorkerBoard(tmp_path / grpc_spread.BOARD_NAME, 1)
+    handed: list[int] = []
+
+    async def forward(index, raw, context):
+        handed.append(index)
+        return Forwarded(raw)
+
+    spread._forward = forward
+    spread.running = 3
+    other.publish(2)
+    assert asyncio.run(spread.hand(b"x", Context())) is None and not handed, "one call fewer: it stays"
+    other.publish(1)
+    assert asyncio.run(spread.hand(b"x", Context())) == Forwarded(b"x") and handed == [1]
+    assert asyncio.run(spread.hand(b"x", Context((grpc_spread.FORWARDED, "1")))) is None, "a handed call stays"
+    with spread.running_here(Context((grpc_spread.FORWARDED, "1"))):  # this worker runs a call handed to it
+        assert spread.running == 4 and spread.handed_in == 1
+        assert asyncio.run(spread.hand(b"x", Context())) is None and handed == [1], "a receiver hands none on"
+    assert spread.running == 3 and spread.handed_in == 0
+    asyncio.run(spread.close())

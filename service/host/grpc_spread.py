@@ -9,18 +9,26 @@ accept (``imgcls.service.host.accept``); a gRPC connection cannot be, so the cal
 
 Each worker's server also listens on a Unix socket of the server's state directory
 (``grpc-<worker>.sock``) and publishes how many ModelInfer calls it is running (its slot in the shared,
-memory-mapped ``grpc-calls.board``: ``imgcls.service.host.worker_board``). A ModelInfer call arriving from a client runs where it arrived
-unless another live worker runs fewer calls: then it goes to that worker's socket (the request as
-received, marked ``imgcls-forwarded`` so it is not passed on again; its deadline and metadata with it)
-and its answer, or its error status, comes back as is. gRPC's own threads move the bytes. A handed call
-that fails without an answer of the other worker (that worker restarting or stopping: UNAVAILABLE,
-CANCELLED) runs here instead: inference has no side effects. Metrics count each call once, where it ran.
+memory-mapped ``grpc-calls.board``: ``imgcls.service.host.worker_board``). A ModelInfer call arriving from
+a client runs where it arrived unless another live worker runs at least two calls fewer and this worker
+runs no call handed to it: then it goes to that worker's socket. A worker that receives calls hands none
+on, so that two workers as busy as each other do not trade calls back and forth (each trade costs both
+the transport of the call once more); a worker that must shed calls (its connections carry more clients)
+keeps handing them while the other runs fewer. The call goes as its bytes were received (ModelInfer's
+handler takes the request unparsed: it is parsed only where it runs), marked ``imgcls-forwarded`` so
+it is not passed on again, with its deadline and its ``authorization`` metadata (the receiving worker
+checks the key); its answer, or its error status, comes back as is. gRPC's own threads move the bytes.
+A handed call that fails without an answer of the other worker (that worker restarting or stopping:
+UNAVAILABLE, CANCELLED) runs here instead: inference has no side effects. Metrics count each call
+once, where it ran. A handed call is admitted by the worker it came to: the other runs it even while
+draining.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Iterator
 
 import grpc
 
@@ -46,34 +54,42 @@ class Spread:
     def __init__(self, state_dir: str, index: int, workers: int, max_message_bytes: int) -> None:
         self.state_dir, self.workers, self.max_message_bytes = state_dir, workers, max_message_bytes
         self.board = WorkerBoard(Path(state_dir) / BOARD_NAME, index)
-        self.running = 0
+        self.running = self.handed_in = 0
         self.channels: dict[int, Any] = {}
 
     @property
     def listen_address(self) -> str:
         return "unix:" + socket_path(self.state_dir, self.board.index)
 
-    async def call(self, request: Any, context: Any, here: Callable[[], Awaitable[Any]]) -> Any:
-        """The call's answer: run ``here()``, or the other worker's ``Forwarded`` answer."""
-        metadata = tuple(context.invocation_metadata() or ())
-        target = None if self.handed(context) else self.board.least_elsewhere(self.workers)
-        if target is not None and target[1] + 1 < self.running:  # one call fewer there would only swap the roles
-            answer = await self._forward(target[0], request, context, metadata)
-            if answer is not None:
-                return answer
+    async def hand(self, raw: bytes, context: Any) -> Forwarded | None:
+        """The answer of the worker this call was handed to (its bytes as received), or None: it runs here."""
+        if self.handed_in or self.handed(context):  # a handed call stays; a worker that receives hands none on
+            return None
+        target = self.board.least_elsewhere(self.workers)
+        if target is None or target[1] + 1 >= self.running:  # one call fewer there would only swap the roles
+            return None
+        return await self._forward(target[0], raw, context)
+
+    @contextlib.contextmanager
+    def running_here(self, context: Any) -> Iterator[None]:
+        """Counts a call while it runs here (published on the board), and apart those another worker handed."""
+        handed = self.handed(context)
         self.running += 1
+        self.handed_in += handed
         self.board.publish(self.running)
         try:
-            return await here()
+            yield
         finally:
             self.running -= 1
+            self.handed_in -= handed
             self.board.publish(self.running)
 
-    async def _forward(self, index: int, request: Any, context: Any, metadata: tuple) -> Forwarded | None:
-        call = self._channel(index).unary_unary(METHOD, request_serializer=lambda m: m.SerializeToString())
+    async def _forward(self, index: int, raw: bytes, context: Any) -> Forwarded | None:
+        call = self._channel(index).unary_unary(METHOD)  # bytes in, bytes out: neither side parses here
+        metadata = context.invocation_metadata() or ()
         passed = [(key, value) for key, value in metadata if key in PASSED_METADATA] + [(FORWARDED, "1")]
         try:
-            return Forwarded(await call(request, timeout=context.time_remaining(), metadata=passed))
+            return Forwarded(await call(raw, timeout=context.time_remaining(), metadata=passed))
         except grpc.aio.AioRpcError as exc:
             if exc.code() in RUN_HERE_INSTEAD:
                 log.debug("worker %d did not answer a handed call (%s): running it here", index, exc.code())

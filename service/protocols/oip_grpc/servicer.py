@@ -14,7 +14,8 @@ same message; a message that is not the method's protobuf is INVALID_ARGUMENT. `
 metadata)`` is the host's API key check (``authorization: Bearer <key>`` metadata). ``gate`` (the host's
 drain) admits each call (``enter()`` False: the server is shutting down, the call answers UNAVAILABLE)
 and is told when an admitted call ends (``leave()``). ``spread`` (the host's, with several workers)
-runs a ModelInfer call here or hands it to a less busy worker, whose answer (``Forwarded``) is
+hands a ModelInfer call to a less busy worker, as its bytes were received (ModelInfer's handler then
+takes the request unparsed and parses it only to run it here), whose answer (``Forwarded``) is
 returned as is and counted in the metrics by that worker.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import struct
-from typing import Any, Awaitable, Callable, Protocol, Sequence
+from typing import Any, Awaitable, Callable, ContextManager, Protocol, Sequence
 
 import grpc
 import numpy as np
@@ -67,9 +68,12 @@ class Forwarded:
 
 
 class Spread(Protocol):
-    """Runs a ModelInfer call here (``here()``) or hands it to another worker (a ``Forwarded`` answer)."""
+    """Hands a ModelInfer call (its bytes as received) to another worker (``hand``: a ``Forwarded`` answer, or
+    None: it runs here) and counts the calls running here (``running_here()``)."""
 
-    async def call(self, request: Any, context: Any, here: Callable[[], Awaitable[Any]]) -> Any: ...
+    async def hand(self, raw: bytes, context: Any) -> Forwarded | None: ...
+
+    def running_here(self, context: Any) -> ContextManager[None]: ...
 
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
@@ -223,15 +227,19 @@ def _model_name(request: Any) -> str:
 
 
 def _method(method: str, handler: Handler, current: Callable[[], Any], authorize: Authorize, gate: Gate,
-            spread: Spread | None) -> Handler:
+            spread: Spread | None, parse: Callable[[bytes], Any]) -> Handler:
     async def call(request: Any, context: Any) -> Any:
         service = current()
-        outcome, reason, status, message = "ok", "none", 0, ""
+        outcome, reason, status, message, response = "ok", "none", 0, "", None
         if not gate.enter(context):
             outcome, reason, status, message = "rejected", "not_ready", 503, SHUTTING_DOWN
         else:
             try:
-                response = await _answer(method, handler, request, context, service, authorize, spread)
+                if spread is not None and isinstance(request, bytes):  # ModelInfer: handed on as received, or parsed
+                    response = await spread.hand(request, context)
+                    request = parse(request) if response is None else request
+                if response is None:
+                    response = await _answer(method, handler, request, context, service, authorize, spread)
             except OIPError as exc:
                 outcome, reason, status, message = "rejected", exc.reason, exc.status, exc.message
             finally:
@@ -262,7 +270,8 @@ async def _answer(method: str, handler: Handler, request: Any, context: Any, ser
     if service is None:
         raise OIPError(503, "the model is not loaded yet", "not_ready")
     if spread is not None and method == "ModelInfer":
-        return await spread.call(request, context, lambda: handler(request, service))
+        with spread.running_here(context):
+            return await handler(request, service)
     return await handler(request, service)
 
 
@@ -275,11 +284,14 @@ def _serializer(response_type: Any) -> Callable[[Any], bytes]:
 
 def handlers(current: Callable[[], Any], authorize: Authorize, gate: Gate,
              spread: Spread | None = None) -> grpc.GenericRpcHandler:
-    """The service's methods for ``grpc.aio.server().add_generic_rpc_handlers``."""
-    methods = {name: grpc.unary_unary_rpc_method_handler(
-        _method(name, handler, current, authorize, gate, spread), request_deserializer=_parser(request_type),
-        response_serializer=_serializer(response_type))
-        for name, (handler, request_type, response_type) in METHODS.items()}
+    """The service's methods for ``grpc.aio.server().add_generic_rpc_handlers``; with ``spread``, ModelInfer
+    receives its request's bytes (handed on to another worker unparsed, or parsed to run here)."""
+    methods = {}
+    for name, (handler, request_type, response_type) in METHODS.items():
+        raw = spread is not None and name == "ModelInfer"
+        methods[name] = grpc.unary_unary_rpc_method_handler(
+            _method(name, handler, current, authorize, gate, spread, _parser(request_type)),
+            request_deserializer=None if raw else _parser(request_type), response_serializer=_serializer(response_type))
     return grpc.method_handlers_generic_handler(SERVICE, methods)
 
 
