@@ -32,13 +32,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from imgcls.service.engine.types import ClassifyRequest, EngineError
-from imgcls.service.host import accept, drain, openapi, pages, readiness, tracing
+from imgcls.service.host import accept, drain, openapi, pages, private, readiness, tracing
 from imgcls.service.host.auth import APIKeyMiddleware, public_groups, read_keys
 from imgcls.service.host.config import ServiceConfig
 from imgcls.service.host.metrics import (HTTPMetricsMiddleware, ServiceMetrics, count_outer_answers, install,
                                         metrics_endpoint)
 from imgcls.service.host.private import worker_index
 from imgcls.service.host.server_metrics import ServerCollector
+from imgcls.service.host.timeout import Timeout
 from imgcls.service.protocols.classify import encode
 from imgcls.service.protocols.classify.schemas import REASON_STATUS, ClassifyResponse, error_body
 from imgcls.service.protocols.classify.uploads import RequestRejected, parse_request
@@ -154,6 +155,7 @@ class ImageClassifier:
         else:  # the server is starting: answer /livez at once, /readyz 503 until warm
             threading.Thread(target=self._warm_up, name="imgcls-warmup", daemon=True).start()
         uvicorn_server = drain.uvicorn_server()  # before drain.install() wraps its SIGTERM handler
+        self._release_timed_requests(uvicorn_server)
         # BentoML's timeout (504) and max_concurrency (429) answer outside our middlewares: counted around them
         count_outer_answers(uvicorn_server, HTTPMetricsMiddleware(None, **METRICS_ROUTES))
         drain.install()
@@ -165,6 +167,15 @@ class ImageClassifier:
 
             self._grpc = grpc_server.start_in_background(CONFIG, lambda: _CURRENT.get("service"), _BACKGROUND,
                                                          lambda: self._started("grpc"))
+
+    @staticmethod
+    def _release_timed_requests(server: Any) -> None:
+        """BentoML's request timeout held every answered request for --timeout seconds: ours releases it
+        (``imgcls.service.host.timeout``)."""
+        app = getattr(getattr(server, "config", None), "loaded_app", None)
+        if app is None or not private.replace_timeout(app, Timeout):
+            log.warning("BentoML's request timeout is not replaced: each answered request stays in memory for "
+                        "--timeout seconds (%s s)", CONFIG.timeout)
 
     @staticmethod
     def _balancing() -> bool:
