@@ -59,9 +59,10 @@ def load(path: Path, expected: dict[str, Any]) -> tuple[onnx.ModelProto | None, 
         return None, f"{path.name} carries no identity"
     except Exception as exc:  # protobuf's DecodeError, OSError, JSON errors: an unreadable file is not reused
         return None, f"{path.name} is unreadable ({type(exc).__name__}: {exc})"
+    if not isinstance(recorded, dict):
+        return None, f"{path.name} carries no identity"
     expected = json.loads(json.dumps(expected))  # tuples as lists, as recorded
-    differing = sorted(key for key in expected.keys() | (recorded.keys() if isinstance(recorded, dict) else set())
-                       if not isinstance(recorded, dict) or recorded.get(key) != expected.get(key))
+    differing = sorted(key for key in expected.keys() | recorded.keys() if recorded.get(key) != expected.get(key))
     if differing:
         return None, f"{path.name} was converted from another backbone or setting ({', '.join(differing)} differ)"
     graph = proto.graph
