@@ -12,9 +12,13 @@ and all clients on one channel, one connection: what ``tritonclient.grpc`` clien
 open, since gRPC channels with the same arguments share their connection. Each channel connects
 before its first timed call, as a long-lived client's has (the connecting stays in the round's
 duration; a gRPC channel's first call took 130-180 ms at load 10, an HTTP connection's setup is under
-a millisecond on loopback and stays in its first request). The forms alternate round by round so that a noisy machine charges them alike; the CPU seconds of each server process under
-each form are recorded (which workers did the work). Goal: gRPC >= 1.0x HTTP with p99 no worse.
-Loopback only; client and server share the machine's cores.
+a millisecond on loopback and stays in its first request). The Python clients do not cost the same
+(grpc.aio about twice the CPU per call of the HTTP client, taken from the server's cores), so both
+routes are also driven by one client in C, ``h2load`` (``benchmarks.h2load``: a connection per
+client, the same JPEGs). The forms alternate round by round so that a noisy machine charges them
+alike; the CPU seconds of each server process under each form are recorded (which workers did the
+work). Goal: gRPC >= 1.0x HTTP with p99 no worse, each gRPC form against HTTP driven by the same kind
+of client. Loopback only; client and server share the machine's cores.
 """
 from __future__ import annotations
 
@@ -26,12 +30,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import grpc
 
+from benchmarks import h2load
 from benchmarks.http_load import HOST, bundle_and_jpegs, drive, start
-from benchmarks.loadgen import LoadResult, check_loopback
+from benchmarks.loadgen import LoadResult, Request, check_loopback
 from benchmarks.oip_load import add_load_arguments, interleaved, report, v2_binary
 from benchmarks.peer_servers import cpu_seconds
 from benchmarks.report import summary_row
@@ -39,8 +44,12 @@ from benchmarks.summaries import bundle_arch
 from imgcls.service.protocols.oip_grpc import grpc_service_pb2 as pb
 
 log = logging.getLogger("bench.grpc")
-FORMS = ("http_v2_binary", "grpc_model_infer", "grpc_one_connection")
-GRPC_FORMS = {"grpc_model_infer": "a connection per client", "grpc_one_connection": "one shared connection"}
+FORMS = ("http_v2_binary", "grpc_model_infer", "grpc_one_connection", "http_v2_binary_h2load", "grpc_model_infer_h2load")
+GRPC_FORMS = {  # each gRPC form -> (its HTTP baseline, measured by the same kind of client; how it connects)
+    "grpc_model_infer": ("http_v2_binary", "Python clients, a connection per client"),
+    "grpc_one_connection": ("http_v2_binary", "Python clients, one shared connection"),
+    "grpc_model_infer_h2load": ("http_v2_binary_h2load", "h2load for both, a connection per client"),
+}
 GOAL_RATIO = 1.0
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -96,12 +105,14 @@ def drive_grpc(target: str, messages: list[bytes], concurrency: int, seconds: fl
     return result
 
 
-def measure(port: int, grpc_target: str, bodies: list[bytes], messages: list[bytes], concurrency: int,
+def measure(port: int, grpc_target: str, requests: list[Request], messages: list[bytes], concurrency: int,
             seconds: float, rounds: int, max_requests: int, server_pid: int) -> tuple[dict[str, dict[str, Any]], dict]:
     """Each form's summary, and the CPU seconds each server process spent under it (biggest first)."""
+    bodies = [request.encode(HOST, port) for request in requests]
     runs = {"http_v2_binary": lambda c, s, m: drive(port, bodies, c, s, m),
             "grpc_model_infer": lambda c, s, m: drive_grpc(grpc_target, messages, c, s, m),
-            "grpc_one_connection": lambda c, s, m: drive_grpc(grpc_target, messages, c, s, m, shared=True)}
+            "grpc_one_connection": lambda c, s, m: drive_grpc(grpc_target, messages, c, s, m, shared=True),
+            **h2load_runs(port, grpc_target, requests, messages)}
     busy: dict[str, dict[int, float]] = {form: {} for form in FORMS}
 
     def counted(form: str) -> Any:
@@ -119,11 +130,27 @@ def measure(port: int, grpc_target: str, bodies: list[bytes], messages: list[byt
                     for form, spent in busy.items()}
 
 
+def h2load_runs(port: int, grpc_target: str, requests: list[Request],
+                messages: list[bytes]) -> dict[str, Callable[[int, float, int], LoadResult]]:
+    """The same two routes driven by ``h2load`` (``benchmarks.h2load``; whole seconds, no request cap)."""
+    path = requests[0].path
+    http_headers = [[f"content-type: {r.content_type}", *(f"{k}: {v}" for k, v in r.headers)] for r in requests]
+    grpc_url = f"http://{grpc_target}{METHOD}"
+    frames = [h2load.grpc_frame(message) for message in messages]
+    metrics = f"http://{HOST}:{port}/metrics"
+    return {
+        "http_v2_binary_h2load": lambda c, s, m: h2load.drive(f"http://{HOST}:{port}{path}", [r.body for r in requests],
+                                                              http_headers, c, s, http1=True),
+        "grpc_model_infer_h2load": lambda c, s, m: h2load.grpc_checked(
+            lambda: h2load.drive(grpc_url, frames, [list(h2load.GRPC_HEADERS)], c, s, http1=False),
+            metrics, "grpc:ModelInfer"),
+    }
+
+
 def summary(arch: str, concurrency: int, levels: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    base = levels["http_v2_binary"]
     rows = []
-    for form, clients in GRPC_FORMS.items():
-        level = levels[form]
+    for form, (base_form, clients) in GRPC_FORMS.items():
+        level, base = levels[form], levels[base_form]
         ratio = level["throughput_rps"] / base["throughput_rps"] if base["throughput_rps"] else 0.0
         met = ratio >= GOAL_RATIO and level["p99_ms"] <= base["p99_ms"]
         rows.append(summary_row(
@@ -140,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     add_load_arguments(parser, "ABC")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
+    h2load.ensure_installed()  # before anything starts: a missing client fails the run at once
 
     from imgcls.service.host.launcher import free_port
 
@@ -151,9 +179,9 @@ def main(argv: list[str] | None = None) -> int:
                                       ["--model-name", "bench", "--grpc-port", str(grpc_port)])
         load_at_start = os.getloadavg()[0]
         try:
-            bodies = [v2_binary("/v2/models/bench/infer", j).encode(HOST, port) for j in jpegs]
+            requests = [v2_binary("/v2/models/bench/infer", j) for j in jpegs]
             messages = [infer_message("bench", j) for j in jpegs]
-            levels, cpu = measure(port, f"{HOST}:{grpc_port}", bodies, messages, args.concurrency, args.seconds,
+            levels, cpu = measure(port, f"{HOST}:{grpc_port}", requests, messages, args.concurrency, args.seconds,
                                   args.rounds, args.max_requests, server.process.pid)
         finally:
             exit_code = server.stop()
