@@ -94,63 +94,25 @@ class Context:
         return 5.0
 
 
-def test_a_worker_hands_on_its_excess_share_of_calls_in_flight():
-    assert grpc_spread.excess_share(9, [9, 7]) == pytest.approx(1 / 9)  # 16 connections hashed 9/7
-    assert grpc_spread.excess_share(16, [16, 0]) == pytest.approx(0.5)  # one shared connection
-    assert grpc_spread.excess_share(7, [9, 7]) == 0 and grpc_spread.excess_share(8, [8, 8]) == 0
-    assert grpc_spread.excess_share(12, [12, 6, 0]) == pytest.approx(0.5)
-    assert grpc_spread.excess_share(0, [0, 0]) == 0
-
-
-def test_calls_in_flight_are_averaged_over_time(tmp_path):
-    average = grpc_spread.Average(WorkerBoard(tmp_path / "board", 0))
-    average.since = average.changed = 0.0
-    average.add(1, 0.0)
-    average.add(1, 0.1)
-    average.add(-2, 0.2)
-    average.roll(0.2)  # the window is not over: nothing published
-    assert average.board.published() == 0
-    average.roll(0.25)  # 1 call for 0.1 s, 2 for 0.1 s, none for 0.05 s: 1.2 on average, weighed in
-    assert average.value == pytest.approx(grpc_spread.WEIGHT * 1.2)
-    assert average.board.published() == round(grpc_spread.WEIGHT * 1.2 * grpc_spread.MILLI)
-
-
-def handing(tmp_path, clients: list[float], runs: list[float], calls: int, context=None) -> list[int]:
-    """The workers that ``calls`` calls arriving at worker 0 go to (none: it runs them), given each worker's
-    average client calls in flight and calls running."""
-    tmp_path.mkdir()
-    spread = grpc_spread.Spread(str(tmp_path), 0, len(clients), 1 << 20)
-    boards = [(WorkerBoard(tmp_path / grpc_spread.CLIENTS_BOARD, i), WorkerBoard(tmp_path / grpc_spread.RUNS_BOARD, i))
-              for i in range(1, len(clients))]
-    for (load, run), (client_board, run_board) in zip(zip(clients[1:], runs[1:]), boards):
-        client_board.publish(round(load * grpc_spread.MILLI))
-        run_board.publish(round(run * grpc_spread.MILLI))
-    spread.clients.board.publish(round(clients[0] * grpc_spread.MILLI))
+def test_a_call_is_handed_only_to_a_worker_two_calls_less_busy_and_never_back(tmp_path):
+    """Two workers as busy as each other would trade calls back and forth, each trade costing both a transport."""
+    spread = grpc_spread.Spread(str(tmp_path), 0, 2, 1 << 20)
+    other = WorkerBoard(tmp_path / grpc_spread.BOARD_NAME, 1)
     handed: list[int] = []
 
-    async def forward(index, raw, context):  # the transport is tested on a real server above
+    async def forward(index, raw, context):
         handed.append(index)
         return Forwarded(raw)
 
     spread._forward = forward
-
-    async def arrive() -> None:
-        for _ in range(calls):
-            assert await spread.hand(b"x", context or Context()) in (None, Forwarded(b"x"))
-        await spread.close()
-
-    asyncio.run(arrive())
-    return handed
-
-
-def test_a_crowded_worker_hands_its_excess_evenly_to_the_least_busy(tmp_path):
-    assert len(handing(tmp_path / "a", [9, 7], [9, 7], 90)) in (9, 10, 11), "one call in nine"
-    assert len(handing(tmp_path / "b", [16, 0], [16, 0], 100)) in (49, 50, 51), "one call in two"
-    assert set(handing(tmp_path / "c", [12, 6, 0], [12, 6, 3], 20)) == {2}, "to the worker that runs the fewest"
-
-
-def test_workers_as_busy_as_each_other_trade_no_calls(tmp_path):
-    """Each trade would cost a transport and a second event loop; a handed call is never passed on."""
-    assert handing(tmp_path / "a", [8, 8], [8, 8], 100) == []
-    assert handing(tmp_path / "b", [7, 9], [7, 9], 100) == [], "below the mean: it hands none on"
-    assert handing(tmp_path / "c", [16, 0], [16, 0], 100, Context((grpc_spread.FORWARDED, "1"))) == []
+    spread.running = 3
+    other.publish(2)
+    assert asyncio.run(spread.hand(b"x", Context())) is None and not handed, "one call fewer: it stays"
+    other.publish(1)
+    assert asyncio.run(spread.hand(b"x", Context())) == Forwarded(b"x") and handed == [1]
+    assert asyncio.run(spread.hand(b"x", Context((grpc_spread.FORWARDED, "1")))) is None, "a handed call stays"
+    with spread.running_here(Context((grpc_spread.FORWARDED, "1"))):  # this worker runs a call handed to it
+        assert spread.running == 4 and spread.handed_in == 1
+        assert asyncio.run(spread.hand(b"x", Context())) is None and handed == [1], "a receiver hands none on"
+    assert spread.running == 3 and spread.handed_in == 0
+    asyncio.run(spread.close())

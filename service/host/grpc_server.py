@@ -112,22 +112,17 @@ def start_in_background(config: ServiceConfig, current: Callable[[], Any], keep:
     async def run() -> None:
         try:
             holder["spread"] = spread_for(config)
-            if holder["spread"] is not None:
-                _keep(loop.create_task(holder["spread"].publish()), keep)
             holder["server"] = await serve(config, current, holder["gate"], holder["spread"])
             listening()
         except Exception:
             log.exception("the gRPC server could not start on %s", address(config.grpc_host, config.grpc_port))
 
     loop = asyncio.get_running_loop()
-    _keep(loop.create_task(run()), keep)
-    _stop_on_sigterm(holder, config.grace, loop)
-    return holder
-
-
-def _keep(task: asyncio.Task, keep: set) -> None:
+    task = loop.create_task(run())
     keep.add(task)
     task.add_done_callback(keep.discard)
+    _stop_on_sigterm(holder, config.grace, loop)
+    return holder
 
 
 def _stop_on_sigterm(holder: dict[str, Any], grace: float, loop: asyncio.AbstractEventLoop) -> None:

@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                         default=None,
                         help="spread keep-alive connections over the workers (least-connections accept: without "
                              "it, clients that connect together often all land on one worker) and, with --grpc-port, "
-                             "gRPC inference calls (a crowded worker hands its excess to the least busy); "
+                             "gRPC inference calls (each runs on the least busy worker); "
                              "$IMGCLS_BALANCE_CONNECTIONS (default on)")
     return parser
 

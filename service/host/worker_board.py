@@ -44,17 +44,14 @@ class WorkerBoard:
 
     def least_elsewhere(self, workers: int) -> tuple[int, int] | None:
         """(worker index, count) of the other live worker with the lowest count; None when there is none."""
-        others = [(count, index) for index, count in self.live(workers).items() if index != self.index]
-        return None if not others else (min(others)[1], min(others)[0])
-
-    def live(self, workers: int) -> dict[int, int]:
-        """Each live worker's count (this one's included), by worker index."""
-        counts = {}
+        best = None
         for index in range(min(workers + 1, MAX_WORKERS)):
             pid, count = SLOT.unpack_from(self.map, index * SLOT.size)
-            if pid > 0 and (index == self.index or self._alive(pid)):
-                counts[index] = count
-        return counts
+            if index == self.index or pid <= 0 or not self._alive(pid):
+                continue
+            if best is None or count < best[1]:
+                best = (index, count)
+        return best
 
     def _alive(self, pid: int) -> bool:
         """Whether ``pid`` runs, as seen at most ``ALIVE_RECHECK_S`` ago (a dead one is looked at every time)."""

@@ -75,8 +75,6 @@ class Spread(Protocol):
 
     def running_here(self, context: Any) -> ContextManager[None]: ...
 
-    def arriving(self, context: Any) -> ContextManager[None]: ...
-
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
 
@@ -238,12 +236,9 @@ def _method(method: str, handler: Handler, current: Callable[[], Any], authorize
         else:
             try:
                 if spread is not None and isinstance(request, bytes):  # ModelInfer: handed on as received, or parsed
-                    with spread.arriving(context):
-                        response = await spread.hand(request, context)
-                        request = parse(request) if response is None else request
-                        if response is None:
-                            response = await _answer(method, handler, request, context, service, authorize, spread)
-                else:
+                    response = await spread.hand(request, context)
+                    request = parse(request) if response is None else request
+                if response is None:
                     response = await _answer(method, handler, request, context, service, authorize, spread)
             except OIPError as exc:
                 outcome, reason, status, message = "rejected", exc.reason, exc.status, exc.message
