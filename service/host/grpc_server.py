@@ -29,7 +29,7 @@ from imgcls.service.host import grpc_spread
 from imgcls.service.host.auth import is_public, key_matches, public_groups, read_keys
 from imgcls.service.host.config import ServiceConfig
 from imgcls.service.host.private import worker_index
-from imgcls.service.protocols.oip_grpc.servicer import handlers, route_path
+from imgcls.service.protocols.oip_grpc.servicer import handed_infer, handlers, route_path
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def spread_for(config: ServiceConfig) -> grpc_spread.Spread | None:
 async def serve(config: ServiceConfig, current: Callable[[], Any], gate: CallGate,
                 spread: grpc_spread.Spread | None) -> grpc.aio.Server:
     """Start this worker's gRPC server on ``config.grpc_host:config.grpc_port`` (shared with the other workers),
-    and with ``spread`` on this worker's Unix socket too (calls handed by the other workers)."""
+    and with ``spread`` the answering of calls the other workers hand over (``imgcls.service.host.handoff``)."""
     server = grpc.aio.server(options=[
         ("grpc.so_reuseport", 1),
         ("grpc.max_receive_message_length", config.max_body_bytes),
@@ -95,9 +95,9 @@ async def serve(config: ServiceConfig, current: Callable[[], Any], gate: CallGat
     server.add_generic_rpc_handlers((handlers(current, authorizer(config), gate, spread),))
     where = address(config.grpc_host, config.grpc_port)
     server.add_insecure_port(where)  # raises RuntimeError when the address cannot be bound
-    if spread is not None:
-        server.add_insecure_port(spread.listen_address)
     await server.start()
+    if spread is not None:
+        await spread.listen(handed_infer(current, authorizer(config), gate, spread))
     log.info("Open Inference Protocol over gRPC on %s%s", where,
              " (calls go to the least busy worker)" if spread else "")
     return server

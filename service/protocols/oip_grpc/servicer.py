@@ -295,6 +295,13 @@ def handlers(current: Callable[[], Any], authorize: Authorize, gate: Gate,
     return grpc.method_handlers_generic_handler(SERVICE, methods)
 
 
+def handed_infer(current: Callable[[], Any], authorize: Authorize, gate: Gate, spread: Spread) -> Handler:
+    """ModelInfer's handler as ``handlers`` gives it to gRPC (request bytes in, response out; errors through
+    ``context.abort``), for the calls another worker hands over (``imgcls.service.host.handoff``)."""
+    handler, request_type, _ = METHODS["ModelInfer"]
+    return _method("ModelInfer", handler, current, authorize, gate, spread, _parser(request_type))
+
+
 def route_path(method: str) -> str:
     """The REST path of a method, for the host's public route groups (health)."""
     return {"ServerLive": "/v2/health/live", "ServerReady": "/v2/health/ready"}.get(method, f"/v2/grpc/{method}")
