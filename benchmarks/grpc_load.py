@@ -44,7 +44,8 @@ from benchmarks.summaries import bundle_arch
 from imgcls.service.protocols.oip_grpc import grpc_service_pb2 as pb
 
 log = logging.getLogger("bench.grpc")
-FORMS = ("http_v2_binary", "grpc_model_infer", "grpc_one_connection", "http_v2_binary_h2load", "grpc_model_infer_h2load")
+FORMS = ("http_v2_binary", "grpc_model_infer", "grpc_one_connection",
+         "http_v2_binary_h2load", "grpc_model_infer_h2load")
 GRPC_FORMS = {  # each gRPC form -> (its HTTP baseline, measured by the same kind of client; how it connects)
     "grpc_model_infer": ("http_v2_binary", "Python clients, a connection per client"),
     "grpc_one_connection": ("http_v2_binary", "Python clients, one shared connection"),

@@ -31,9 +31,10 @@ class Metrics(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         value = self.counts.pop(0)
-        body = (f'imgcls_oip_requests_total{{model="m",outcome="ok",reason="none",route="grpc:ModelInfer"}} {value}\n'
-                f'imgcls_oip_requests_total{{model="m",outcome="rejected",reason="bad",route="grpc:ModelInfer"}} 99.0\n'
-                f'imgcls_oip_requests_total{{model="m",outcome="ok",reason="none",route="/v2/models/{{name}}/infer"}} 7.0\n')
+        name = "imgcls_oip_requests_total"
+        body = (f'{name}{{model="m",outcome="ok",reason="none",route="grpc:ModelInfer"}} {value}\n'
+                f'{name}{{model="m",outcome="rejected",reason="bad",route="grpc:ModelInfer"}} 99.0\n'
+                f'{name}{{model="m",outcome="ok",reason="none",route="/v2/models/{{name}}/infer"}} 7.0\n')
         self.send_response(200)
         self.end_headers()
         self.wfile.write(body.encode())

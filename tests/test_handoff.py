@@ -44,9 +44,11 @@ def test_a_handed_call_gets_the_answer_or_the_status_of_the_worker_that_ran_it(t
             assert code == grpc.StatusCode.OK and response.model_name == "m" and response.id == "Bearer k|1"
             assert len(sender.idle) == 1, "the connection is kept for the next call"
             answers = await asyncio.gather(*(sender.call(infer(f"m{i}"), [], 5.0) for i in range(4)))
-            assert [pb.ModelInferResponse.FromString(raw).model_name for _, raw in answers] == [f"m{i}" for i in range(4)]
+            names = [pb.ModelInferResponse.FromString(raw).model_name for _, raw in answers]
+            assert names == [f"m{i}" for i in range(4)]
             assert len(sender.idle) == 4, "calls at once open connections of their own, kept afterwards"
-            assert await sender.call(infer("missing"), [], 5.0) == (grpc.StatusCode.NOT_FOUND, b"unknown model 'missing'")
+            missing = await sender.call(infer("missing"), [], 5.0)
+            assert missing == (grpc.StatusCode.NOT_FOUND, b"unknown model 'missing'")
             code, raw = await sender.call(infer("broken"), [], 5.0)
             assert code == grpc.StatusCode.INTERNAL and b"failed" in raw
             idle = len(sender.idle)

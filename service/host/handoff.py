@@ -113,7 +113,8 @@ class Sender:
         self.path = path
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
-    async def call(self, message: bytes, metadata: list[tuple[str, str]], timeout: float | None) -> tuple[grpc.StatusCode, bytes]:
+    async def call(self, message: bytes, metadata: list[tuple[str, str]],
+                   timeout: float | None) -> tuple[grpc.StatusCode, bytes]:
         """The other worker's status and answer. Raises OSError (and its ConnectionError) or
         asyncio.IncompleteReadError when it is not there or went away, TimeoutError after ``timeout``."""
         reader, writer = self.idle.pop() if self.idle else await asyncio.open_unix_connection(self.path)
