@@ -57,14 +57,14 @@ def drive(url: str, bodies: list[bytes], headers: list[list[str]], concurrency: 
     """``concurrency`` h2load clients for ``seconds`` (whole seconds, at least 1): client i POSTs body i (mod
     the set) to ``url`` with ``headers[i]``; HTTP/1.1 keep-alive with ``http1``, else HTTP/2 (h2c)."""
     check_loopback(url.split("//", 1)[1].rsplit(":", 1)[0].strip("[]"))
-    whole = max(1, round(seconds))
+    whole, program = max(1, round(seconds)), ensure_installed()
     with tempfile.TemporaryDirectory(prefix="imgcls-h2load-") as scratch:
         work = Path(scratch)
         processes = []
         for index in range(concurrency):
             body = work / f"body-{index}"
             body.write_bytes(bodies[index % len(bodies)])
-            command = [ensure_installed(), *(["--h1"] if http1 else []), "-c1", "-m1", "-D", str(whole),
+            command = [program, *(["--h1"] if http1 else []), "-c1", "-m1", "-D", str(whole),
                        "-d", str(body), "--log-file", str(work / f"log-{index}")]
             for header in headers[index % len(headers)]:
                 command += ["-H", header]

@@ -10,17 +10,17 @@ accept (``imgcls.service.host.accept``); a gRPC connection cannot be, so the cal
 Each worker answers the calls handed to it on a Unix socket of the server's state directory
 (``grpc-<worker>.sock``: ``imgcls.service.host.handoff``, event loop to event loop) and publishes how
 many ModelInfer calls it is running (its slot in the shared, memory-mapped ``grpc-calls.board``:
-``imgcls.service.host.worker_board``). A ModelInfer call arriving from
-a client runs where it arrived unless another live worker runs at least two calls fewer and this worker
-runs no call handed to it: then it goes to that worker's socket. A worker that receives calls hands none
+``imgcls.service.host.worker_board``). A ModelInfer call arriving from a client runs where it
+arrived unless another live worker runs at least two calls fewer and this worker runs no call handed
+to it: then it goes to that worker's socket. A worker that receives calls hands none
 on, so that two workers as busy as each other do not trade calls back and forth (each trade costs both
 the transport of the call once more); a worker that must shed calls (its connections carry more clients)
 keeps handing them while the other runs fewer. The call goes as its bytes were received (ModelInfer's
-handler takes the request unparsed: it is parsed only where it runs), marked as handed so
-it is not passed on again, with its ``authorization`` metadata (the receiving worker checks the key;
-this worker keeps the deadline); its answer, or its error status, comes back as is.
-A handed call that fails without an answer of the other worker (that worker restarting or stopping:
-no socket, a closed connection, UNAVAILABLE) runs here instead: inference has no side effects. Metrics count each call
+handler takes the request unparsed: it is parsed only where it runs), marked as handed so it is not
+passed on again, with its ``authorization`` metadata (the receiving worker checks the key; this worker
+keeps the deadline); its answer, or its error status, comes back as is. A handed call that fails
+without an answer of the other worker (that worker restarting or stopping: no socket, a closed
+connection, UNAVAILABLE) runs here instead: inference has no side effects. Metrics count each call
 once, where it ran. A handed call is admitted by the worker it came to: the other runs it even while
 draining.
 """
@@ -90,7 +90,9 @@ class Spread:
     async def _forward(self, index: int, raw: bytes, context: Any) -> Forwarded | None:
         metadata = context.invocation_metadata() or ()
         passed = [(key, value) for key, value in metadata if key in PASSED_METADATA and isinstance(value, str)]
-        sender = self.senders.setdefault(index, Sender(socket_path(self.state_dir, index)))
+        if index not in self.senders:
+            self.senders[index] = Sender(socket_path(self.state_dir, index))
+        sender = self.senders[index]
         try:
             code, answer = await sender.call(raw, passed, context.time_remaining())
         except (OSError, asyncio.IncompleteReadError) as exc:
