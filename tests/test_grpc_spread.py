@@ -6,9 +6,11 @@ arguments share it), which one worker accepted: without handing calls over, the 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
@@ -73,6 +75,7 @@ def test_calls_on_one_connection_run_on_both_workers(tmp_path):
         for thread in threads:
             thread.join(60)
         after = worker_cpu(server)
+        metrics = httpx.get(server.url + "/metrics", timeout=10, trust_env=False).text
     finally:
         assert server.stop() == 0
     used = sorted(after[pid] - before.get(pid, 0.0) for pid in after)
@@ -81,6 +84,8 @@ def test_calls_on_one_connection_run_on_both_workers(tmp_path):
                                      for image, probabilities in answers)
     assert errors and {error.split(" ", 1)[0] for error in errors} == {"StatusCode.INVALID_ARGUMENT"}, errors[:5]
     assert len({error for error in errors}) == 1, set(errors)  # one message, handed over or not
+    timed = re.search(r'^imgcls_grpc_request_duration_seconds_count\{method="ModelInfer"\} (\S+)$', metrics, re.M)
+    assert timed and float(timed.group(1)) == len(expected) + len(answers) + len(errors)  # once each, handed or not
 
 
 class Context:

@@ -51,9 +51,11 @@ def image_input() -> triton.InferInput:
 
 
 def grpc_counts(server) -> dict[str, float]:
+    """``imgcls_oip_requests`` of the gRPC routes, and the gRPC call durations' counts by method."""
     text = httpx.get(server.url + "/metrics", timeout=10, trust_env=False).text  # metrics: public by default
-    return {series: float(value) for series, value in
-            re.findall(r'^(imgcls_oip_requests_total\{.*route="grpc:.*\}) (\S+)$', text, re.M)}
+    names = r'imgcls_oip_requests_total\{.*route="grpc:|imgcls_grpc_request_duration_seconds_count\{'
+    pattern = rf'^((?:{names}).*\}}) (\S+)$'
+    return {series: float(value) for series, value in re.findall(pattern, text, re.M)}
 
 
 def test_api_keys_over_grpc(server, client):
@@ -72,14 +74,17 @@ def test_api_keys_over_grpc(server, client):
     assert result.as_numpy("probabilities").shape == (1, 3)
     after = grpc_counts(server)
 
-    def delta(labels: str) -> float:
-        series = f"imgcls_oip_requests_total{{{labels}}}"
+    def delta(labels: str, name: str = "imgcls_oip_requests_total") -> float:
+        series = f"{name}{{{labels}}}"
         return after.get(series, 0.0) - before.get(series, 0.0)
 
     assert delta('model="m",outcome="ok",reason="none",route="grpc:ModelInfer"') == 1  # the view counts as its model
     assert delta('model="m",outcome="rejected",reason="unauthorized",route="grpc:ModelInfer"') == 1
     assert delta('model="m",outcome="rejected",reason="unauthorized",route="grpc:ModelMetadata"') == 3
     assert delta('model="",outcome="ok",reason="none",route="grpc:ServerLive"') == 1
+    timed = {"ModelInfer": 2, "ModelMetadata": 4, "ModelReady": 1, "ServerLive": 1, "ServerReady": 1}  # answered or not
+    for method, calls in timed.items():
+        assert delta(f'method="{method}"', "imgcls_grpc_request_duration_seconds_count") == calls, method
     assert KEY not in server.log_tail(200_000)
 
 

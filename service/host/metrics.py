@@ -56,6 +56,7 @@ class ServiceMetrics:
     http_requests: Counter
     http_seconds: Histogram
     oip_requests: Counter
+    grpc_seconds: Histogram
     abstained: Counter
 
     @classmethod
@@ -92,6 +93,9 @@ class ServiceMetrics:
             oip_requests=Counter("imgcls_oip_requests", "Open Inference Protocol (/v2) requests by route template, "
                                  "model (empty: none named), outcome (ok, rejected) and reason code",
                                  ["route", "model", "outcome", "reason"]),
+            grpc_seconds=Histogram("imgcls_grpc_request_duration_seconds", "gRPC call duration by method, on the "
+                                   "worker the client called (a call handed to another worker included)",
+                                   ["method"], buckets=LATENCY_BUCKETS),
             abstained=Counter("imgcls_abstained", "classified images reported as abstained: top-1 (calibrated) "
                               "score below min_score (also counted in imgcls_images{outcome=classified})", ["model"]),
         )

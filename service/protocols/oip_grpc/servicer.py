@@ -16,13 +16,16 @@ drain) admits each call (``enter()`` False: the server is shutting down, the cal
 and is told when an admitted call ends (``leave()``). ``spread`` (the host's, with several workers)
 hands a ModelInfer call to a less busy worker, as its bytes were received (ModelInfer's handler then
 takes the request unparsed and parses it only to run it here), whose answer (``Forwarded``) is
-returned as is and counted in the metrics by that worker.
+returned as is and counted in ``imgcls_oip_requests`` by that worker. Every call's duration, from the
+handler's start to its answer or error, goes to ``imgcls_grpc_request_duration_seconds{method}`` on the
+worker the client called (a handed call's time there includes the other worker's), once per call.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import struct
+import time
 from typing import Any, Awaitable, Callable, ContextManager, Protocol, Sequence
 
 import grpc
@@ -69,9 +72,12 @@ class Forwarded:
 
 class Spread(Protocol):
     """Hands a ModelInfer call (its bytes as received) to another worker (``hand``: a ``Forwarded`` answer, or
-    None: it runs here) and counts the calls running here (``running_here()``)."""
+    None: it runs here), counts the calls running here (``running_here()``) and tells a call another worker
+    handed here (``handed``)."""
 
     async def hand(self, raw: bytes, context: Any) -> Forwarded | None: ...
+
+    def handed(self, context: Any) -> bool: ...
 
     def running_here(self, context: Any) -> ContextManager[None]: ...
 
@@ -229,6 +235,15 @@ def _model_name(request: Any) -> str:
 def _method(method: str, handler: Handler, current: Callable[[], Any], authorize: Authorize, gate: Gate,
             spread: Spread | None, parse: Callable[[bytes], Any]) -> Handler:
     async def call(request: Any, context: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await answer(request, context)
+        finally:
+            service = current()
+            if service is not None and not (spread is not None and spread.handed(context)):
+                service.metrics.grpc_seconds.labels(method=method).observe(time.perf_counter() - started)
+
+    async def answer(request: Any, context: Any) -> Any:
         service = current()
         outcome, reason, status, message, response = "ok", "none", 0, "", None
         if not gate.enter(context):
