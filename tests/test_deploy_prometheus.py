@@ -85,7 +85,9 @@ def prometheus(server, tmp_path_factory):
     process = subprocess.Popen([binary, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
                                 f"--web.listen-address={LOOPBACK}:{port}"], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://{LOOPBACK}:{port}"
-    try:
+    try:  # until it is ready Prometheus answers its API with a plain-text 503
+        _wait_for(lambda: httpx.get(url + "/-/ready", timeout=10, trust_env=False).status_code == 200, 60,
+                  "Prometheus never became ready")
         _wait_for(lambda: _instant(url, 'up{job="imgcls"}') == [1.0], 60, "Prometheus never scraped imgcls")
         yield url
     finally:

@@ -63,6 +63,7 @@ def test_inference_and_repository_routes_need_the_key(server):
 def test_health_metrics_and_ui_stay_open_by_default(server):
     for path in ("/livez", "/readyz", "/metrics", "/ui", "/v2/health/ready"):
         assert httpx.get(server.url + path, trust_env=False).status_code == 200, path
+    post_image(server.url, key=WRONG)  # refused here, so that the test does not lean on the others having run
     metrics = httpx.get(server.url + "/metrics", trust_env=False).text
     assert 'status="401"' in metrics  # refusals are counted like every answer
 
