@@ -15,8 +15,11 @@ import time
 from datetime import datetime
 
 import httpx
+import numpy as np
 import pytest
+import tritonclient.grpc as triton
 import yaml
+from tritonclient.utils import InferenceServerException
 
 from imgcls.service.host.launcher import LOOPBACK, free_port, start_server
 from tests.conftest import REPO_ROOT, encode, make_image
@@ -65,7 +68,10 @@ def bundle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(bundle, tmp_path_factory):
-    handle = start_server(bundle, tmp_path_factory.mktemp("prom-log") / "serve.log", env={"IMGCLS_WORKERS": "2"})
+    grpc_port = free_port()
+    handle = start_server(bundle, tmp_path_factory.mktemp("prom-log") / "serve.log", env={"IMGCLS_WORKERS": "2"},
+                          args=["--grpc-port", str(grpc_port), "--model-name", "m"])
+    handle.grpc_url = f"{LOOPBACK}:{grpc_port}"
     yield handle
     handle.stop()
 
@@ -119,10 +125,17 @@ def _wait_for(check, timeout: float, message: str) -> None:
 
 @pytest.fixture(scope="module")
 def traffic(server, prometheus):
-    """Good images and a non-image for a few scrapes, then wait for the rules to see them."""
+    """Good images and a non-image for a few scrapes (over HTTP, and a ModelInfer call and a refused one over
+    gRPC), then wait for the rules to see them."""
     good = [("images", (f"{i}.png", encode(make_image(60 + i, 50, seed=i)), "image/png")) for i in range(3)]
+    grpc_client = triton.InferenceServerClient(server.grpc_url)
+    image = triton.InferInput("image", [1], "BYTES")
+    image.set_data_from_numpy(np.array([good[0][1][1]], dtype=object))
     with httpx.Client(base_url=server.url, timeout=30, trust_env=False) as client:
         for round_ in range(12):
+            assert grpc_client.infer("m", [image]).as_numpy("probabilities").shape == (1, 3)
+            with pytest.raises(InferenceServerException, match="unknown model"):
+                grpc_client.infer("nope", [image])
             assert client.post("/classify", files=good, data={"top_k": "2"}).status_code == 200
             bad = client.post("/classify", files=[("images", ("x.txt", b"not an image", "text/plain"))])
             assert bad.status_code == 415 or bad.status_code == 400, bad.text
@@ -154,8 +167,9 @@ def test_promtool_accepts_the_rules():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_every_named_metric_is_exported_or_recorded(server, prometheus):
-    exported = set(httpx.get(prometheus + "/api/v1/label/__name__/values", timeout=10, trust_env=False).json()["data"])
+def test_every_named_metric_is_exported_or_recorded(traffic):
+    """After traffic: a labelled series (gRPC's, by method) exists from its first call on."""
+    exported = set(httpx.get(traffic + "/api/v1/label/__name__/values", timeout=10, trust_env=False).json()["data"])
     recorded = {rule["record"] for rule in rules() if "record" in rule}
     expressions = [expr for _, expr in dashboard_queries()] + [rule["expr"] for rule in rules()]
     named = set().union(*(metric_names(expr) for expr in expressions))
@@ -190,6 +204,9 @@ def test_figures_match_the_traffic(traffic):
     ok = sum(_instant(traffic, 'sum(imgcls_requests_total{outcome="ok"})'))
     rejected = _instant(traffic, 'sum by (reason) (imgcls_requests_total{outcome="rejected"}) > 0')
     assert ok == 12 and sum(rejected) == 12
+    grpc_calls = _instant(traffic, 'sum by (outcome) (imgcls_oip_requests_total{route="grpc:ModelInfer"}) > 0')
+    assert sorted(grpc_calls) == [12.0, 12.0]  # answered, refused (unknown model)
+    assert _instant(traffic, 'sum(imgcls_grpc_request_duration_seconds_count{method="ModelInfer"})') == [24.0]
     assert _instant(traffic, "max(imgcls_workers_ready)") == [2.0]
     assert sum(_instant(traffic, "imgcls:prediction_share:rate1h")) == pytest.approx(1.0)
 
