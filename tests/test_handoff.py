@@ -13,6 +13,9 @@ from imgcls.service.host import handoff
 from imgcls.service.protocols.oip_grpc import grpc_service_pb2 as pb
 
 
+STOPPED: list[str] = []  # calls whose handler was cancelled (the receiver gave up on them)
+
+
 async def answer(message: bytes, context: handoff.HandedContext) -> pb.ModelInferResponse:
     """A handler as ModelInfer's: the request's bytes in, a response out, errors through ``context.abort``."""
     request = pb.ModelInferRequest.FromString(message)
@@ -22,7 +25,11 @@ async def answer(message: bytes, context: handoff.HandedContext) -> pb.ModelInfe
     if request.model_name == "broken":
         raise RuntimeError("a bug")
     if request.model_name == "slow":
-        await asyncio.sleep(1.0)
+        try:
+            await asyncio.sleep(1.0)
+        except asyncio.CancelledError:
+            STOPPED.append(request.model_name)
+            raise
     return pb.ModelInferResponse(model_name=request.model_name, id=metadata.get("authorization", "") + "|" +
                                  metadata[handoff.FORWARDED])
 
@@ -55,6 +62,8 @@ def test_a_handed_call_gets_the_answer_or_the_status_of_the_worker_that_ran_it(t
             with pytest.raises(asyncio.TimeoutError):
                 await sender.call(infer("slow"), [], 0.1)
             assert len(sender.idle) == idle - 1, "the timed-out connection is closed, not kept"
+            await asyncio.sleep(0.2)  # the receiver's own timer: started when the call came, a moment later
+            assert STOPPED == ["slow"], "the receiver stops a call once its time is up, not after 1 s"
             code, raw = await sender.call(infer("after"), [], 5.0)  # a timed-out connection is never reused
             assert code == grpc.StatusCode.OK and pb.ModelInferResponse.FromString(raw).model_name == "after"
         finally:
@@ -79,7 +88,8 @@ def test_an_oversized_or_malformed_call_closes_the_connection_and_the_receiver_s
         receiver = handoff.Receiver(path, answer, 1024)
         await receiver.start()
         try:
-            for frames in (struct.pack(">I", 2) + b"[]" + struct.pack(">I", 1 << 30),  # message over the limit
+            for frames in (struct.pack(">I", 2) + b"{}" + struct.pack(">I", 1 << 30),  # message over the limit
+                           struct.pack(">I", 2) + b"[]" + struct.pack(">I", 0),  # a header that is not an object
                            struct.pack(">I", 3) + b"{x}" + struct.pack(">I", 0),  # metadata that is not JSON
                            struct.pack(">I", 1 << 30)):  # metadata over its limit
                 reader, writer = await asyncio.open_unix_connection(path)

@@ -83,6 +83,37 @@ def test_batcher_merges_concurrent_requests_and_refuses_when_full():
     assert batches[0] == 1 and sum(batches[1:]) == 6 and len(batches) <= 3  # 6 queued images merged
 
 
+def test_a_request_whose_caller_stopped_waiting_is_dropped_from_the_batch_queue():
+    gate, batches = threading.Event(), []
+
+    def infer(batch, size):
+        gate.wait(5)
+        batches.append(batch.reshape(len(batch), -1)[:, 0].tolist())
+        return np.zeros((len(batch), 2), np.float32)
+
+    batcher = MicroBatcher(infer, BatchPlan.for_device(8, on_gpu=False), max_queue_images=8)
+
+    async def scenario():
+        first = asyncio.ensure_future(batcher.submit(np.full((1, 1, 1, 1), 1, np.uint8)))
+        await asyncio.sleep(0.2)  # the inference thread holds the first job, blocked on the gate
+        given_up = asyncio.ensure_future(batcher.submit(np.full((2, 1, 1, 1), 2, np.uint8)))
+        kept = asyncio.ensure_future(batcher.submit(np.full((1, 1, 1, 1), 3, np.uint8)))
+        await asyncio.sleep(0.05)
+        assert batcher.queued_images == 3
+        given_up.cancel()  # its caller's deadline passed
+        await asyncio.sleep(0.05)
+        gate.set()
+        await first, await kept
+        with pytest.raises(asyncio.CancelledError):
+            await given_up
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert batches == [[1], [3]] and batcher.queued_images == 0  # the abandoned images never ran
+
+
 def test_batcher_delivers_inference_failures_to_the_waiting_requests():
     def infer(batch, size):
         raise RuntimeError("boom")

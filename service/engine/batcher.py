@@ -6,7 +6,9 @@ bigger batches; ``batch_wait_ms`` optionally waits a little longer for straggler
 batch sizes ever reach the session (``BatchPlan``): on CPU a batch is split into power-of-two
 chunks (no wasted compute), on GPU it is padded up to the next size (one launch). Each size is
 warmed at start. When more than ``max_queue_images`` images wait, ``submit`` raises
-``Overloaded`` at once (HTTP 503) instead of letting latency grow without bound.
+``Overloaded`` at once (HTTP 503) instead of letting latency grow without bound. A request whose
+``submit`` is cancelled while it waits (its caller gave up: a deadline passed) leaves the queue
+unrun: the inference thread drops it when it takes the next batch.
 """
 from __future__ import annotations
 
@@ -88,6 +90,7 @@ class _Job:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     queued_at: float = field(default_factory=time.perf_counter)
+    abandoned: bool = False  # set on the event loop when the caller stops waiting; read by the inference thread
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,11 @@ class MicroBatcher:
             self._queue.append(job)
             self._queued_images += len(pixels)
             self._cond.notify()
-        return await job.future
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            job.abandoned = True  # not run if the inference thread has not taken it yet
+            raise
 
     def close(self) -> None:
         with self._cond:
@@ -155,21 +162,24 @@ class MicroBatcher:
         self._thread.join(timeout=10)
 
     def _take(self) -> list[_Job] | None:
-        with self._cond:
-            while not self._queue and not self._closed:
-                self._cond.wait()
-            if not self._queue:
-                return None
-        if self._wait_s:
-            time.sleep(self._wait_s)
+        """The next batch's jobs (abandoned ones dropped); None once closed and empty."""
         jobs: list[_Job] = []
-        with self._cond:
-            images = 0
-            while self._queue and (not jobs or images + len(self._queue[0].pixels) <= self._max_batch):
-                job = self._queue.popleft()
-                jobs.append(job)
-                images += len(job.pixels)
-            self._queued_images -= images
+        while not jobs:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return None
+            if self._wait_s:
+                time.sleep(self._wait_s)
+            with self._cond:
+                images = 0
+                while self._queue and (not jobs or images + len(self._queue[0].pixels) <= self._max_batch):
+                    job = self._queue.popleft()
+                    self._queued_images -= len(job.pixels)
+                    if not job.abandoned:
+                        jobs.append(job)
+                        images += len(job.pixels)
         return jobs
 
     def _loop(self) -> None:

@@ -8,12 +8,16 @@ median, 28 ms at p90, 80 ms at p99. Here the sender's event loop writes the call
 socket and the receiver's event loop reads it: no other thread takes part.
 
 One exchange at a time per connection (a connection is reused once its answer came; a sender opens more
-for calls at once). The call: metadata length (4 bytes, big-endian), the metadata as JSON (a list of
-``[key, value]``: the call's ``authorization``), the message length, the message (ModelInfer's request as
-the client sent it). The answer: a status byte (0 = OK, else the gRPC status code's value), its length,
-and its bytes (the serialised response, or the error's details in UTF-8). The receiver runs the call
-through the same handler as a gRPC call that reached it (``context`` here: ``HandedContext``), as a
-handed call (admitted while draining, never handed on); lengths are bounded (``--max-body-bytes``).
+for calls at once). The call: header length (4 bytes, big-endian), the header as JSON (``metadata``: a list
+of ``[key, value]``, the call's ``authorization``; ``timeout``: the seconds left to the call's deadline, or
+null), the message length, the message (ModelInfer's request as the client sent it). The sender gives up
+when the time is up (the client gets DEADLINE_EXCEEDED there); the receiver stops the handler then too
+(cancelled: a request still waiting for inference is dropped from the batch queue), so a call nobody
+waits for any longer costs no more of its CPU. The answer: a status byte (0 = OK, else the gRPC status
+code's value), its length, and its bytes (the serialised response, or the error's details in UTF-8). The
+receiver runs the call through the same handler as a gRPC call that reached it (``context`` here:
+``HandedContext``), as a handed call (admitted while draining, never handed on); lengths are bounded
+(``--max-body-bytes``).
 """
 from __future__ import annotations
 
@@ -52,7 +56,7 @@ class HandedContext:
         return self.metadata
 
     def time_remaining(self) -> None:
-        return None  # the sender keeps the deadline
+        return None  # the sender keeps the deadline (the receiver stops the handler when it passes)
 
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
         raise Aborted(code, details)
@@ -78,22 +82,26 @@ class Receiver:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                metadata = json.loads(await _read_frame(reader, MAX_METADATA_BYTES))
+                header = json.loads(await _read_frame(reader, MAX_METADATA_BYTES))
                 message = await _read_frame(reader, self.max_message_bytes)
-                status, answer = await self._run(message, [(str(k), str(v)) for k, v in metadata])
+                metadata = [(str(key), str(value)) for key, value in header["metadata"]]
+                timeout = header.get("timeout")
+                status, answer = await self._run(message, metadata, None if timeout is None else float(timeout))
                 writer.write(STATUS.pack(status) + LENGTH.pack(len(answer)) + answer)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the sender closed its end
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             log.warning("a worker handed a malformed call (%s): connection closed", exc)
         finally:
             writer.close()
 
-    async def _run(self, message: bytes, metadata: list[tuple[str, str]]) -> tuple[int, bytes]:
+    async def _run(self, message: bytes, metadata: list[tuple[str, str]], timeout: float | None) -> tuple[int, bytes]:
         try:
-            response = await self.handler(message, HandedContext(metadata))
+            response = await asyncio.wait_for(self.handler(message, HandedContext(metadata)), timeout)
             return 0, response.SerializeToString()
+        except asyncio.TimeoutError:  # the sender has given up already: stop spending CPU on the call
+            return grpc.StatusCode.DEADLINE_EXCEEDED.value[0], b"Deadline Exceeded"
         except Aborted as exc:
             return exc.code.value[0], exc.details.encode()
         except Exception:  # noqa: BLE001 - the sender runs the call itself on INTERNAL
@@ -119,7 +127,7 @@ class Sender:
         asyncio.IncompleteReadError when it is not there or went away, TimeoutError after ``timeout``."""
         reader, writer = self.idle.pop() if self.idle else await asyncio.open_unix_connection(self.path)
         try:
-            header = json.dumps(metadata).encode()
+            header = json.dumps({"metadata": metadata, "timeout": timeout}).encode()
             writer.write(LENGTH.pack(len(header)) + header + LENGTH.pack(len(message)) + message)
             status, answer = await asyncio.wait_for(self._answer(reader, writer), timeout)
         except BaseException:
