@@ -45,3 +45,13 @@ def encode(image: Image.Image, fmt: str = "PNG", **save_args) -> bytes:
 @pytest.fixture
 def rgb_png_bytes() -> bytes:
     return encode(make_image(80, 60))
+
+
+def metric_values(text: str) -> dict[str, float]:
+    """Prometheus text (``GET /metrics``) as ``{series with its labels: value}``."""
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, value = line.rsplit(" ", 1)
+            values[series] = float(value)
+    return values

@@ -3,7 +3,6 @@
 method, model and reason, and the start-time checks of the port (exit 2, one line)."""
 from __future__ import annotations
 
-import re
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from imgcls.service.host.launcher import LOOPBACK, child_environment, free_port, start_server
-from tests.conftest import encode, make_image
+from tests.conftest import encode, make_image, metric_values
 from tests.factories import make_tiny_bundle, start_keyed_server
 
 pytestmark = pytest.mark.slow  # a bundle export and a server start
@@ -51,11 +50,8 @@ def image_input() -> triton.InferInput:
 
 
 def grpc_counts(server) -> dict[str, float]:
-    """``imgcls_oip_requests`` of the gRPC routes, and the gRPC call durations' counts by method."""
-    text = httpx.get(server.url + "/metrics", timeout=10, trust_env=False).text  # metrics: public by default
-    names = r'imgcls_oip_requests_total\{.*route="grpc:|imgcls_grpc_request_duration_seconds_count\{'
-    pattern = rf'^((?:{names}).*\}}) (\S+)$'
-    return {series: float(value) for series, value in re.findall(pattern, text, re.M)}
+    """Every series of the server's metrics (the gRPC routes' counts, the gRPC call durations' by method)."""
+    return metric_values(httpx.get(server.url + "/metrics", timeout=10, trust_env=False).text)  # public by default
 
 
 def test_api_keys_over_grpc(server, client):

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import encode, make_image
+from tests.conftest import encode, make_image, metric_values as parse_metrics
 from tests.factories import make_tiny_bundle
 from imgcls.service.predictor import Predictor
 from imgcls.service.host.launcher import start_server
@@ -236,13 +236,7 @@ def test_openapi_documents_every_request_form_and_error(client):
 
 
 def metric_values(client) -> dict[str, float]:
-    text = client.get("/metrics").text
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
-    return values
+    return parse_metrics(client.get("/metrics").text)
 
 
 def metric_sum(client, prefix: str) -> float:
