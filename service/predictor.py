@@ -27,6 +27,7 @@ from imgcls.models.core.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS,
 from imgcls.models.core import bundle as bundle_checks
 from imgcls.models.core.bundle import BundleError
 from imgcls.models.core.prefetch import decoded_batches, stack_decoded
+from imgcls.service.engine.priority import lower_this_thread
 from imgcls.service.prediction import Prediction, top_k_indices
 from imgcls.service.precision import AUTO, choose
 from imgcls.service.runtime import CUDA, DeviceError, RuntimeConfig, available_cpus, create_session, wants_cuda
@@ -51,7 +52,7 @@ class Predictor:
         self, *, card: ModelCard, session: Any, provider: str, precision: str, model_path: Path,
         model_version: str, input_name: str, output_name: str, runtime: RuntimeConfig,
         max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
-        decode_threads: int | None = None,
+        decode_threads: int | None = None, decode_niceness: int = 0,
     ) -> None:
         self.card = card
         self.session = session
@@ -63,6 +64,7 @@ class Predictor:
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.decode_threads = decode_threads or max(1, round(available_cpus() / runtime.workers))
+        self.decode_niceness = decode_niceness  # of the decode threads (imgcls.service.engine.priority)
         self._input_name = input_name
         self._output_name = output_name
         self._pool: ThreadPoolExecutor | None = None
@@ -73,14 +75,15 @@ class Predictor:
         cls, bundle_dir: str | Path, *, precision: str = "fp32", device: str = "auto",
         threads: int | None = None, workers: int = 1, decode_threads: int | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
-        runtime: RuntimeConfig | None = None,
+        runtime: RuntimeConfig | None = None, decode_niceness: int = 0,
     ) -> "Predictor":
         """Open ``bundle_dir`` or raise ``BundleError`` (bundle) / ``DeviceError`` (provider).
 
         ``precision``: fp32, int8, fp16 or ``auto`` (``imgcls.service.precision.choose``: the fastest
         variant that passed its gate on this device and CPU kind; one log line says which and why);
         ``threads``: ONNX Runtime intra-op threads (default: usable CPUs / ``workers``);
-        ``decode_threads``: the pool ``predict`` decodes in; ``runtime``, when given, replaces
+        ``decode_threads``: the pool ``predict`` decodes in (at ``decode_niceness``:
+        ``imgcls.service.engine.priority``); ``runtime``, when given, replaces
         ``device``/``threads``/``workers`` (CUDA options, thread spinning).
         """
         bundle_dir = Path(bundle_dir)
@@ -101,12 +104,12 @@ class Predictor:
             log.warning("%s: ONNX Runtime runs on %s, not the GPU: choosing the precision again for the CPU",
                         bundle_dir, provider)
             return cls.load(bundle_dir, precision=AUTO, runtime=replace(runtime, device="cpu"), max_bytes=max_bytes,
-                            max_pixels=max_pixels, decode_threads=decode_threads)
+                            max_pixels=max_pixels, decode_threads=decode_threads, decode_niceness=decode_niceness)
         return cls(
             card=card, session=session, provider=provider, precision=precision, model_path=path,
             model_version=bundle_checks.model_version(bundle_dir, digest), input_name=input_name,
             output_name=output_name, runtime=runtime, max_bytes=max_bytes, max_pixels=max_pixels,
-            decode_threads=decode_threads,
+            decode_threads=decode_threads, decode_niceness=decode_niceness,
         )
 
     # ------------------------------------------------------------ properties
@@ -179,7 +182,8 @@ class Predictor:
         """The process's decode threads (created on first use, ``decode_threads`` of them)."""
         with self._pool_lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="imgcls-decode")
+                self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="imgcls-decode",
+                                                initializer=lower_this_thread, initargs=(self.decode_niceness,))
             return self._pool
 
     def predict_batches(

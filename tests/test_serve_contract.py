@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,10 +17,12 @@ import pytest
 from imgcls.service.host.config import ConfigError, ServiceConfig
 from imgcls.service.host.launcher import start_server
 from imgcls.service.host.serve import FLAG_FIELDS, build_parser, config_from
+from tests.conftest import encode, make_image
 from tests.factories import make_tiny_bundle
 
 # a valid value for each flag that differs from its default
 VALUES = {"device": "cpu", "precision": "int8", "workers": "3", "threads": "2", "decode_threads": "3",
+          "work_niceness": "5",
           "max_batch_size": "4", "batch_wait_ms": "2.5", "max_queue_images": "300", "max_body_bytes": "1000",
           "max_images": "5", "max_image_bytes": "999", "max_pixels": "12345", "default_top_k": "2",
           "timeout": "7.5", "max_concurrency": "9", "model_name": "my-model", "grace": "4.5",
@@ -56,6 +60,8 @@ def test_bad_values_name_the_flag_and_the_variable(tmp_path):
         config_from(args, {})
     with pytest.raises(ConfigError, match="IMGCLS_TIMEOUT: expected a float"):
         ServiceConfig.from_env({"IMGCLS_TIMEOUT": "soon"})
+    with pytest.raises(ConfigError, match="--work-niceness / IMGCLS_WORK_NICENESS must be 0-19, got 20"):
+        ServiceConfig(work_niceness=20)
     assert dataclasses.replace(ServiceConfig(), timeout=3.0).to_env()["IMGCLS_TIMEOUT"] == "3.0"
 
 
@@ -79,6 +85,33 @@ def test_get_classify_answers_json_405(server):
             error = response.json()["error"]
             assert (error["status"], error["reason"]) == (405, "method_not_allowed") and "POST" in error["message"]
         assert client.get("/readyz").status_code == 200  # the server is unharmed
+
+
+def worker_threads(supervisor: int) -> dict[int, dict[int, int]]:
+    """The server's worker processes (descendants running BentoML's worker) -> their threads -> nice value."""
+    found, todo = {}, [supervisor]
+    while todo:
+        pid = todo.pop()
+        todo += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            found[pid] = {int(tid): int(stat.read_text().rsplit(")", 1)[1].split()[16])  # field 19: nice
+                          for stat in Path(f"/proc/{pid}/task").glob("*/stat") for tid in [stat.parent.name]}
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice values are per thread on Linux only")
+def test_computing_threads_yield_to_the_request_threads(server):
+    with httpx.Client(base_url=server.url, timeout=30.0) as client:  # the decode pool starts with the first image
+        response = client.post("/classify", files=[("images", ("a.png", encode(make_image()), "image/png"))])
+        assert response.status_code == 200, response.text
+    workers = worker_threads(server.process.pid)
+    assert workers and all(threads[pid] == 0 for pid, threads in workers.items())  # the event loops keep theirs
+    niceness = ServiceConfig().work_niceness
+    lowered = {pid: sum(nice == niceness for nice in threads.values()) for pid, threads in workers.items()}
+    assert min(lowered.values()) >= 1, workers  # every worker's inference thread
+    assert max(lowered.values()) >= 2, workers  # and the answering worker's decode thread (started on demand)
+    assert all(set(threads.values()) <= {0, niceness} for threads in workers.values()), workers
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from imgcls.service.engine.priority import lower_this_thread
 from imgcls.service.engine.types import Overloaded  # noqa: F401  (raised here, typed for the protocols)
 
 # Default largest batch. On one ORT thread a batch is no cheaper per image (MobileNet-v2 7.5-8.6 ms at
@@ -113,12 +114,13 @@ class MicroBatcher:
     """One inference thread fed by an unbounded-in-time but bounded-in-size queue."""
 
     def __init__(self, infer: InferFn, plan: BatchPlan, *, max_queue_images: int, batch_wait_ms: float = 0.0,
-                 on_batch: Callable[[BatchReport], None] | None = None) -> None:
+                 on_batch: Callable[[BatchReport], None] | None = None, niceness: int = 0) -> None:
         self._infer, self._plan = infer, plan
         self._max_batch = plan.sizes[-1]
         self._max_queue = max_queue_images
         self._wait_s = batch_wait_ms / 1000.0
         self._on_batch = on_batch
+        self._niceness = niceness  # the inference thread's (imgcls.service.engine.priority)
         self._queue: deque[_Job] = deque()
         self._queued_images = 0
         self._cond = threading.Condition()
@@ -183,6 +185,7 @@ class MicroBatcher:
         return jobs
 
     def _loop(self) -> None:
+        lower_this_thread(self._niceness)
         while (jobs := self._take()) is not None:
             started = time.perf_counter()
             try:

@@ -42,12 +42,13 @@ class LoadedModel:
         self.predictor = Predictor.load(
             bundle, precision=settings.precision, device=settings.device, threads=settings.threads or None,
             workers=settings.workers, decode_threads=settings.decode_threads,
-            max_bytes=settings.max_image_bytes, max_pixels=settings.max_pixels,
+            max_bytes=settings.max_image_bytes, max_pixels=settings.max_pixels, decode_niceness=settings.work_niceness,
         )
         self.plan = BatchPlan.for_device(settings.max_batch_size, on_gpu=self.predictor.provider == CUDA,
                                          threads=self.predictor.runtime.intra_op_threads())
         self.batcher = MicroBatcher(self.predictor.infer, self.plan, max_queue_images=settings.max_queue_images,
-                                    batch_wait_ms=settings.batch_wait_ms, on_batch=self._record_batch)
+                                    batch_wait_ms=settings.batch_wait_ms, on_batch=self._record_batch,
+                                    niceness=settings.work_niceness)
         self.info = ModelInfo(name=name, version=self.predictor.model_version, arch=self.predictor.card.arch,
                               precision=self.predictor.precision, provider=self.predictor.provider)
         self._warm = threading.Event()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
 from imgcls.models.core.errors import ConfigError
+from imgcls.service.engine.priority import MAX_NICENESS
 from imgcls.service.engine.settings import EngineSettings, check_model_name
 from imgcls.service.engine.types import BadParameter
 
@@ -31,6 +32,7 @@ class ServiceConfig:
     workers: int = 0  # BentoML worker processes; 0 = auto: one per CPU we may use (cgroup quota, affinity), 1 on a GPU
     threads: int = 0  # ONNX Runtime intra-op threads per worker; 0 = the CPUs we may use / workers
     decode_threads: int = 2  # threads per worker decoding and resizing uploads
+    work_niceness: int = 10  # nice value added to the inference and decode threads (0-19; 0 = off)
     max_batch_size: int = 0  # images per inference call (concurrent requests are merged); 0 = auto (batcher.BatchPlan)
     batch_wait_ms: float = 0.0  # extra wait for more images before a batch runs (0: natural batching)
     max_queue_images: int = 256  # images waiting for inference per worker before answering 503
@@ -72,6 +74,8 @@ class ServiceConfig:
         from imgcls.service.host.auth import public_groups
 
         public_groups(self.public_routes)  # ConfigError naming an unknown group
+        if not 0 <= self.work_niceness <= MAX_NICENESS:
+            raise ConfigError(f"{setting_name('work_niceness')} must be 0-{MAX_NICENESS}, got {self.work_niceness}")
         for name in ("workers", "threads", "max_batch_size", "batch_wait_ms", "max_concurrency", "warmup_delay_s",
                      "poll_s", "grpc_port"):
             if getattr(self, name) < 0:

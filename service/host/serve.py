@@ -36,7 +36,7 @@ SERVICE = "imgcls.service.host.service:ImageClassifier"
 APP_ROOT = Path(imgcls.__file__).resolve().parents[1]  # the directory from which `imgcls` imports
 FLAG_FIELDS = {  # flag -> ServiceConfig field (help text comes from the field comment in config.py)
     "device": "device", "precision": "precision", "workers": "workers", "threads": "threads",
-    "decode_threads": "decode_threads", "max_batch_size": "max_batch_size", "batch_wait_ms": "batch_wait_ms",
+    "decode_threads": "decode_threads", "work_niceness": "work_niceness", "max_batch_size": "max_batch_size", "batch_wait_ms": "batch_wait_ms",
     "max_queue_images": "max_queue_images", "max_body_bytes": "max_body_bytes", "max_images": "max_images",
     "max_image_bytes": "max_image_bytes", "max_pixels": "max_pixels", "default_top_k": "default_top_k",
     "timeout": "timeout", "max_concurrency": "max_concurrency", "model_name": "model_name", "grace": "grace",
@@ -51,6 +51,9 @@ FLAG_HELP = {  # what each flag does; the variable and default are appended
                "affinity), one on a GPU; 1 = lowest memory and single-request latency",
     "threads": "ONNX Runtime intra-op threads per worker; 0 = auto (usable CPUs / workers)",
     "decode_threads": "threads per worker decoding and resizing uploaded images",
+    "work_niceness": "added to the nice value of each worker's inference and decode threads (0-19), so that the "
+                     "threads moving requests (event loop, gRPC) run first when the CPUs are busy: a shorter "
+                     "latency tail; 0 = off (other programs in the same cgroup also run before those threads)",
     "max_batch_size": "most images per inference call (concurrent requests are merged up to this); 0 = auto: "
                       "on CPU 2 with one ONNX Runtime thread per worker (bigger batches are no faster per image "
                       "there and cost memory), 8 with more; 16 on a GPU",
