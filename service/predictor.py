@@ -27,9 +27,9 @@ from imgcls.models.core.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS,
 from imgcls.models.core import bundle as bundle_checks
 from imgcls.models.core.bundle import BundleError
 from imgcls.models.core.prefetch import decoded_batches, stack_decoded
-from imgcls.service.engine.priority import lower_this_thread
 from imgcls.service.prediction import Prediction, top_k_indices
 from imgcls.service.precision import AUTO, choose
+from imgcls.service.priority import lower_this_thread
 from imgcls.service.runtime import CUDA, DeviceError, RuntimeConfig, available_cpus, create_session, wants_cuda
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class Predictor:
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.decode_threads = decode_threads or max(1, round(available_cpus() / runtime.workers))
-        self.decode_niceness = decode_niceness  # of the decode threads (imgcls.service.engine.priority)
+        self.decode_niceness = decode_niceness  # of the decode threads (imgcls.service.priority)
         self._input_name = input_name
         self._output_name = output_name
         self._pool: ThreadPoolExecutor | None = None
@@ -83,7 +83,7 @@ class Predictor:
         variant that passed its gate on this device and CPU kind; one log line says which and why);
         ``threads``: ONNX Runtime intra-op threads (default: usable CPUs / ``workers``);
         ``decode_threads``: the pool ``predict`` decodes in (at ``decode_niceness``:
-        ``imgcls.service.engine.priority``); ``runtime``, when given, replaces
+        ``imgcls.service.priority``); ``runtime``, when given, replaces
         ``device``/``threads``/``workers`` (CUDA options, thread spinning).
         """
         bundle_dir = Path(bundle_dir)

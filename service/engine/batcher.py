@@ -21,8 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from imgcls.service.engine.priority import lower_this_thread
 from imgcls.service.engine.types import Overloaded  # noqa: F401  (raised here, typed for the protocols)
+from imgcls.service.priority import lower_this_thread
 
 # Default largest batch. On one ORT thread a batch is no cheaper per image (MobileNet-v2 7.5-8.6 ms at
 # batch 1-8, 9.0-9.3 at 16; ResNet-50 77-85 ms at 1-8) and each doubling adds activations (MobileNet-v2
@@ -120,7 +120,7 @@ class MicroBatcher:
         self._max_queue = max_queue_images
         self._wait_s = batch_wait_ms / 1000.0
         self._on_batch = on_batch
-        self._niceness = niceness  # the inference thread's (imgcls.service.engine.priority)
+        self._niceness = niceness  # the inference thread's (imgcls.service.priority)
         self._queue: deque[_Job] = deque()
         self._queued_images = 0
         self._cond = threading.Condition()

@@ -21,7 +21,7 @@ class EngineSettings:
     workers: int = 1  # worker processes sharing the CPUs (threads per worker derive from it)
     threads: int = 0  # ONNX Runtime intra-op threads; 0 = the CPUs we may use / workers
     decode_threads: int = 2
-    work_niceness: int = 10  # added to the nice value of the inference and decode threads (engine.priority)
+    work_niceness: int = 10  # added to the nice value of the inference and decode threads (imgcls.service.priority)
     max_batch_size: int = 0  # 0 = auto (batcher.BatchPlan)
     batch_wait_ms: float = 0.0
     max_queue_images: int = 256
