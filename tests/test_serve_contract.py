@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.peer_servers import tree_pids
 from imgcls.service.host.config import ConfigError, ServiceConfig
 from imgcls.service.host.launcher import start_server
 from imgcls.service.host.serve import FLAG_FIELDS, build_parser, config_from
@@ -89,14 +90,9 @@ def test_get_classify_answers_json_405(server):
 
 def worker_threads(supervisor: int) -> dict[int, dict[int, int]]:
     """The server's worker processes (descendants running BentoML's worker) -> their threads -> nice value."""
-    found, todo = {}, [supervisor]
-    while todo:
-        pid = todo.pop()
-        todo += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            found[pid] = {int(tid): int(stat.read_text().rsplit(")", 1)[1].split()[16])  # field 19: nice
-                          for stat in Path(f"/proc/{pid}/task").glob("*/stat") for tid in [stat.parent.name]}
-    return found
+    return {pid: {int(stat.parent.name): int(stat.read_text().rsplit(")", 1)[1].split()[16])  # field 19: nice
+                  for stat in Path(f"/proc/{pid}/task").glob("*/stat")}
+            for pid in tree_pids(supervisor) if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes()}
 
 
 @pytest.mark.slow

@@ -42,7 +42,8 @@ class LoadedModel:
         self.predictor = Predictor.load(
             bundle, precision=settings.precision, device=settings.device, threads=settings.threads or None,
             workers=settings.workers, decode_threads=settings.decode_threads,
-            max_bytes=settings.max_image_bytes, max_pixels=settings.max_pixels, decode_niceness=settings.work_niceness,
+            max_bytes=settings.max_image_bytes, max_pixels=settings.max_pixels,
+            decode_niceness=settings.work_niceness,
         )
         self.plan = BatchPlan.for_device(settings.max_batch_size, on_gpu=self.predictor.provider == CUDA,
                                          threads=self.predictor.runtime.intra_op_threads())

@@ -11,9 +11,9 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
 from imgcls.models.core.errors import ConfigError
-from imgcls.service.priority import MAX_NICENESS
 from imgcls.service.engine.settings import EngineSettings, check_model_name
 from imgcls.service.engine.types import BadParameter
+from imgcls.service.priority import MAX_NICENESS
 
 PREFIX = "IMGCLS_"
 DEVICES = ("auto", "cpu", "cuda")

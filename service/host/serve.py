@@ -36,7 +36,8 @@ SERVICE = "imgcls.service.host.service:ImageClassifier"
 APP_ROOT = Path(imgcls.__file__).resolve().parents[1]  # the directory from which `imgcls` imports
 FLAG_FIELDS = {  # flag -> ServiceConfig field (help text comes from the field comment in config.py)
     "device": "device", "precision": "precision", "workers": "workers", "threads": "threads",
-    "decode_threads": "decode_threads", "work_niceness": "work_niceness", "max_batch_size": "max_batch_size", "batch_wait_ms": "batch_wait_ms",
+    "decode_threads": "decode_threads", "work_niceness": "work_niceness", "max_batch_size": "max_batch_size",
+    "batch_wait_ms": "batch_wait_ms",
     "max_queue_images": "max_queue_images", "max_body_bytes": "max_body_bytes", "max_images": "max_images",
     "max_image_bytes": "max_image_bytes", "max_pixels": "max_pixels", "default_top_k": "default_top_k",
     "timeout": "timeout", "max_concurrency": "max_concurrency", "model_name": "model_name", "grace": "grace",
