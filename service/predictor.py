@@ -29,7 +29,7 @@ from imgcls.models.core.bundle import BundleError
 from imgcls.models.core.prefetch import decoded_batches, stack_decoded
 from imgcls.service.prediction import Prediction, top_k_indices
 from imgcls.service.precision import AUTO, choose
-from imgcls.service.priority import lower_this_thread
+from imgcls.service.priority import as_computing_thread
 from imgcls.service.runtime import CUDA, DeviceError, RuntimeConfig, available_cpus, create_session, wants_cuda
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ class Predictor:
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="imgcls-decode",
-                                                initializer=lower_this_thread, initargs=(self.decode_niceness,))
+                                                initializer=as_computing_thread, initargs=(self.decode_niceness,))
             return self._pool
 
     def predict_batches(

@@ -19,6 +19,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from imgcls.models.core.cpu import machine_cores
+from imgcls.service.priority import on_all_cpus
 
 log = logging.getLogger(__name__)
 
@@ -221,13 +222,16 @@ def create_session(model: str | Path | bytes, config: RuntimeConfig) -> tuple[or
     providers = _providers_for(config)
     source = model if isinstance(model, bytes) else str(model)
     try:
-        session = ort.InferenceSession(source, sess_options=session_options(config, providers == [CPU]),
-                                       providers=providers)
+        with on_all_cpus():  # its intra-op threads start here: never tied to a worker's request CPU
+            session = ort.InferenceSession(source, sess_options=session_options(config, providers == [CPU]),
+                                           providers=providers)
     except ort_state.EPFail as exc:
         if config.device == "cuda":
             raise DeviceError(f"CUDAExecutionProvider failed to start: {exc}") from exc
         log.warning("device auto: CUDAExecutionProvider failed to start (%s); running on CPU", exc)
-        session = ort.InferenceSession(source, sess_options=session_options(config, cpu_only=True), providers=[CPU])
+        with on_all_cpus():
+            session = ort.InferenceSession(source, sess_options=session_options(config, cpu_only=True),
+                                           providers=[CPU])
     running = session.get_providers()[0]
     asked_cuda = providers[0] != CPU
     if asked_cuda and running != CUDA:

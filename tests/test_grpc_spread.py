@@ -6,8 +6,10 @@ arguments share it), which one worker accepted: without handing calls over, the 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -19,6 +21,8 @@ from benchmarks.peer_servers import cpu_seconds
 from imgcls.service.host import grpc_spread
 from imgcls.service.host.launcher import LOOPBACK, free_port, start_server
 from imgcls.service.host.worker_board import WorkerBoard
+from imgcls.service.priority import io_cpu
+from imgcls.service.runtime import cgroup_cpu_limit
 from imgcls.service.protocols.oip_grpc.servicer import Forwarded
 from tests.conftest import encode, make_image, metric_values
 from tests.factories import make_tiny_bundle
@@ -40,6 +44,35 @@ def worker_cpu(server) -> dict[int, float]:
     workers = {pid: used for pid, used in spent.items()
                if "_bentoml_impl.worker" in open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")}
     return workers
+
+
+def thread_placement(pid: int) -> dict[int, tuple[str, int, set[int]]]:
+    """A process's threads -> (name, nice value, the CPUs it may run on)."""
+    placement = {}
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        text, tid = stat.read_text(), int(stat.parent.name)
+        fields = text.rsplit(")", 1)[1].split()
+        placement[tid] = (text[text.index("(") + 1:text.rindex(")")], int(fields[16]), os.sched_getaffinity(tid))
+    return placement
+
+
+def assert_request_threads_have_a_cpu_each(workers: list[int]) -> None:
+    """Each worker's event loop and gRPC threads run on one CPU of their own (when ``io_cpu`` gives one on this
+    machine), its computing threads (raised nice value) on every CPU."""
+    everywhere = os.sched_getaffinity(0)
+    tied = []
+    for pid in workers:
+        threads = thread_placement(pid)
+        loop_cpus = threads[pid][2]  # the main thread runs the event loop
+        grpc_cpus = {frozenset(cpus) for name, _, cpus in threads.values() if name == "event_engine"}
+        computing = [cpus for _, nice, cpus in threads.values() if nice > 0]
+        assert grpc_cpus == {frozenset(loop_cpus)}, threads  # started by the loop thread: tied with it
+        assert len(computing) >= 2 and all(cpus == everywhere for cpus in computing), threads  # inference, decode
+        tied.append(loop_cpus)
+    if io_cpu(1, 2, cgroup_cpu_limit()) is None:  # one CPU here, or a CPU quota below the CPUs visible: nothing is tied
+        assert all(cpus == everywhere for cpus in tied), tied
+    else:
+        assert all(len(cpus) == 1 for cpus in tied) and tied[0] != tied[1], tied
 
 
 def test_calls_on_one_connection_run_on_both_workers(tmp_path):
@@ -75,6 +108,7 @@ def test_calls_on_one_connection_run_on_both_workers(tmp_path):
             thread.join(60)
         after = worker_cpu(server)
         metrics = httpx.get(server.url + "/metrics", timeout=10, trust_env=False).text
+        assert_request_threads_have_a_cpu_each(list(after))
     finally:
         assert server.stop() == 0
     used = sorted(after[pid] - before.get(pid, 0.0) for pid in after)

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from imgcls.service.engine.types import Overloaded  # noqa: F401  (raised here, typed for the protocols)
-from imgcls.service.priority import lower_this_thread
+from imgcls.service.priority import as_computing_thread
 
 # Default largest batch. On one ORT thread a batch is no cheaper per image (MobileNet-v2 7.5-8.6 ms at
 # batch 1-8, 9.0-9.3 at 16; ResNet-50 77-85 ms at 1-8) and each doubling adds activations (MobileNet-v2
@@ -185,7 +185,7 @@ class MicroBatcher:
         return jobs
 
     def _loop(self) -> None:
-        lower_this_thread(self._niceness)
+        as_computing_thread(self._niceness)
         while (jobs := self._take()) is not None:
             started = time.perf_counter()
             try:

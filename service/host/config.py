@@ -45,6 +45,7 @@ class ServiceConfig:
     max_concurrency: int = 0  # BentoML traffic.max_concurrency (answers 429); 0 = unlimited
     access_log: bool = False  # BentoML's per-request access log lines
     balance_connections: bool = True  # least-connections accept across workers (see service/host/accept.py)
+    pin_io_threads: bool = True  # with several workers: each worker's request threads on a CPU of its own
     grace: float = 8.0  # after SIGTERM: seconds to answer accepted requests (fits docker stop's 10 s)
     state_dir: str = ""  # shared by the workers of one server: readiness markers
     api_keys_file: str = ""  # one API key per line: then inference and repository routes need Authorization: Bearer

@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "it, clients that connect together often all land on one worker) and, with --grpc-port, "
                              "gRPC inference calls (each runs on the least busy worker); "
                              "$IMGCLS_BALANCE_CONNECTIONS (default on)")
+    parser.add_argument("--pin-io-threads", dest="pin_io_threads", action=argparse.BooleanOptionalAction,
+                        default=None,
+                        help="with several workers, run each worker's request threads (event loop, gRPC) on a CPU "
+                             "of its own, so a request never waits behind another worker's (the computing threads "
+                             "still use every CPU; skipped under a CPU quota smaller than the CPUs visible); "
+                             "$IMGCLS_PIN_IO_THREADS (default on)")
     return parser
 
 
@@ -140,7 +146,8 @@ def port_problem(host: str, port: int) -> str | None:
 
 def config_from(args: argparse.Namespace, environ: dict[str, str]) -> ServiceConfig:
     base = ServiceConfig.from_env(environ)
-    flags = {name: getattr(args, name) for name in [*FLAG_FIELDS.values(), "access_log", "balance_connections"]
+    flags = {name: getattr(args, name) for name in [*FLAG_FIELDS.values(), "access_log", "balance_connections",
+                                                     "pin_io_threads"]
              if getattr(args, name) is not None}
     sources = args.bundle or ServiceConfig(bundle=environ.get(env_name("bundle"), "")).bundles
     resolved = [source if source.startswith("bentoml:") else str(Path(source).resolve()) for source in sources]

@@ -40,6 +40,7 @@ from imgcls.service.host.metrics import (HTTPMetricsMiddleware, ServiceMetrics, 
 from imgcls.service.host.private import worker_index
 from imgcls.service.host.server_metrics import ServerCollector
 from imgcls.service.host.timeout import Timeout
+from imgcls.service.priority import io_cpu, pin_this_thread
 from imgcls.service.protocols.classify import encode
 from imgcls.service.protocols.classify.schemas import REASON_STATUS, ClassifyResponse, error_body
 from imgcls.service.protocols.classify.uploads import RequestRejected, parse_request
@@ -131,6 +132,7 @@ class ImageClassifier:
     """Image classification with an imgcls bundle (ONNX Runtime), batching concurrent requests."""
 
     def __init__(self) -> None:
+        self._pin_request_threads()
         self.metrics = ServiceMetrics.create()
         self.metrics.initialise(REASON_STATUS)
         install(self.metrics, [ServerCollector(CONFIG.workers, CONFIG.state_dir)])
@@ -167,6 +169,17 @@ class ImageClassifier:
 
             self._grpc = grpc_server.start_in_background(CONFIG, lambda: _CURRENT.get("service"), _BACKGROUND,
                                                          lambda: self._started("grpc"))
+
+    @staticmethod
+    def _pin_request_threads() -> None:
+        """This worker's event loop, and the threads it starts (gRPC's), on a CPU of its own
+        (``imgcls.service.priority``); the computing threads untie themselves."""
+        from imgcls.service.runtime import cgroup_cpu_limit  # ONNX Runtime: in the workers, not the arbiter
+
+        cpu = io_cpu(worker_index(), CONFIG.workers, cgroup_cpu_limit()) if CONFIG.pin_io_threads else None
+        if cpu is not None:
+            pin_this_thread(cpu)
+            log.info("request threads of worker %d on CPU %d", worker_index(), cpu)
 
     @staticmethod
     def _release_timed_requests(server: Any) -> None:
