@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -115,3 +116,25 @@ def test_ctrl_c_exits_130(server):
     os.killpg(server.process.pid, signal.SIGINT)  # what a terminal's Ctrl+C sends: the whole group
     assert server.process.wait(30) == 130, server.log_tail()
     assert "Traceback" not in server.log_tail()
+
+
+@pytest.mark.slow
+def test_the_launcher_starts_again_on_another_port_when_its_choice_was_taken(tmp_path, monkeypatch):
+    from imgcls.service.host import launcher
+
+    with socket.socket() as taken:  # what a client's outgoing connection or another server did meanwhile
+        taken.bind((launcher.LOOPBACK, 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        choices = iter([busy])
+        real_free_port = launcher.free_port
+        monkeypatch.setattr(launcher, "free_port",
+                            lambda host=launcher.LOOPBACK: next(choices, None) or real_free_port(host))
+        server = launcher.start_server(make_tiny_bundle(tmp_path / "bundle"), tmp_path / "serve.log")
+        try:
+            port = int(server.url.rsplit(":", 1)[1])
+            assert port != busy and httpx.get(server.url + "/readyz", timeout=10, trust_env=False).status_code == 200
+        finally:
+            assert server.stop() == 0
+        with pytest.raises(RuntimeError, match="cannot listen on"):  # a port the caller chose is not changed
+            launcher.start_server(make_tiny_bundle(tmp_path / "bundle2"), tmp_path / "serve2.log", port=busy)

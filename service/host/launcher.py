@@ -6,6 +6,7 @@ send. Standard library only, so it works wherever the serving side is installed.
 from __future__ import annotations
 
 import http.client
+import logging
 import os
 import signal
 import socket
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Sequence
 
 import imgcls
+
+log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 
@@ -94,6 +97,10 @@ def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+PORT_TAKEN = ("Could not bind", "cannot listen on")  # BentoML's arbiter, imgcls serve's own check
+PORT_ATTEMPTS = 3
+
+
 def start_server(bundle: Path | str | Sequence[Path | str], log_path: Path | None = None, *, args: Sequence[str] = (),
                  env: dict[str, str] | None = None, ready_timeout: float = 60.0, host: str = LOOPBACK,
                  port: int | None = None) -> Server:
@@ -102,9 +109,24 @@ def start_server(bundle: Path | str | Sequence[Path | str], log_path: Path | Non
 ``bundle``: one bundle or model repository, or several.
 
     Its output goes to ``log_path`` (or this process's stdout/stderr). Raises RuntimeError with the
-    log's tail when it exits or is not ready in time (after stopping it).
+    log's tail when it exits or is not ready in time (after stopping it). Without ``port`` a free one is
+    chosen; when another process binds it first (a client's outgoing connection can take any free port
+    between the choice and the server's bind), the server is started again on another (``log_path``
+    needed to tell), up to ``PORT_ATTEMPTS`` times.
     """
-    port = port or free_port(host)
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            return _start_once(bundle, log_path, args, env, ready_timeout, host, port or free_port(host))
+        except RuntimeError as exc:
+            taken = any(marker in str(exc) for marker in PORT_TAKEN)
+            if port or not taken or attempt == PORT_ATTEMPTS:
+                raise
+            log.warning("the chosen port was taken before the server bound it: starting again on another")
+    raise AssertionError("unreachable")
+
+
+def _start_once(bundle: Path | str | Sequence[Path | str], log_path: Path | None, args: Sequence[str],
+                env: dict[str, str] | None, ready_timeout: float, host: str, port: int) -> Server:
     bundles = [str(bundle)] if isinstance(bundle, (str, Path)) else [str(b) for b in bundle]
     command = [sys.executable, "-m", "imgcls", "serve", *bundles, "--host", host, "--port", str(port), *args]
     log_file = open(log_path, "wb") if log_path else None  # noqa: SIM115 - the child owns it
