@@ -23,8 +23,9 @@ tail. Two measures, both per thread (Linux):
   (``as_computing_thread``) and ONNX Runtime's threads are started untied (``on_all_cpus``), so the
   work still spreads over every CPU. Measured as above (8 rounds, tied and untied side by side): gRPC
   p99 149 -> 104 ms, HTTP p99 144 -> 116 ms, requests per second equal (gRPC 225 -> 228, HTTP 228 ->
-  226). Each worker's request threads use about 15 % of a core. Not done under a CPU quota smaller than the CPUs the process may run on (a shared
-  machine: the tied CPU may be busy with others' work); ``--no-pin-io-threads`` turns it off.
+  226). Each worker's request threads use about 15 % of a core. Not done under a CPU quota smaller
+  than the CPUs the process may run on (a shared machine: the tied CPU may be busy with others'
+  work); ``--no-pin-io-threads`` turns it off.
 
 The nice value is relative to the other threads of the machine's scheduling group (the container's
 or service's cgroup), so other programs that share the cgroup also come first; ``--work-niceness

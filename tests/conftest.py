@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +56,13 @@ def metric_values(text: str) -> dict[str, float]:
             series, value = line.rsplit(" ", 1)
             values[series] = float(value)
     return values
+
+
+def thread_placement(pid: int) -> dict[int, tuple[str, int, set[int]]]:
+    """A process's threads -> (name, nice value, the CPUs it may run on), from /proc (Linux)."""
+    placement = {}
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        text, tid = stat.read_text(), int(stat.parent.name)
+        fields = text.rsplit(")", 1)[1].split()  # fields[16] is field 19 of stat: nice
+        placement[tid] = (text[text.index("(") + 1:text.rindex(")")], int(fields[16]), os.sched_getaffinity(tid))
+    return placement

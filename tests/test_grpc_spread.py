@@ -9,7 +9,6 @@ import asyncio
 import os
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -22,9 +21,9 @@ from imgcls.service.host import grpc_spread
 from imgcls.service.host.launcher import LOOPBACK, free_port, start_server
 from imgcls.service.host.worker_board import WorkerBoard
 from imgcls.service.priority import io_cpu
-from imgcls.service.runtime import cgroup_cpu_limit
 from imgcls.service.protocols.oip_grpc.servicer import Forwarded
-from tests.conftest import encode, make_image, metric_values
+from imgcls.service.runtime import cgroup_cpu_limit
+from tests.conftest import encode, make_image, metric_values, thread_placement
 from tests.factories import make_tiny_bundle
 
 pytestmark = pytest.mark.slow  # a bundle export and a server start
@@ -46,16 +45,6 @@ def worker_cpu(server) -> dict[int, float]:
     return workers
 
 
-def thread_placement(pid: int) -> dict[int, tuple[str, int, set[int]]]:
-    """A process's threads -> (name, nice value, the CPUs it may run on)."""
-    placement = {}
-    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
-        text, tid = stat.read_text(), int(stat.parent.name)
-        fields = text.rsplit(")", 1)[1].split()
-        placement[tid] = (text[text.index("(") + 1:text.rindex(")")], int(fields[16]), os.sched_getaffinity(tid))
-    return placement
-
-
 def assert_request_threads_have_a_cpu_each(workers: list[int]) -> None:
     """Each worker's event loop and gRPC threads run on one CPU of their own (when ``io_cpu`` gives one on this
     machine), its computing threads (raised nice value) on every CPU."""
@@ -69,7 +58,7 @@ def assert_request_threads_have_a_cpu_each(workers: list[int]) -> None:
         assert grpc_cpus == {frozenset(loop_cpus)}, threads  # started by the loop thread: tied with it
         assert len(computing) >= 2 and all(cpus == everywhere for cpus in computing), threads  # inference, decode
         tied.append(loop_cpus)
-    if io_cpu(1, 2, cgroup_cpu_limit()) is None:  # one CPU here, or a CPU quota below the CPUs visible: nothing is tied
+    if io_cpu(1, 2, cgroup_cpu_limit()) is None:  # one CPU, or a quota below the CPUs visible: nothing tied
         assert all(cpus == everywhere for cpus in tied), tied
     else:
         assert all(len(cpus) == 1 for cpus in tied) and tied[0] != tied[1], tied

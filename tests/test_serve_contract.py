@@ -19,7 +19,7 @@ from benchmarks.peer_servers import tree_pids
 from imgcls.service.host.config import ConfigError, ServiceConfig
 from imgcls.service.host.launcher import start_server
 from imgcls.service.host.serve import FLAG_FIELDS, build_parser, config_from
-from tests.conftest import encode, make_image
+from tests.conftest import encode, make_image, thread_placement
 from tests.factories import make_tiny_bundle
 
 # a valid value for each flag that differs from its default
@@ -91,8 +91,7 @@ def test_get_classify_answers_json_405(server):
 
 def worker_threads(supervisor: int) -> dict[int, dict[int, int]]:
     """The server's worker processes (descendants running BentoML's worker) -> their threads -> nice value."""
-    return {pid: {int(stat.parent.name): int(stat.read_text().rsplit(")", 1)[1].split()[16])  # field 19: nice
-                  for stat in Path(f"/proc/{pid}/task").glob("*/stat")}
+    return {pid: {tid: nice for tid, (_, nice, _) in thread_placement(pid).items()}
             for pid in tree_pids(supervisor) if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes()}
 
 

@@ -56,4 +56,5 @@ def test_threads_a_tied_thread_starts_are_tied_but_computing_and_onnx_runtime_on
 def test_the_flag_and_its_variable_turn_it_off(tmp_path):
     assert config_from(build_parser().parse_args([str(tmp_path)]), {}).pin_io_threads is True
     assert config_from(build_parser().parse_args([str(tmp_path), "--no-pin-io-threads"]), {}).pin_io_threads is False
-    assert config_from(build_parser().parse_args([str(tmp_path)]), {"IMGCLS_PIN_IO_THREADS": "0"}).pin_io_threads is False
+    from_variable = config_from(build_parser().parse_args([str(tmp_path)]), {"IMGCLS_PIN_IO_THREADS": "0"})
+    assert from_variable.pin_io_threads is False

@@ -33,6 +33,14 @@ from imgcls.stage_parser import StageParser
 
 log = logging.getLogger("imgcls.serve")
 SERVICE = "imgcls.service.host.service:ImageClassifier"
+SWITCHES = {  # ServiceConfig field, on by default -> --FIELD / --no-FIELD and what it does
+    "balance_connections": "spread keep-alive connections over the workers (least-connections accept: without it, "
+                           "clients that connect together often all land on one worker) and, with --grpc-port, "
+                           "gRPC inference calls (each runs on the least busy worker)",
+    "pin_io_threads": "with several workers, run each worker's request threads (event loop, gRPC) on a CPU of its "
+                      "own, so a request never waits behind another worker's (the computing threads still use "
+                      "every CPU; skipped under a CPU quota smaller than the CPUs visible)",
+}
 APP_ROOT = Path(imgcls.__file__).resolve().parents[1]  # the directory from which `imgcls` imports
 FLAG_FIELDS = {  # flag -> ServiceConfig field (help text comes from the field comment in config.py)
     "device": "device", "precision": "precision", "workers": "workers", "threads": "threads",
@@ -117,18 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                             default=None, help=f"{FLAG_HELP[flag]}; ${env_name(field_name)} (default {spec.default})")
     parser.add_argument("--access-log", dest="access_log", action="store_true", default=None,
                         help="log every request (BentoML access log); $IMGCLS_ACCESS_LOG (default off)")
-    parser.add_argument("--balance-connections", dest="balance_connections", action=argparse.BooleanOptionalAction,
-                        default=None,
-                        help="spread keep-alive connections over the workers (least-connections accept: without "
-                             "it, clients that connect together often all land on one worker) and, with --grpc-port, "
-                             "gRPC inference calls (each runs on the least busy worker); "
-                             "$IMGCLS_BALANCE_CONNECTIONS (default on)")
-    parser.add_argument("--pin-io-threads", dest="pin_io_threads", action=argparse.BooleanOptionalAction,
-                        default=None,
-                        help="with several workers, run each worker's request threads (event loop, gRPC) on a CPU "
-                             "of its own, so a request never waits behind another worker's (the computing threads "
-                             "still use every CPU; skipped under a CPU quota smaller than the CPUs visible); "
-                             "$IMGCLS_PIN_IO_THREADS (default on)")
+    for field_name, explanation in SWITCHES.items():
+        parser.add_argument("--" + field_name.replace("_", "-"), dest=field_name, action=argparse.BooleanOptionalAction,
+                            default=None, help=f"{explanation}; ${env_name(field_name)} (default on)")
     return parser
 
 
@@ -146,8 +145,7 @@ def port_problem(host: str, port: int) -> str | None:
 
 def config_from(args: argparse.Namespace, environ: dict[str, str]) -> ServiceConfig:
     base = ServiceConfig.from_env(environ)
-    flags = {name: getattr(args, name) for name in [*FLAG_FIELDS.values(), "access_log", "balance_connections",
-                                                     "pin_io_threads"]
+    flags = {name: getattr(args, name) for name in [*FLAG_FIELDS.values(), "access_log", *SWITCHES]
              if getattr(args, name) is not None}
     sources = args.bundle or ServiceConfig(bundle=environ.get(env_name("bundle"), "")).bundles
     resolved = [source if source.startswith("bentoml:") else str(Path(source).resolve()) for source in sources]
